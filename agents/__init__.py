@@ -1,0 +1,1 @@
+"""Built-in pruning agents, installed as ``ganprune.agents``."""

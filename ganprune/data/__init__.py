@@ -1,0 +1,1 @@
+"""Datasets in the reference aligned/unaligned layouts, and the embedded real-photo demo set."""

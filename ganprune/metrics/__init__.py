@@ -1,0 +1,1 @@
+"""Measurements: MACs/params, CPU latency (torch, ONNX Runtime), image quality (FID/KID, PSNR/SSIM)."""

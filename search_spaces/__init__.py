@@ -1,0 +1,1 @@
+"""Per-architecture width choices (YAML), installed as ``ganprune.search_spaces``."""
