@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from typing import Any, Mapping
 
 import torch
@@ -31,13 +32,25 @@ def safe_torch_load(path) -> Any:
     if not os.path.isfile(path):
         raise UserError(f"{path}: checkpoint file not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols before refusing; the refusal says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"{path}: refused to load: the file needs arbitrary Python objects unpickled, "
-                        f"which could run code (only tensors and plain containers are accepted; {first})") from None
+        raise UserError(f"{path}: refused to load: not a tensors-only PyTorch checkpoint ({_unpickler_reason(exc)}); "
+                        "files that need arbitrary Python objects unpickled could run code and are never executed") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The one informative line of torch's long weights-only error (e.g. 'Unsupported global: posix.system')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error:" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[1].strip() or (lines[i + 1] if i + 1 < len(lines) else "")
+            return rest.rstrip(".")
+    return "weights_only loader rejected it"
 
 
 def _is_state_dict(obj) -> bool:
