@@ -1,0 +1,417 @@
+"""The pruning-agent protocol, the agent registry, and plugin discovery.
+
+An agent searches channel widths for ONE network (role ``"G"`` or ``"D"``) under a MACs budget. The
+search loop drives it with a strict alternation, one evaluation per step::
+
+    widths = agent.propose(peer)     # peer: the OTHER agent's latest evaluated Feedback (or None)
+    agent.observe(Feedback(widths, score, macs, feasible, metrics))
+
+Subclasses implement two hooks, ``ask(peer) -> widths`` and ``tell(feedback)``; the public
+``propose``/``observe`` around them validate the widths, keep the history and the best feasible result,
+and record a transcript. Why hooks rather than overriding ``propose``/``observe``: a plugin cannot
+forget the bookkeeping, and every agent gets resume and a determinism check for free.
+
+Resume is by replay: an agent must be a deterministic function of (seed, options, the sequence of peers
+and feedback it was given). So agents draw randomness only from their own ``self.rng`` (seeded from
+``seed`` and ``role``) and never from numpy/torch/random global state. ``state_dict()`` is that
+transcript as plain data; ``load_state_dict()`` replays it into a fresh agent and checks that the replay
+proposes exactly what was recorded.
+
+Agents come from three places, all registered with ``@register_agent("name")``: the built-in package
+``ganprune.agents`` (the repository's ``agents/`` folder), installed distributions declaring entry points
+in the group ``ganprune.agents`` (each pointing at an Agent subclass or at a module that registers
+agents), and a Python file given as ``--agent-file my_agent.py``.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import math
+import os
+import pkgutil
+import re
+import sys
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterable
+
+import numpy as np
+
+from ganprune.errors import UserError
+
+ENTRY_POINT_GROUP = "ganprune.agents"
+
+
+# --------------------------------------------------------------------------- protocol
+
+@dataclass
+class Feedback:
+    """The evaluated result of one proposal. ``score`` is a loss (lower is better); ``math.inf`` marks a
+    failed candidate. ``feasible`` says whether ``macs`` is within the budget; an over-budget candidate may
+    still carry a real score (greedy shrinking relies on those scores when the loop provides them)."""
+    widths: dict[str, int]
+    score: float
+    macs: int
+    feasible: bool
+    metrics: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"widths": {k: int(v) for k, v in self.widths.items()}, "score": float(self.score),
+                "macs": int(self.macs), "feasible": bool(self.feasible),
+                "metrics": {k: v.item() if isinstance(v, np.generic) else v for k, v in self.metrics.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Feedback":
+        return cls(widths={k: int(v) for k, v in d["widths"].items()}, score=float(d["score"]),
+                   macs=int(d["macs"]), feasible=bool(d["feasible"]), metrics=dict(d.get("metrics") or {}))
+
+
+def feasible(space, widths: dict[str, int], budget_macs: float) -> bool:
+    """Whether ``widths`` fits the MACs budget of ``space``."""
+    return space.macs(widths) <= budget_macs
+
+
+class Agent:
+    """Base class of pruning agents: subclass it, implement ``ask`` (and usually ``tell``), register it.
+
+    Class attributes a subclass sets: ``description`` (one line for ``ganprune agents``) and
+    ``option_defaults`` (option name → default; the default's type is the option's type). ``name`` is set
+    by ``@register_agent``. Helpers for subclasses: ``self.rng`` (own numpy Generator), ``self.groups``
+    (prunable groups), ``self.full``/``self.smallest`` (widths), ``self.macs()`` (cached),
+    ``self.is_feasible()``, ``self.step()``, ``self.fit_uniform()``, ``self.shrink_until_feasible()``.
+    """
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    option_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, space, budget_macs: float, seed: int = 0, role: str = "G", **options):
+        self.space = space
+        try:
+            self.budget_macs = float(budget_macs)
+        except (TypeError, ValueError):
+            self.budget_macs = math.nan
+        self.seed = int(seed)
+        self.role = str(role)
+        self.options = self._resolve_options(options)
+        self.rng = np.random.default_rng([self.seed, zlib.crc32(self.name.encode()), zlib.crc32(self.role.encode())])
+        self.groups = [g for g in space.groups if len(g.choices) > 1]
+        self.full = {g.name: int(g.full) for g in space.groups}
+        self.smallest = {g.name: int(g.choices[0]) for g in space.groups}
+        self._choices = {g.name: tuple(int(c) for c in g.choices) for g in space.groups}
+        self._macs_cache: dict[tuple, int] = {}
+        self.history: list[Feedback] = []
+        self._best: Feedback | None = None
+        self._pending: dict[str, int] | None = None
+        self._events: list[dict] = []
+        if not self.budget_macs > 0:
+            raise UserError(f"agent {self.name!r} ({self.role}): budget must be a positive number of MACs, "
+                            f"got {budget_macs!r}")
+        if self.macs(self.smallest) > self.budget_macs:
+            full = self.macs(self.full)
+            raise UserError(f"agent {self.name!r} ({self.role}): budget {self.budget_macs:.4g} MACs is below the "
+                            f"smallest widths of the search space ({self.macs(self.smallest):.4g} MACs, "
+                            f"{100 * self.macs(self.smallest) / full:.1f}% of full); raise the budget")
+
+    # ---------------------------------------------------------------- hooks for subclasses
+    def ask(self, peer: Feedback | None) -> dict[str, int]:
+        """Return the next widths to evaluate (one entry per group of the space)."""
+        raise NotImplementedError(f"agent {type(self).__name__} must implement ask(peer)")
+
+    def tell(self, feedback: Feedback) -> None:
+        """Learn from the result of the last proposal (default: nothing beyond the base bookkeeping)."""
+
+    def done(self) -> bool:
+        """True when the agent has nothing better to try; the loop may stop asking it. If asked anyway
+        it must still return valid widths."""
+        return False
+
+    # ---------------------------------------------------------------- the protocol the loop calls
+    def propose(self, peer: Feedback | None = None) -> dict[str, int]:
+        """Next widths to evaluate, given the peer agent's latest evaluated proposal."""
+        if self._pending is not None:
+            raise RuntimeError(f"agent {self.name!r} ({self.role}): propose() called again before observe() "
+                               "reported the previous proposal")
+        widths = self.ask(peer)
+        try:
+            widths = {k: int(v) for k, v in self.space.validate(dict(widths)).items()}
+        except UserError as exc:
+            raise UserError(f"agent {self.name!r} ({self.role}) proposed invalid widths: {exc}") from None
+        self._pending = widths
+        self._events.append({"peer": None if peer is None else peer.to_dict(), "proposal": dict(widths)})
+        return dict(widths)
+
+    def observe(self, feedback: Feedback) -> None:
+        """Report the evaluated result of this agent's last proposal."""
+        if self._pending is None:
+            raise RuntimeError(f"agent {self.name!r} ({self.role}): observe() without a pending proposal")
+        if dict(feedback.widths) != self._pending:
+            raise RuntimeError(f"agent {self.name!r} ({self.role}): feedback is for widths {feedback.widths}, "
+                               f"but the pending proposal is {self._pending}")
+        self._pending = None
+        self._events.append({"feedback": feedback.to_dict()})
+        self.history.append(feedback)
+        if feedback.feasible and math.isfinite(feedback.score) and (
+                self._best is None or feedback.score < self._best.score):
+            self._best = feedback
+        self.tell(feedback)
+
+    def best(self) -> Feedback | None:
+        """The best (lowest-score) feasible result observed so far."""
+        return self._best
+
+    def state_dict(self) -> dict:
+        """Plain-data transcript (peers, proposals, feedback) from which ``load_state_dict`` rebuilds the
+        agent by replay."""
+        return {"agent": self.name, "role": self.role, "seed": self.seed, "budget_macs": self.budget_macs,
+                "options": dict(self.options), "events": [dict(e) for e in self._events]}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Replay a transcript into this fresh agent; fails if the settings differ or the replay diverges."""
+        if self._events:
+            raise RuntimeError(f"agent {self.name!r}: load_state_dict needs a freshly constructed agent")
+        mine = {"agent": self.name, "role": self.role, "seed": self.seed, "budget_macs": self.budget_macs,
+                "options": dict(self.options)}
+        for key, value in mine.items():
+            if state.get(key) != value:
+                raise UserError(f"cannot resume agent {self.name!r} ({self.role}): the saved state has "
+                                f"{key}={state.get(key)!r} but this run has {key}={value!r}")
+        for i, event in enumerate(state["events"]):
+            if "proposal" in event:
+                peer = None if event["peer"] is None else Feedback.from_dict(event["peer"])
+                got = self.propose(peer)
+                if got != {k: int(v) for k, v in event["proposal"].items()}:
+                    raise RuntimeError(f"agent {self.name!r} is not deterministic: replayed proposal at event "
+                                       f"{i} is {got}, the recorded one was {event['proposal']}")
+            else:
+                self.observe(Feedback.from_dict(event["feedback"]))
+
+    # ---------------------------------------------------------------- helpers for subclasses
+    def choices(self, group: str) -> tuple[int, ...]:
+        return self._choices[group]
+
+    def macs(self, widths: dict[str, int]) -> int:
+        key = tuple(sorted(widths.items()))
+        if key not in self._macs_cache:
+            self._macs_cache[key] = int(self.space.macs(dict(widths)))
+        return self._macs_cache[key]
+
+    def is_feasible(self, widths: dict[str, int]) -> bool:
+        return self.macs(widths) <= self.budget_macs
+
+    def step(self, widths: dict[str, int], group: str, steps: int) -> dict[str, int]:
+        """``widths`` with ``group`` moved ``steps`` choices up (positive) or down (negative), clipped."""
+        choices = self._choices[group]
+        i = min(max(choices.index(widths[group]) + steps, 0), len(choices) - 1)
+        return {**widths, group: choices[i]}
+
+    def fit_uniform(self) -> dict[str, int]:
+        """The widest uniformly scaled widths (``space.uniform``) within the budget, by bisection on the
+        fraction; the smallest widths when even a tiny fraction is over budget."""
+        full = self.space.validate(self.space.uniform(1.0))
+        if self.is_feasible(full):
+            return dict(full)
+        lo, hi, best = 0.0, 1.0, dict(self.smallest)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            widths = {k: int(v) for k, v in self.space.uniform(mid).items()}
+            if self.is_feasible(widths):
+                lo, best = mid, widths
+            else:
+                hi = mid
+        return best
+
+    def shrink_until_feasible(self, widths: dict[str, int], choose: Callable[[dict, list[str]], str]
+                              ) -> dict[str, int]:
+        """Step groups down one choice at a time until the budget holds; ``choose(widths, candidates)``
+        picks which group to shrink. Always terminates: the smallest widths are feasible (checked at init)."""
+        widths = dict(widths)
+        while not self.is_feasible(widths):
+            candidates = [g.name for g in self.groups if widths[g.name] > self.smallest[g.name]]
+            widths = self.step(widths, choose(widths, candidates), -1)
+        return widths
+
+    def _resolve_options(self, given: dict) -> dict:
+        known = dict(self.option_defaults)
+        out = dict(known)
+        for key, value in given.items():
+            if key not in known:
+                near = difflib.get_close_matches(key, list(known), n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else ""
+                listed = ", ".join(sorted(known)) or "none"
+                raise UserError(f"agent {self.name!r}: unknown option {key!r}{hint}; known options: {listed}")
+            out[key] = _coerce_option(self.name, key, value, known[key])
+        return out
+
+
+def _coerce_option(agent: str, key: str, value, default):
+    """Check an option's value against the type of its default (ints are accepted where floats are)."""
+    if default is None:
+        return value
+    kind = type(default)
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise UserError(f"agent {agent!r}: option {key!r} expects {kind.__name__}, got {value!r}")
+
+
+# --------------------------------------------------------------------------- registry
+
+AGENTS: dict[str, type[Agent]] = {}
+_SOURCES: dict[str, str] = {}
+_loading_source: list[str] = []          # set while a plugin file / entry point is being imported
+_loaded_files: dict[str, tuple[int, list[str]]] = {}
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
+
+
+def register_agent(name: str):
+    """Class decorator: make an ``Agent`` subclass available as ``name``."""
+    def deco(cls):
+        where = cls.__module__ + "." + cls.__qualname__
+        if not (isinstance(cls, type) and issubclass(cls, Agent)):
+            raise UserError(f"@register_agent({name!r}) decorates {where}, which is not a "
+                            "ganprune.agent.Agent subclass")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise UserError(f"{where}: agent name {name!r} must start with a letter and use letters, digits, _ . -")
+        if not cls.description:
+            doc = (cls.__doc__ or "").strip()
+            if not doc:
+                raise UserError(f"{where}: agent {name!r} needs a one-line `description` (or a docstring)")
+            cls.description = doc.splitlines()[0]
+        source = _loading_source[-1] if _loading_source else (
+            "builtin" if cls.__module__.startswith("ganprune.agents.") else f"module {cls.__module__}")
+        old = AGENTS.get(name)
+        same = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+        if old is not None and not same:  # the same class re-imported (a reloaded file) may replace itself
+            raise UserError(f"agent name {name!r} from {source} is already taken by {_SOURCES[name]}; "
+                            "pick another name")
+        cls.name = name
+        AGENTS[name] = cls
+        _SOURCES[name] = source
+        return cls
+    return deco
+
+
+@contextmanager
+def _source(label: str):
+    _loading_source.append(label)
+    try:
+        yield
+    finally:
+        _loading_source.pop()
+
+
+def _load_builtins() -> None:
+    import ganprune.agents as package
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+
+
+def _entry_points() -> Iterable:
+    try:
+        return importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    except TypeError:  # Python 3.9: entry_points() returns a dict of groups
+        return importlib.metadata.entry_points().get(ENTRY_POINT_GROUP, [])
+
+
+def _load_entry_points() -> None:
+    for ep in _entry_points():
+        dist = getattr(ep, "dist", None)
+        label = f"entry point {ep.name}" + (f" ({dist.name} {dist.version})" if dist is not None else "")
+        try:
+            with _source(label):
+                obj = ep.load()
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{label} = {ep.value} failed to load ({type(exc).__name__}: {exc}); fix or "
+                            "uninstall that package") from None
+        if isinstance(obj, type) and issubclass(obj, Agent):
+            if "name" not in vars(obj):  # not decorated: register it under the entry point's name
+                with _source(label):
+                    register_agent(ep.name)(obj)
+        elif not isinstance(obj, type(sys)):
+            raise UserError(f"{label} = {ep.value} is neither an Agent subclass nor a module that registers agents")
+
+
+def load_agent_file(path) -> list[str]:
+    """Import a Python file that registers agents; returns the names it registered."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isfile(path):
+        raise UserError(f"--agent-file {path}: no such file")
+    mtime = os.stat(path).st_mtime_ns
+    if path in _loaded_files and _loaded_files[path][0] == mtime:
+        return list(_loaded_files[path][1])
+    module_name = "ganprune_agent_file_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0]) + \
+        f"_{zlib.crc32(path.encode()):08x}"
+    before = {k: v for k, v in AGENTS.items()}
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        with _source(f"file {path}"):
+            spec.loader.exec_module(module)
+    except UserError:
+        sys.modules.pop(module_name, None)
+        raise
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        if isinstance(exc, SyntaxError):
+            raise UserError(f"--agent-file {path}: syntax error at line {exc.lineno}: {exc.msg}") from None
+        if not isinstance(exc, Exception):
+            raise
+        raise UserError(f"--agent-file {path}: import failed ({type(exc).__name__}: {exc})") from None
+    names = [n for n, cls in AGENTS.items() if cls.__module__ == module_name and before.get(n) is not cls]
+    if not names:
+        raise UserError(f"--agent-file {path}: registers no agent; decorate an Agent subclass with "
+                        "@register_agent('name') (see agents/template.py)")
+    _loaded_files[path] = (mtime, names)
+    return names
+
+
+def get_agent(name: str | None, agent_file=None) -> type[Agent]:
+    """The agent class called ``name``; with only ``agent_file``, that file's single agent."""
+    _load_builtins()
+    from_file = load_agent_file(agent_file) if agent_file else []
+    if name is None:
+        if len(from_file) == 1:
+            return AGENTS[from_file[0]]
+        if from_file:
+            raise UserError(f"--agent-file {agent_file} registers several agents ({', '.join(from_file)}); "
+                            "choose one with --agent")
+        raise UserError("no agent given; choose one with --agent (see `ganprune agents`)")
+    if name not in AGENTS:
+        _load_entry_points()
+    if name not in AGENTS:
+        near = difflib.get_close_matches(name, list(AGENTS), n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise UserError(f"unknown agent {name!r}{hint}; available: {', '.join(sorted(AGENTS))} (add your own "
+                        "with --agent-file F.py or a 'ganprune.agents' entry point)")
+    return AGENTS[name]
+
+
+def make_agent(name: str | None, space, budget_macs: float, seed: int = 0, role: str = "G", agent_file=None,
+               **options) -> Agent:
+    """Look up an agent by name (see ``get_agent``) and construct it."""
+    return get_agent(name, agent_file)(space, budget_macs, seed=seed, role=role, **options)
+
+
+def available_agents(agent_file=None) -> list[dict]:
+    """Every discoverable agent as ``{name, source, description, options}``, built-ins first."""
+    _load_builtins()
+    if agent_file:
+        load_agent_file(agent_file)
+    _load_entry_points()
+    order = {"builtin": 0, "entry": 1, "file": 2}
+    rows = [{"name": n, "source": _SOURCES[n], "description": cls.description,
+             "options": ", ".join(f"{k}={v}" for k, v in cls.option_defaults.items())}
+            for n, cls in AGENTS.items()]
+    return sorted(rows, key=lambda r: (order.get(r["source"].split()[0], 3), r["name"]))
+
+
+__all__ = ["Feedback", "Agent", "feasible", "register_agent", "get_agent", "make_agent", "available_agents",
+           "load_agent_file", "AGENTS", "ENTRY_POINT_GROUP"]
