@@ -7,6 +7,7 @@ measure and export (``ganprune.metrics``, ``ganprune.export``).
 """
 from ganprune.errors import UserError
 from ganprune.agent import Agent, Feedback, available_agents, get_agent, make_agent, register_agent
+from ganprune.objective import LocalDensityObjective
 from ganprune.models import load_discriminator, load_generator, save_checkpoint
 from ganprune.prune import load_pruned, prune, save_pruned
 from ganprune.space import Group, SearchSpace
@@ -15,4 +16,4 @@ __version__ = "0.1.0"
 
 __all__ = ["UserError", "load_generator", "load_discriminator", "save_checkpoint", "SearchSpace", "Group", "prune",
            "save_pruned", "load_pruned", "Agent", "Feedback", "register_agent", "get_agent", "make_agent",
-           "available_agents", "__version__"]
+           "available_agents", "LocalDensityObjective", "__version__"]

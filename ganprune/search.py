@@ -1,0 +1,213 @@
+"""The collaborative search: a G-agent and a D-agent take turns, each seeing its peer's latest result.
+
+Each round the G-agent proposes with the D-agent's last feedback as its peer, the D-agent with the
+G-agent's, and the evaluator scores the pair once. Only pairs inside both budgets can win. Every round is
+appended to a history CSV as it happens; a killed search resumes by *replaying* that history into fresh
+agents (they are deterministic functions of seed and feedback) and carries on where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from ganprune.agent import Feedback
+from ganprune.errors import UserError
+from ganprune.io import atomic_write_text, atomic_write_yaml
+
+HISTORY_COLUMNS = ["round", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible", "feasible",
+                   "density", "l1", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
+
+
+def resolve_budget(budget, full_macs: int) -> float:
+    """A MACs budget: a fraction of the full model (0 < b <= 1, or "25%") or an absolute MAC count (> 1)."""
+    value = budget
+    if isinstance(budget, str):
+        text = budget.strip()
+        try:
+            value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise UserError(f"budget {budget!r}: expected a fraction like 0.25, a percentage like '25%', "
+                            "or an absolute MAC count") from None
+    if value is None or value <= 0:
+        raise UserError(f"budget {budget!r} must be positive")
+    return float(value) * full_macs if value <= 1 else float(value)
+
+
+@dataclass
+class SearchResult:
+    history: pd.DataFrame
+    best: dict | None          # the winning row (widths as dicts), None if no feasible pair was found
+
+    def pareto(self, macs="g_macs", score="score_g") -> pd.DataFrame:
+        return pareto_front(self.history, macs, score)
+
+
+def pareto_front(history: pd.DataFrame, macs="g_macs", score="score_g") -> pd.DataFrame:
+    """Rows not dominated in (MACs, score): nothing else is both smaller and better."""
+    ok = history[history["error"].fillna("") == ""].sort_values([macs, score])
+    front, best = [], math.inf
+    for idx, row in ok.iterrows():
+        if row[score] < best:
+            front.append(idx)
+            best = row[score]
+    return ok.loc[front]
+
+
+def _feedback(widths, metrics, role, feasible) -> Feedback:
+    if metrics is None:
+        return Feedback(widths=widths or {}, score=math.inf, macs=0, feasible=False, metrics={})
+    key = "score_g" if role == "G" else "score_d"
+    macs = metrics["g_macs"] if role == "G" else metrics["d_macs"]
+    return Feedback(widths=widths, score=metrics[key], macs=macs, feasible=feasible,
+                    metrics={k: metrics[k] for k in ("density", "l1", "balance", "d_fidelity", "score")})
+
+
+def _clean_record(record: dict) -> dict:
+    """A history CSV record back into the types a live round produces (NaN → missing, "True" → True)."""
+    row = {k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))}
+    row["error"] = row.get("error") or ""
+    for key in ("g_widths", "d_widths"):
+        row[key] = row.get(key) if isinstance(row.get(key), str) else "null"
+    for key in ("g_feasible", "d_feasible", "feasible"):
+        if key in row:
+            row[key] = str(row[key]) == "True"
+    row["round"] = int(row["round"])
+    return row
+
+
+def _row_metrics(row) -> dict | None:
+    if row.get("error"):
+        return None
+    return {k: row[k] for k in ("density", "l1", "balance", "d_fidelity", "score_g", "score_d", "score")} | {
+        "g_macs": int(row["g_macs"]), "d_macs": int(row["d_macs"])}
+
+
+class CollaborativeSearch:
+    """Runs the loop; ``run()`` returns a ``SearchResult``. ``on_agent_error``: "stop" or "skip"."""
+
+    def __init__(self, evaluator, g_agent, d_agent, g_budget: float, d_budget: float, rounds: int,
+                 history_path=None, on_agent_error: str = "stop", progress: bool = True):
+        if on_agent_error not in ("stop", "skip"):
+            raise UserError(f"on_agent_error must be 'stop' or 'skip' (got {on_agent_error!r})")
+        self.evaluator, self.g_agent, self.d_agent = evaluator, g_agent, d_agent
+        self.g_budget, self.d_budget, self.rounds = g_budget, d_budget, rounds
+        self.history_path = os.fspath(history_path) if history_path else None
+        self.on_agent_error, self.progress = on_agent_error, progress
+        self.rows: list[dict] = []
+
+    # -- one round ---------------------------------------------------------------------------
+    def _propose(self, agent, peer, space, role):
+        try:
+            widths = agent.propose(peer)
+            return space.validate(widths), None
+        except Exception as exc:  # a plugin agent's bug must not corrupt the history
+            return None, f"{role}-agent {type(agent).__name__}: {type(exc).__name__}: {exc}".replace("\n", " ")
+
+    def _round(self, index, g_peer, d_peer) -> dict:
+        g_widths, g_err = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
+        d_widths, d_err = self._propose(self.d_agent, g_peer, self.evaluator.d_space, "D")
+        row = {"round": index, "g_widths": json.dumps(g_widths), "d_widths": json.dumps(d_widths),
+               "error": "; ".join(e for e in (g_err, d_err) if e)}
+        if not row["error"]:
+            metrics = self.evaluator.evaluate(g_widths, d_widths)
+            row.update(metrics)
+            row["g_feasible"] = metrics["g_macs"] <= self.g_budget
+            row["d_feasible"] = metrics["d_macs"] <= self.d_budget
+            row["feasible"] = row["g_feasible"] and row["d_feasible"]
+        return row
+
+    def _observe(self, row) -> tuple[Feedback, Feedback]:
+        metrics = _row_metrics(row)
+        g_widths, d_widths = json.loads(row["g_widths"]), json.loads(row["d_widths"])
+        g_fb = _feedback(g_widths, metrics, "G", bool(row.get("g_feasible")) if metrics else False)
+        d_fb = _feedback(d_widths, metrics, "D", bool(row.get("d_feasible")) if metrics else False)
+        if g_widths is not None:
+            self.g_agent.observe(g_fb)
+        if d_widths is not None:
+            self.d_agent.observe(d_fb)
+        return g_fb, d_fb
+
+    # -- history -------------------------------------------------------------------------------
+    def _replay(self) -> tuple[Feedback | None, Feedback | None]:
+        """Feed a previous run's history to the fresh agents; they must propose what they proposed then."""
+        g_peer = d_peer = None
+        if not (self.history_path and os.path.exists(self.history_path)):
+            return g_peer, d_peer
+        try:
+            old = pd.read_csv(self.history_path)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise UserError(f"{self.history_path}: cannot resume from this history ({exc})") from None
+        for record in old.to_dict("records"):
+            row = _clean_record(record)
+            g_widths, _ = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
+            d_widths, _ = self._propose(self.d_agent, g_peer, self.evaluator.d_space, "D")
+            if json.dumps(g_widths) != row["g_widths"] or json.dumps(d_widths) != row["d_widths"]:
+                raise UserError(f"{self.history_path}: round {row['round']} does not match what the agents propose "
+                                "now; the seed, agents, budget or space changed — use a new output directory")
+            self.rows.append(row)
+            g_peer, d_peer = self._observe(row)
+        return g_peer, d_peer
+
+    def _save(self) -> None:
+        if self.history_path:
+            atomic_write_text(self.history_path, self.history().to_csv(index=False))
+
+    def history(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=HISTORY_COLUMNS)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        g_peer, d_peer = self._replay()
+        start = len(self.rows)
+        bar = tqdm(total=self.rounds, initial=start, desc="search", disable=not self.progress, leave=False)
+        for index in range(start, self.rounds):
+            if self.g_agent.done() and self.d_agent.done():
+                break
+            row = self._round(index, g_peer, d_peer)
+            self.rows.append(row)
+            g_peer, d_peer = self._observe(row)
+            self._save()
+            bar.update(1)
+            best = self.best()
+            bar.set_postfix(best=f"{best['score']:.4g}" if best else "-", evals=self.evaluator.evaluations)
+            if row["error"] and self.on_agent_error == "stop":
+                bar.close()
+                raise UserError(f"search stopped at round {index}: {row['error']} (history kept in "
+                                f"{self.history_path or 'memory'}; use on_agent_error='skip' to go on)")
+        bar.close()
+        return SearchResult(self.history(), self.best())
+
+    def best(self) -> dict | None:
+        feasible = [r for r in self.rows if r.get("feasible") is True and not r.get("error")]
+        if not feasible:
+            return None
+        row = min(feasible, key=lambda r: (r["score"], r["round"]))
+        return dict(row, g_widths=json.loads(row["g_widths"]), d_widths=json.loads(row["d_widths"]))
+
+
+def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | None = None) -> None:
+    """The winning widths as YAML (plain data), with what they were measured at."""
+    data = {"generator": {"spec": g_spec, "widths": best["g_widths"], "macs": int(best["g_macs"])},
+            "discriminator": {"spec": d_spec, "widths": best["d_widths"], "macs": int(best["d_macs"])},
+            "score": float(best["score"]), "round": int(best["round"]),
+            "metrics": {k: float(best[k]) for k in ("density", "l1", "balance", "d_fidelity", "score_g", "score_d")}}
+    atomic_write_yaml(path, data)
+
+
+def search(evaluator, g_agent, d_agent, g_budget: float, d_budget: float, rounds: int = 50, out_dir=None,
+           on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None) -> SearchResult:
+    """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``."""
+    history = os.path.join(out_dir, "history.csv") if out_dir else None
+    t0 = time.perf_counter()
+    result = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
+                                 on_agent_error, progress).run()
+    if out_dir and result.best:
+        save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec)
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,145 @@
+"""Evaluator and collaborative search: split guard, exact teacher score, determinism, resume, bad plugins."""
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import ganprune
+from ganprune.agent import Agent, get_agent, register_agent
+from ganprune.errors import UserError
+from ganprune.evaluate import calibration_batches, guard_search_split
+from ganprune.pipeline import build_evaluator
+from ganprune.search import CollaborativeSearch, pareto_front, resolve_budget, search
+
+
+def _batches(n=2, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"A": torch.rand(4, 3, size, size, generator=g) * 2 - 1,
+             "B": torch.rand(4, 3, size, size, generator=g) * 2 - 1} for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    torch.manual_seed(0)
+    G = ganprune.load_generator(None, arch="unet_64", ngf=8).eval()
+    D = ganprune.load_discriminator(None, arch="basic", ndf=8).eval()
+    return G, D
+
+
+@pytest.fixture(scope="module")
+def evaluator(pair):
+    G, D = pair
+    return build_evaluator(G, D, _batches(), g_spec={"arch": "unet_64"}, d_spec={"arch": "basic"}, m=4)
+
+
+def _agents(evaluator, name="random", g_budget=0.3, d_budget=0.5, seed=0):
+    g_max = resolve_budget(g_budget, evaluator.g_space.macs(evaluator.g_space.full_widths()))
+    d_max = resolve_budget(d_budget, evaluator.d_space.macs(evaluator.d_space.full_widths()))
+    g = get_agent(name)(evaluator.g_space, g_max, seed=seed, role="G")
+    d = get_agent(name)(evaluator.d_space, d_max, seed=seed + 1, role="D")
+    return g, d, g_max, d_max
+
+
+def test_search_never_sees_the_evaluation_split(tmp_path, pair):
+    for phase in ("val", "test", "testA"):
+        with pytest.raises(UserError, match="evaluation split"):
+            guard_search_split(phase)
+        with pytest.raises(UserError, match="evaluation split"):
+            calibration_batches(tmp_path, phase=phase)
+    batches = [dict(b, phase="val") for b in _batches(1)]
+    with pytest.raises(UserError, match="evaluation split"):
+        build_evaluator(*pair, batches, m=2)
+
+
+def test_full_widths_score_zero_and_pruning_costs(pair):
+    G, D = pair
+    ev = build_evaluator(G, D, _batches(), m=4, recalibrate_bn=False)
+    full = ev.evaluate(ev.g_space.full_widths(), ev.d_space.full_widths())
+    assert full["density"] == pytest.approx(0, abs=1e-6)
+    assert full["l1"] == pytest.approx(0, abs=1e-6) and full["balance"] == pytest.approx(0, abs=1e-6)
+    assert full["d_fidelity"] == pytest.approx(0, abs=1e-6)
+    small = ev.evaluate(ev.g_space.uniform(0.25), ev.d_space.uniform(0.25))
+    assert small["density"] > 1e-4 and small["l1"] > 1e-3 and small["d_fidelity"] > 0
+    assert small["g_macs"] < 0.3 * full["g_macs"] and small["d_macs"] < 0.3 * full["d_macs"]
+    assert all(math.isfinite(v) for v in small.values())
+
+
+def test_teacher_is_not_modified_by_evaluation(pair, evaluator):
+    G, _ = pair
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    evaluator.evaluate(evaluator.g_space.uniform(0.5), evaluator.d_space.uniform(0.5))
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
+
+
+def test_search_finds_feasible_pair_deterministically(evaluator):
+    runs = []
+    for _ in range(2):
+        g, d, g_max, d_max = _agents(evaluator)
+        result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False)
+        runs.append(result)
+    h0, h1 = runs[0].history, runs[1].history
+    assert list(h0["g_widths"]) == list(h1["g_widths"]) and list(h0["score"]) == list(h1["score"])
+    best = runs[0].best
+    assert best is not None and best["g_macs"] <= g_max and best["d_macs"] <= d_max
+    feasible = h0[h0["feasible"] == True]  # noqa: E712
+    assert best["score"] == feasible["score"].min()
+    front = pareto_front(h0)
+    assert len(front) >= 1 and front["score_g"].is_monotonic_decreasing
+
+
+def test_resume_after_interruption_reproduces_the_straight_run(tmp_path, evaluator):
+    g, d, g_max, d_max = _agents(evaluator, seed=3)
+    straight = search(evaluator, g, d, g_max, d_max, rounds=6, progress=False).history
+    g, d, _, _ = _agents(evaluator, seed=3)
+    search(evaluator, g, d, g_max, d_max, rounds=3, out_dir=tmp_path, progress=False)
+    assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+    g, d, _, _ = _agents(evaluator, seed=3)  # fresh agents, as after a kill
+    resumed = search(evaluator, g, d, g_max, d_max, rounds=6, out_dir=tmp_path, progress=False).history
+    assert list(resumed["g_widths"]) == list(straight["g_widths"])
+    assert list(resumed["d_widths"]) == list(straight["d_widths"])
+    assert resumed["score"].to_numpy() == pytest.approx(straight["score"].to_numpy())
+    assert (tmp_path / "widths.yaml").exists()
+    g, d, _, _ = _agents(evaluator, seed=4)  # a different seed cannot silently continue that history
+    with pytest.raises(UserError, match="does not match"):
+        search(evaluator, g, d, g_max, d_max, rounds=7, out_dir=tmp_path, progress=False)
+
+
+@register_agent("test-flaky")
+class FlakyAgent(Agent):
+    """Fails on its third proposal: raises, or returns an unknown group (option ``mode``)."""
+    description = "test agent that breaks on purpose"
+    option_defaults = {"mode": "raise"}
+
+    def ask(self, peer):
+        if len(self.history) == 2:
+            if self.options["mode"] == "raise":
+                raise RuntimeError("plugin bug")
+            return {"no_such_group": 1}
+        return self.space.uniform(0.25)
+
+
+@pytest.mark.parametrize("mode", ["raise", "invalid"])
+def test_broken_plugin_agent_stops_cleanly_or_is_skipped(tmp_path, evaluator, mode):
+    g_max = evaluator.g_space.macs(evaluator.g_space.full_widths())
+    d = get_agent("random")(evaluator.d_space, 1e18, seed=1, role="D")
+    g = get_agent("test-flaky")(evaluator.g_space, g_max, role="G", mode=mode)
+    with pytest.raises(UserError, match="search stopped at round 2"):
+        search(evaluator, g, d, g_max, 1e18, rounds=5, out_dir=tmp_path / "stop", progress=False)
+    history = pd.read_csv(tmp_path / "stop" / "history.csv")
+    assert len(history) == 3 and "G-agent" in history["error"].iloc[2]
+    assert history["error"].iloc[:2].isna().all()
+    d = get_agent("random")(evaluator.d_space, 1e18, seed=1, role="D")
+    g = get_agent("test-flaky")(evaluator.g_space, g_max, role="G", mode=mode)
+    result = search(evaluator, g, d, g_max, 1e18, rounds=5, on_agent_error="skip", progress=False)
+    assert len(result.history) == 5 and result.history["error"].astype(bool).sum() >= 1
+    assert result.best is not None and json.dumps(result.best["g_widths"]) != "null"
+
+
+def test_budget_parsing():
+    assert resolve_budget("25%", 1000) == 250 and resolve_budget(0.5, 1000) == 500
+    assert resolve_budget("3e6", 10) == 3e6
+    for bad in ("abc", 0, -1):
+        with pytest.raises(UserError):
+            resolve_budget(bad, 10)
