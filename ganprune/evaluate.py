@@ -16,6 +16,7 @@ and selection never see the evaluation images.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -95,11 +96,13 @@ class CandidateEvaluator:
 
     def __init__(self, teacher_G: nn.Module, teacher_D: nn.Module, g_space, d_space, batches: list[dict],
                  objective, conditional_D: bool = True, l1_weight: float = 0.0, balance_weight: float = 1.0,
-                 recalibrate_bn: bool = True, importance: str = "l2", device=None):
+                 recalibrate_bn: bool = True, importance: str = "l2", device=None,
+                 allow_evaluation_split: bool = False):
         if not batches:
             raise UserError("calibration set is empty: need at least one batch of search-split images")
         for batch in batches:  # batches from calibration_batches() say which split they came from
-            guard_search_split(batch.get("phase", "train"))
+            if not allow_evaluation_split:  # only to *report* a finished search's winner on held-out data
+                guard_search_split(batch.get("phase", "train"))
         self.device = torch.device(device or "cpu")
         self.teacher_G = teacher_G.to(self.device).eval()
         self.teacher_D = teacher_D.to(self.device).eval()
@@ -151,7 +154,7 @@ class CandidateEvaluator:
         g, d = self.build_pair(g_widths, d_widths)
         c = self.cache
         density = sum(float(self.objective(g, reference=ref)) for ref in c.density_refs) / len(c.density_refs)
-        l1 = d_real = d_fake = d_drift = 0.0
+        l1 = mse = d_real = d_fake = d_drift = 0.0
         n = 0
         for x, y, y_t, t_real, t_fake in zip(c.inputs, c.targets, c.outputs, c.d_real, c.d_fake):
             fake = g(x)
@@ -159,18 +162,21 @@ class CandidateEvaluator:
             s_fake = torch.sigmoid(d(_d_input(x, fake, self.conditional_D)))
             k = x.shape[0]
             l1 += float((fake - y_t).abs().mean()) * k
+            mse += float(((fake - y_t) ** 2).mean()) * k
             d_real += float(s_real.mean()) * k
             d_fake += float(s_fake.mean()) * k
             # D fidelity on identical inputs: the teacher pair's real and teacher-fake images.
             s_teacher_fake = torch.sigmoid(d(_d_input(x, y_t, self.conditional_D)))
             d_drift += float(((s_real - t_real).abs().mean() + (s_teacher_fake - t_fake).abs().mean()) / 2) * k
             n += k
-        l1, d_real, d_fake, d_drift = l1 / n, d_real / n, d_fake / n, d_drift / n
+        l1, mse, d_real, d_fake, d_drift = l1 / n, mse / n, d_real / n, d_fake / n, d_drift / n
         balance = abs((d_real - d_fake) - c.gap)
         score_g = density + self.l1_weight * l1 + self.balance_weight * balance
         score_d = balance + d_drift
         self.evaluations += 1
-        return {"density": density, "l1": l1, "balance": balance, "d_fidelity": d_drift,
+        # PSNR of the pooled MSE to the teacher output, images in [-1, 1] (data range 2).
+        psnr = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
+        return {"density": density, "l1": l1, "psnr_teacher": psnr, "balance": balance, "d_fidelity": d_drift,
                 "score_g": score_g, "score_d": score_d, "score": score_g + score_d,
                 "g_macs": int(self.g_space.macs(g_widths)), "d_macs": int(self.d_space.macs(d_widths)),
                 "seconds": time.perf_counter() - start}

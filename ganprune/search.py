@@ -21,7 +21,7 @@ from ganprune.errors import UserError
 from ganprune.io import atomic_write_text, atomic_write_yaml
 
 HISTORY_COLUMNS = ["round", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible", "feasible",
-                   "density", "l1", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
+                   "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
 
 
 def resolve_budget(budget, full_macs: int) -> float:
@@ -65,7 +65,7 @@ def _feedback(widths, metrics, role, feasible) -> Feedback:
     key = "score_g" if role == "G" else "score_d"
     macs = metrics["g_macs"] if role == "G" else metrics["d_macs"]
     return Feedback(widths=widths, score=metrics[key], macs=macs, feasible=feasible,
-                    metrics={k: metrics[k] for k in ("density", "l1", "balance", "d_fidelity", "score")})
+                    metrics={k: metrics[k] for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity", "score")})
 
 
 def _clean_record(record: dict) -> dict:
@@ -84,7 +84,8 @@ def _clean_record(record: dict) -> dict:
 def _row_metrics(row) -> dict | None:
     if row.get("error"):
         return None
-    return {k: row[k] for k in ("density", "l1", "balance", "d_fidelity", "score_g", "score_d", "score")} | {
+    return {k: row[k] for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d",
+                                "score")} | {
         "g_macs": int(row["g_macs"]), "d_macs": int(row["d_macs"])}
 
 
@@ -196,7 +197,8 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
     data = {"generator": {"spec": g_spec, "widths": best["g_widths"], "macs": int(best["g_macs"])},
             "discriminator": {"spec": d_spec, "widths": best["d_widths"], "macs": int(best["d_macs"])},
             "score": float(best["score"]), "round": int(best["round"]),
-            "metrics": {k: float(best[k]) for k in ("density", "l1", "balance", "d_fidelity", "score_g", "score_d")}}
+            "metrics": {k: float(best[k]) for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity",
+                                                    "score_g", "score_d")}}
     atomic_write_yaml(path, data)
 
 
