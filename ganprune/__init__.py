@@ -2,18 +2,23 @@
 
 The pipeline, in the order it runs: load a checkpoint (``ganprune.models``) → build the search space
 (``ganprune.space``) → let a G-agent and a D-agent search widths (``ganprune.search``) scored by the
-local-density objective (``ganprune.objective``) → prune physically (``ganprune.prune``) →
-measure and export (``ganprune.metrics``, ``ganprune.export``).
+local-density objective (``ganprune.objective``, ``ganprune.evaluate``) → prune physically
+(``ganprune.prune``) → fine-tune (``ganprune.finetune``) → measure and export (``ganprune.metrics``,
+``ganprune.evaluation``, ``ganprune.export``).
 """
 from ganprune.errors import UserError
+from ganprune.export import export_onnx
+from ganprune.finetune import finetune
 from ganprune.agent import Agent, Feedback, available_agents, get_agent, make_agent, register_agent
 from ganprune.objective import LocalDensityObjective
 from ganprune.models import load_discriminator, load_generator, save_checkpoint
 from ganprune.prune import load_pruned, prune, save_pruned
 from ganprune.space import Group, SearchSpace
+from ganprune.teacher import load_teacher, train_teacher
 
 __version__ = "0.1.0"
 
 __all__ = ["UserError", "load_generator", "load_discriminator", "save_checkpoint", "SearchSpace", "Group", "prune",
            "save_pruned", "load_pruned", "Agent", "Feedback", "register_agent", "get_agent", "make_agent",
-           "available_agents", "LocalDensityObjective", "__version__"]
+           "available_agents", "LocalDensityObjective", "train_teacher", "load_teacher", "export_onnx",
+           "finetune", "__version__"]

@@ -84,11 +84,15 @@ def _forward(model, args):
 def dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
     """Trace ``model`` with autograd on (even under ``torch.no_grad``) and in-place activations off
     (an in-place ReLU after an affine-free InstanceNorm hides the norm from the trace, leaving its
-    ``num_features`` stale after pruning). Module flags and train/eval modes are restored."""
+    ``num_features`` stale after pruning), and every parameter requiring grad (the trace follows autograd,
+    so a frozen teacher would otherwise show no groups). Flags and train/eval modes are restored."""
     inplace = [(m, m.inplace) for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)]
     modes = [(m, m.training) for m in model.modules()]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
     for m, _ in inplace:
         m.inplace = False
+    for p in frozen:
+        p.requires_grad_(True)
     outputs = []
 
     def keep_outputs(out):
@@ -116,6 +120,8 @@ def dependency_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:
             m.inplace = flag
         for m, flag in modes:
             m.training = flag
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def traced_graph(model: nn.Module, example_inputs) -> tp.DependencyGraph:

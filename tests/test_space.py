@@ -15,7 +15,7 @@ from torch import nn
 from ganprune import search_spaces
 from ganprune.cli import main
 from ganprune.errors import UserError
-from ganprune.models import build
+from ganprune.models import build, load_generator
 from ganprune.prune import prune
 from ganprune.space import SearchSpace, allowed_widths
 
@@ -286,3 +286,15 @@ def test_cli_space_table(tmp_path, capsys):
     assert main(["space", "--arch", "pkg.mod:Cls"]) == 2
     assert "--kind" in capsys.readouterr().err
     assert os.path.exists(csv)
+
+
+def test_frozen_model_still_shows_its_groups():
+    net = load_generator(None, arch="unet_64", ngf=8).eval()
+    x = torch.zeros(1, 3, 64, 64)
+    groups = SearchSpace.from_model(net, x, arch="unet_64").names
+    for p in net.parameters():
+        p.requires_grad_(False)
+    assert SearchSpace.from_model(net, x, arch="unet_64").names == groups and len(groups) > 5
+    assert all(not p.requires_grad for p in net.parameters())
+    pruned = prune(net, {"down1": 4}, x)
+    assert pruned.model.model[0].out_channels == 4

@@ -1,0 +1,127 @@
+"""Evaluate generators on a dataset split into one table: cost (MACs, params, optional CPU latency)
+beside quality (PSNR/SSIM vs ground truth and vs a teacher, FID, KID ± std, optional mIoU).
+
+The real images' Inception features are extracted once and shared by every generator in the table,
+and the teacher, when given, gets its own row so that the pruned model's figures have a reference.
+"""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+from torch import nn
+
+from ganprune.errors import UserError
+
+COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_teacher": "PSNR vs teacher", "ssim_teacher": "SSIM vs teacher",
+           "fid": "FID", "kid_mean": "KID", "kid_std": "KID std", "miou": "mIoU"}
+
+
+def load_model(generator=None, pruned=None, teacher=None, arch: str = "unet_256", ngf: int = 64,
+               norm: str = "batch", dropout: bool = False, input_nc: int = 3,
+               output_nc: int = 3) -> tuple[str, nn.Module]:
+    """``(label, G)`` from exactly one of a dense checkpoint, a pruned-model file, or a teacher folder."""
+    given = [name for name, v in (("generator", generator), ("pruned", pruned), ("teacher", teacher)) if v]
+    if len(given) != 1:
+        raise UserError("give exactly one of --generator, --pruned, --teacher "
+                        f"(got {', '.join('--' + g for g in given) or 'none'})")
+    if pruned:
+        from ganprune.prune import load_pruned
+        from ganprune.models.registry import kind_of
+        net = load_pruned(pruned)
+        spec = net.ganprune_spec
+        if (spec.get("kind") or kind_of(spec["arch"])) != "generator":
+            raise UserError(f"{pruned}: holds a discriminator; evaluation needs a generator")
+        return f"pruned {os.path.basename(os.fspath(pruned))}", net
+    if teacher:
+        from ganprune.teacher import load_teacher
+        G, _, spec = load_teacher(teacher)
+        return f"teacher {spec['G']['arch']} ngf {spec['G'].get('ngf')}", G
+    from ganprune.models import load_generator
+    net = load_generator(generator, arch=arch, ngf=ngf, norm=norm, input_nc=input_nc, output_nc=output_nc,
+                         dropout=dropout)
+    return f"{arch} ngf {ngf} ({os.path.basename(os.fspath(generator))})", net
+
+
+def _channels(net: nn.Module) -> tuple[int, int]:
+    """(input, output) channels: the first and last convolution in registration order."""
+    convs = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    return (convs[0].in_channels, convs[-1].out_channels) if convs else (0, 0)
+
+
+def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: str = "aligned",
+             direction: str = "AtoB", size: int | None = None, n: int | None = None, fid: bool = True,
+             kid: bool = True, fid_weights=None, teacher: nn.Module | None = None, latency: bool = False,
+             latency_threads: int = 2, latency_repeats: int = 20, segmenter=None, num_classes: int | None = None,
+             batch_size: int = 8, device=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+    """One row per generator in ``models`` (plus ``"teacher"`` when given) and the ``computed_on`` facts.
+
+    ``segmenter`` is a TorchScript file or module (see ``quality.load_segmenter``); ``fid_weights`` a
+    TorchScript feature network (see ``quality.ScriptedFeatures``), default the bundled FID Inception.
+    """
+    from ganprune.data.datasets import build_dataset
+    from ganprune.metrics.complexity import complexity
+    from ganprune.metrics.quality import image_quality, load_feature_extractor, load_segmenter, real_features
+    if not models:
+        raise UserError("evaluate: no generators given")
+    if n is not None and n < 1:
+        raise UserError(f"--n: expected a positive number of images, got {n}")
+    nets = dict(models)
+    if teacher is not None:
+        nets["teacher"] = teacher
+    in_nc, out_nc = _channels(next(iter(nets.values())))
+    options = {"direction": direction, "load_size": size, "crop_size": size, "flip": False,
+               "input_nc": in_nc, "output_nc": out_nc}
+    if mode == "unaligned":
+        options["serial"] = True
+    data = build_dataset(dataroot, mode=mode, phase=phase, **options)
+    if len(data) == 0:
+        raise UserError(f"{os.path.join(os.fspath(dataroot), phase)}: no images in split {phase!r}")
+    if (fid or kid) and out_nc != 3:
+        raise UserError(f"FID/KID need RGB outputs but the generator makes {out_nc} channel(s); use --no-fid")
+    if isinstance(segmenter, (str, os.PathLike)):
+        segmenter = load_segmenter(segmenter)
+    extractor = load_feature_extractor(fid_weights) if (fid or kid) else None
+    reference = real_features(data, extractor, n, batch_size, device, progress) if extractor is not None else None
+    h, w = data[0]["A"].shape[-2:]
+    rows, computed_on = [], None
+    for name, net in nets.items():
+        q = image_quality(net, data, teacher=teacher if name != "teacher" else None, fid=fid, kid=kid, n=n,
+                          feature_extractor=extractor, batch_size=batch_size, device=device, split=phase,
+                          reference_features=reference, segmenter=segmenter, num_classes=num_classes,
+                          progress=progress)
+        c = complexity(net, (1, in_nc, h, w))
+        row = {"model": name, "GMACs": c["GMACs"], "params (M)": c["params_M"]}
+        row.update({label: q[key] for key, label in COLUMNS.items()})
+        row["eval s"] = q["seconds"]["total"]
+        rows.append(row)
+        computed_on = q["computed_on"]
+    table = pd.DataFrame(rows)
+    if latency:
+        from ganprune.metrics.latency import measure_latency
+        lat = measure_latency(nets, (1, in_nc, h, w), threads=latency_threads, repeats=latency_repeats,
+                              progress=progress)
+        for backend, part in lat.groupby("backend", sort=False):
+            table[f"ms {backend}"] = table["model"].map(dict(zip(part["model"], part["median_ms"])))
+        computed_on["latency"] = (f"CPU median of {int(lat['repeats'].iloc[0])} calls at batch 1, {latency_threads} "
+                                  f"threads, OMP_WAIT_POLICY={lat.attrs.get('omp_wait_policy', 'unset')}")
+    keep = [col for col in table.columns if not table[col].isna().all()]   # drop metrics nobody asked for
+    return table[keep], computed_on
+
+
+def report_markdown(table: pd.DataFrame, computed_on: dict) -> str:
+    from ganprune.metrics.quality import describe
+    text = table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + describe(computed_on)
+    if computed_on.get("latency"):
+        text += f"; latency: {computed_on['latency']}"
+    return text + "\n"
+
+
+def write_report(table: pd.DataFrame, computed_on: dict, out) -> dict:
+    """``eval.csv`` and ``eval.md`` (table + computed-on line) in ``out``, each written atomically."""
+    from ganprune.io import atomic_write_text
+    out = os.fspath(out)
+    paths = {"csv": os.path.join(out, "eval.csv"), "md": os.path.join(out, "eval.md")}
+    atomic_write_text(paths["csv"], table.to_csv(index=False))
+    atomic_write_text(paths["md"], report_markdown(table, computed_on))
+    return paths

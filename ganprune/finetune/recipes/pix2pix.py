@@ -1,0 +1,27 @@
+"""Plain Pix2Pix losses (Isola et al.): the baseline every other recipe is compared with.
+
+G: GAN(D_S(A, G_S(A)) → real) + λ·|G_S(A) − B|₁; D: ½(D_S(A, B) → real + D_S(A, G_S(A)) → fake).
+No teacher is used: this is "prune, then retrain with the original objective".
+"""
+from ganprune.finetune.recipe import Recipe, register_recipe
+from ganprune.losses import GANLoss
+
+
+@register_recipe("pix2pix")
+class Pix2Pix(Recipe):
+    OPTIONS = {"gan_mode": "vanilla", "lambda_l1": 100.0}
+    paired_only = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.gan = GANLoss(self.options["gan_mode"])
+
+    def discriminator_loss(self, out):
+        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
+        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
+
+    def generator_loss(self, out):
+        adv = self.gan(self.student_D(self.d_input(self.student_D, out["A"], out["fake"])), True,
+                       for_discriminator=False)
+        l1 = self.l1(out["fake"], out["B"])
+        return adv + self.options["lambda_l1"] * l1, {"G_adv": adv.detach(), "G_L1": l1.detach()}

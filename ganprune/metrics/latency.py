@@ -1,0 +1,387 @@
+"""CPU inference latency of several models and runtimes, measured so that they can be compared.
+
+The runs are interleaved: each repeat times every (model, backend) once, in a rotating order, so a
+noisy neighbour or a clock change hits all candidates alike instead of whichever ran at that moment.
+Thread counts are fixed (torch and ONNX Runtime alike) and reported with the numbers; the median and
+90th percentile of the per-call times are returned.
+
+Backends are named ``base[+modifier...]``:
+
+* ``torch``: eager PyTorch in eval mode under ``torch.inference_mode``; modifiers ``fold`` (BatchNorm
+  folded into the convs, see ``ganprune.fuse``) and ``cl`` (channels_last memory layout).
+* ``onnxruntime``: ONNX Runtime's CPU provider on a BN-folded export (or the given ``.onnx`` file),
+  graph optimisation "all" unless a modifier ``basic``, ``extended`` or ``disable`` says otherwise.
+
+CPU only: it measures the deployment target that pruning is for; models given on a GPU are copied
+to the CPU. ONNX Runtime threads do not spin while idle; for torch's OpenMP threads the same needs
+``OMP_WAIT_POLICY=PASSIVE`` in the environment before Python starts (it cannot be changed once torch
+is loaded). On a machine shared with other work, spinning OpenMP threads make torch several times
+slower and erratic, and slow ONNX Runtime in the same process; ``benchmarks/bench_latency.py`` sets it.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import os
+import tempfile
+import time
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ganprune.errors import UserError
+
+TORCH_MODIFIERS = ("fold", "cl")
+ORT_LEVELS = ("basic", "extended", "disable")
+
+
+def parse_backend(name: str) -> tuple[str, set[str]]:
+    """``"torch+fold+cl"`` → ``("torch", {"fold", "cl"})``, validated."""
+    base, *mods = str(name).split("+")
+    allowed = {"torch": TORCH_MODIFIERS, "onnxruntime": ORT_LEVELS}.get(base)
+    if allowed is None:
+        raise UserError(f"backend {name!r}: expected torch[+fold][+cl] or onnxruntime[+basic|+extended|+disable]")
+    bad = [m for m in mods if m not in allowed]
+    if bad or (base == "onnxruntime" and len(mods) > 1):
+        raise UserError(f"backend {name!r}: unknown or conflicting modifier {'+'.join(bad or mods)}; "
+                        f"{base} takes {', '.join(allowed)}")
+    return base, set(mods)
+
+
+def _torch_runner(model: nn.Module, x: torch.Tensor, mods: set[str]) -> Callable[[], object]:
+    from ganprune.fuse import fold_batchnorm
+    net = fold_batchnorm(model) if "fold" in mods else copy.deepcopy(model).eval()
+    net = net.to("cpu", torch.float32)
+    if "cl" in mods:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return lambda: net(x)
+
+
+def _ort_runner(model, x: torch.Tensor, mods: set[str], threads: int, workdir: str, name: str) -> Callable[[], object]:
+    from ganprune.export import ort_session
+    if isinstance(model, nn.Module):
+        from ganprune.export import export_onnx
+        path = os.path.join(workdir, f"{len(os.listdir(workdir))}.onnx")
+        export_onnx(model, path, x, fold_bn=True, check=False, parity=False)
+    else:
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise UserError(f"{path}: ONNX file not found (model {name!r})")
+    session = ort_session(path, threads=threads, optimization=next(iter(mods), "all"))
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feed)
+
+
+def _check_runs(name: str, model: nn.Module, x: torch.Tensor) -> None:
+    """A model that cannot take the input is the caller's mistake: say so in one line."""
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    try:
+        with torch.inference_mode():
+            net(x)
+    except RuntimeError as exc:
+        raise UserError(f"model {name!r} cannot run on an input of shape {tuple(x.shape)}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_shape, threads: int = 2,
+                    warmup: int = 3, repeats: int = 20, backends=("torch", "onnxruntime"),
+                    progress: bool = True, seed: int = 0) -> pd.DataFrame:
+    """Median / p90 milliseconds per call for every model and backend, from interleaved runs.
+
+    ``models`` maps a name to an ``nn.Module`` or to an ``.onnx`` path (an ONNX file runs only on the
+    onnxruntime backends; its torch rows are left out). ``input_shape`` is the full input shape
+    including batch, e.g. ``(1, 3, 256, 256)``. Returns one row per (model, backend) with columns
+    model, backend, threads, input, median_ms, p90_ms, min_ms, repeats. The input models are not
+    modified, and torch's thread count is restored afterwards.
+    """
+    if not models:
+        raise UserError("measure_latency: no models given")
+    if threads < 1 or repeats < 1 or warmup < 0:
+        raise UserError(f"measure_latency: need threads >= 1, repeats >= 1, warmup >= 0 "
+                        f"(got {threads}, {repeats}, {warmup})")
+    parsed = [(b, *parse_backend(b)) for b in backends]
+    x = torch.randn(tuple(input_shape), generator=torch.Generator().manual_seed(seed))
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="ganprune-latency-") as workdir:
+            runners: list[tuple[str, str, Callable]] = []
+            for name, model in models.items():
+                if isinstance(model, nn.Module):
+                    _check_runs(name, model, x)
+                for backend, base, mods in parsed:
+                    if base == "torch" and isinstance(model, nn.Module):
+                        runners.append((name, backend, _torch_runner(model, x, mods)))
+                    elif base == "onnxruntime":
+                        runners.append((name, backend, _ort_runner(model, x, mods, threads, workdir, name)))
+            times = _interleaved(runners, warmup, repeats, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+    rows = []
+    for (name, backend, _), t in zip(runners, times):
+        ms = np.asarray(t) * 1e3
+        rows.append({"model": name, "backend": backend, "threads": threads,
+                     "input": "x".join(map(str, input_shape)), "median_ms": float(np.median(ms)),
+                     "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()), "repeats": repeats})
+    df = pd.DataFrame(rows)
+    df.attrs["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset")
+    return df
+
+
+def _interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
+    """Round-robin timing, starting each round one runner later so none always runs first."""
+    times: list[list[float]] = [[] for _ in runners]
+    n = len(runners)
+    gc.collect()
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # a collection inside one timed call would charge it to whichever model ran then
+    try:
+        with torch.inference_mode():
+            for r in tqdm(range(warmup + repeats), desc="latency", unit="round", disable=not progress, leave=False):
+                for k in range(n):
+                    i = (k + r) % n
+                    start = time.perf_counter()
+                    runners[i][2]()
+                    elapsed = time.perf_counter() - start
+                    if r >= warmup:
+                        times[i].append(elapsed)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return times
+
+
+# --------------------------------------------------------------------------- per-layer lookup table
+
+_CONV_TYPES = (nn.Conv2d, nn.ConvTranspose2d)
+
+
+def _affine(form, widths: Mapping[str, int]) -> int:
+    const, coefs = form
+    return int(const + sum(c * widths[g] for g, c in coefs.items()))
+
+
+def _interp2(in_values, out_values, grid, cin: float, cout: float) -> float:
+    """Bilinear interpolation on the measured (in, out) grid, clamped at its edges."""
+    rows = [np.interp(cout, out_values, row) for row in grid]
+    return float(np.interp(cin, in_values, rows))
+
+
+class LatencyTable:
+    """Predicts a pruned net's latency in milliseconds from its widths, without building the net.
+
+    Every convolution is timed on its own at a grid of input/output widths (the space's uniform
+    fractions; identical layers are timed once), interleaved like ``measure_latency``. A prediction
+    interpolates each conv's time at the widths' channel counts and sums them, then maps the sum to
+    whole-model time as ``s · convs + a + b · Σ conv output elements`` (the last two terms for norms,
+    activations, concatenation, padding, call overhead), with ``s, a, b >= 0`` fitted to whole pruned
+    models measured at a few uniform fractions. ``predict`` takes microseconds, so agents can budget
+    in ms as they budget in MACs. Widths narrower than the grid are clamped to it (an overestimate).
+    """
+
+    def __init__(self, data: dict):
+        self.data = data
+        self.full = dict(data["full"])
+
+    @classmethod
+    def build(cls, model: nn.Module, space, example_input: torch.Tensor, threads: int = 2,
+              backend: str = "torch+fold", fractions=(0.125, 0.25, 0.5, 0.75, 1.0),
+              calibrate=(1.0, 0.75, 0.5, 0.375, 0.25, 0.125), warmup: int = 1, repeats: int = 5,
+              progress: bool = True) -> "LatencyTable":
+        """Time ``model``'s convs on ``backend`` at batch 1 and fit the whole-model map (``model`` is untouched)."""
+        from ganprune.prune import prune
+        parse_backend(backend)
+        x = example_input.detach().to("cpu", torch.float32)[:1]
+        layers = _conv_layers(model, x, space)
+        full = space.full_widths()
+        grid_widths = [space.uniform(float(f)) for f in fractions] + [full]
+        for layer in layers:
+            layer["in_values"] = sorted({_affine(layer["in_form"], w) for w in grid_widths})
+            layer["out_values"] = sorted({_affine(layer["out_form"], w) for w in grid_widths})
+        previous_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            times = _time_layers(layers, backend, threads, warmup, repeats, progress)
+        finally:
+            torch.set_num_threads(previous_threads)
+        for layer in layers:
+            layer["ms"] = [[times[_layer_key(layer, cin, cout)] for cout in layer["out_values"]]
+                           for cin in layer["in_values"]]
+        table = cls({"backend": backend, "threads": threads, "input_shape": list(x.shape), "full": full,
+                     "layers": layers, "fit": [1.0, 0.0, 0.0], "calibration": []})
+        variants = {}
+        for f in calibrate:
+            widths = space.uniform(float(f))
+            variants[f"{float(f):g}"] = (widths, model if widths == full else prune(model, widths, x))
+        measured = measure_latency({k: v[1] for k, v in variants.items()}, tuple(x.shape), threads=threads,
+                                   warmup=warmup, repeats=repeats, backends=(backend,), progress=progress)
+        rows = []
+        for r in measured.itertuples():
+            widths = variants[r.model][0]
+            rows.append({"fraction": float(r.model), "measured_ms": r.median_ms, "convs_ms": table._convs_ms(widths),
+                         "activations": table._activations(widths)})
+        table.data["fit"] = _fit_whole_model(rows)
+        for row in rows:
+            row["predicted_ms"] = table.predict(variants[f"{row['fraction']:g}"][0])
+        table.data["calibration"] = rows
+        return table
+
+    def _widths(self, widths: Mapping[str, int]) -> dict[str, int]:
+        out = dict(self.full)
+        for name, w in widths.items():
+            if name not in out:
+                raise UserError(f"widths: unknown group {name!r}; groups are: {', '.join(out)}")
+            if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 1 <= w <= out[name]:
+                raise UserError(f"widths[{name!r}] = {w!r}: expected an integer from 1 to {out[name]}")
+            out[name] = int(w)
+        return out
+
+    def _convs_ms(self, widths) -> float:
+        w = self._widths(widths)
+        return sum(_interp2(layer["in_values"], layer["out_values"], layer["ms"],
+                            _affine(layer["in_form"], w), _affine(layer["out_form"], w))
+                   for layer in self.data["layers"])
+
+    def _activations(self, widths) -> int:
+        w = self._widths(widths)
+        return sum(_affine(layer["out_form"], w) * layer["out_hw"][0] * layer["out_hw"][1]
+                   for layer in self.data["layers"])
+
+    def predict(self, widths: Mapping[str, int]) -> float:
+        """Predicted milliseconds per call at batch 1 for the net pruned to ``widths`` (missing groups: full)."""
+        s, a, b = self.data["fit"]
+        return s * self._convs_ms(widths) + a + b * self._activations(widths)
+
+    def calibration(self):
+        """The whole-model measurements the fit used, with the table's predictions."""
+        import pandas as pd
+        return pd.DataFrame(self.data["calibration"])
+
+    def save(self, path) -> None:
+        from ganprune.io import atomic_write_yaml
+        atomic_write_yaml(path, self.data)
+
+    @classmethod
+    def load(cls, path) -> "LatencyTable":
+        import yaml
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = yaml.safe_load(fh)
+        except OSError as exc:
+            raise UserError(f"{path}: cannot read latency table ({exc.strerror})") from None
+        if not isinstance(data, dict) or not {"full", "layers", "fit"} <= set(data):
+            raise UserError(f"{path}: not a latency table (expected keys full, layers, fit)")
+        return cls(data)
+
+    def __repr__(self) -> str:
+        return (f"LatencyTable({len(self.data['layers'])} convs, {self.data['backend']}, "
+                f"{self.data['threads']} threads, dense {self.predict({}):.1f} ms)")
+
+
+def _fit_whole_model(rows) -> list[float]:
+    """Non-negative least squares for ``measured ≈ s · convs + a + b · activations``.
+
+    ``s`` absorbs what timing convs one by one gets wrong for a whole graph (layout conversions and
+    call overhead of isolated layers, fusions inside a graph); ``a + b · activations`` is everything
+    that is not a conv. Three unknowns: every subset of them is tried, the best non-negative fit wins."""
+    if not rows:
+        return [1.0, 0.0, 0.0]
+    columns = np.array([[row["convs_ms"], 1.0, row["activations"]] for row in rows], dtype=float)
+    scale = np.abs(columns).max(axis=0)
+    scale[scale == 0] = 1.0
+    design, target = columns / scale, np.array([row["measured_ms"] for row in rows], dtype=float)
+    best, best_sse = np.array([1.0, 0.0, 0.0]), float(((columns[:, 0] - target) ** 2).sum())
+    for mask in range(1, 8):
+        active = [j for j in range(3) if mask >> j & 1]
+        coef = np.linalg.lstsq(design[:, active], target, rcond=None)[0]
+        if (coef < 0).any():
+            continue
+        full = np.zeros(3)
+        full[active] = coef
+        sse = float(((design @ full - target) ** 2).sum())
+        if sse < best_sse:
+            best, best_sse = full / scale, sse
+    return [float(v) for v in best]
+
+
+def _conv_layers(model: nn.Module, x: torch.Tensor, space) -> list[dict]:
+    """Each conv's in/out channels as affine forms of the group widths, its config and feature-map size."""
+    from ganprune.space import coupled_groups, dependency_graph
+    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    DG = dependency_graph(net, x)
+    groups = {g.name: g for g in coupled_groups(net, DG)}
+    missing = [g.name for g in space.groups if g.name not in groups]
+    if missing:
+        raise UserError(f"LatencyTable: the search space's group {missing[0]!r} is not a group of this model")
+    convs = [(p, m) for p, m in net.named_modules() if isinstance(m, _CONV_TYPES)]
+    coefs = {m: ({}, {}) for _, m in convs}  # (in coefficients, out coefficients) per group
+    for g in space.groups:
+        root = groups[g.name].root
+        group = DG.get_pruning_group(root, DG.get_pruner_of_module(root).prune_out_channels, [0])
+        for dep, idxs in group:
+            m = dep.target.module
+            if m in coefs:
+                side = 1 if DG.is_out_channel_pruning_fn(dep.handler) else 0
+                coefs[m][side][g.name] = coefs[m][side].get(g.name, 0) + len(idxs)
+    sizes = {}
+
+    def record(module, inputs, output):  # returns None: a hook's return value would replace the output
+        sizes.setdefault(module, (list(inputs[0].shape[2:]), list(output.shape[2:])))
+    hooks = [m.register_forward_hook(record) for _, m in convs]
+    try:
+        with torch.inference_mode():
+            net(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    layers = []
+    for path, m in convs:
+        if m.groups != 1:
+            raise UserError(f"LatencyTable: {path} is a grouped conv (groups={m.groups}); only groups=1 is supported")
+        if m not in sizes:
+            continue  # not on the forward path
+        full = space.full_widths()
+        cin, cout = coefs[m]
+        layers.append({
+            "path": path, "transposed": isinstance(m, nn.ConvTranspose2d),
+            "in_form": [m.in_channels - sum(c * full[g] for g, c in cin.items()), cin],
+            "out_form": [m.out_channels - sum(c * full[g] for g, c in cout.items()), cout],
+            "kernel_size": list(m.kernel_size), "stride": list(m.stride), "padding": list(m.padding),
+            "dilation": list(m.dilation), "output_padding": list(getattr(m, "output_padding", (0, 0))),
+            "in_hw": sizes[m][0], "out_hw": sizes[m][1]})
+    return layers
+
+
+def _layer_key(layer: dict, cin: int, cout: int) -> tuple:
+    return (layer["transposed"], cin, cout, *map(tuple, (layer["kernel_size"], layer["stride"], layer["padding"],
+                                                         layer["dilation"], layer["output_padding"], layer["in_hw"])))
+
+
+def _time_layers(layers, backend: str, threads: int, warmup: int, repeats: int, progress: bool) -> dict:
+    """Fastest ms of every distinct (layer config, in, out) on ``backend``, timed interleaved. The minimum,
+    not the median: a short call is either hit by a disturbance or not, and the whole-model fit maps the
+    undisturbed sum to typical (median) whole-model times."""
+    base, mods = parse_backend(backend)
+    todo = {}
+    for layer in layers:
+        for cin in layer["in_values"]:
+            for cout in layer["out_values"]:
+                todo.setdefault(_layer_key(layer, cin, cout), (layer, cin, cout))
+    runners = []
+    with tempfile.TemporaryDirectory(prefix="ganprune-latency-table-") as workdir:
+        for key, (layer, cin, cout) in todo.items():
+            cls = nn.ConvTranspose2d if layer["transposed"] else nn.Conv2d
+            extra = {"output_padding": tuple(layer["output_padding"])} if layer["transposed"] else {}
+            conv = cls(cin, cout, tuple(layer["kernel_size"]), stride=tuple(layer["stride"]),
+                       padding=tuple(layer["padding"]), dilation=tuple(layer["dilation"]), bias=True, **extra)
+            x = torch.randn(1, cin, *layer["in_hw"])
+            fn = (_torch_runner(conv, x, mods) if base == "torch"
+                  else _ort_runner(conv, x, mods, threads, workdir, str(key)))
+            runners.append((key, backend, fn))
+        times = _interleaved(runners, warmup, repeats, progress)
+    return {key: float(np.min(t)) * 1e3 for (key, _, _), t in zip(runners, times)}

@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from ganprune.errors import UserError
+from ganprune.export import export_onnx
+from ganprune.metrics.complexity import complexity, macs_params
+from ganprune.metrics.latency import measure_latency, parse_backend
+from ganprune.models import load_discriminator, load_generator
+
+
+def test_measure_latency_rows_for_modules_and_onnx_files(tmp_path):
+    g = load_generator(arch="unet_64", ngf=8)
+    d = load_discriminator(ndf=8, input_nc=3)
+    onnx_path = tmp_path / "d.onnx"
+    export_onnx(d, onnx_path, torch.randn(1, 3, 64, 64), check=False, parity=False)
+    before = torch.get_num_threads()
+    df = measure_latency({"g": g, "d": d, "d_file": onnx_path}, (1, 3, 64, 64), threads=1, warmup=1, repeats=2,
+                         backends=("torch", "torch+fold+cl", "onnxruntime"), progress=False)
+    assert torch.get_num_threads() == before
+    # the ONNX file has no torch rows
+    assert list(zip(df.model, df.backend)) == [("g", "torch"), ("g", "torch+fold+cl"), ("g", "onnxruntime"),
+                                               ("d", "torch"), ("d", "torch+fold+cl"), ("d", "onnxruntime"),
+                                               ("d_file", "onnxruntime")]
+    assert (df.threads == 1).all() and (df.repeats == 2).all() and (df.input == "1x3x64x64").all()
+    assert (df.median_ms > 0).all() and (df.p90_ms >= df.median_ms).all() and (df.min_ms <= df.median_ms).all()
+    assert g.training  # untouched
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "torch+fast", "onnxruntime+fold", "onnxruntime+basic+all"])
+def test_bad_backend_is_a_user_error(backend):
+    with pytest.raises(UserError, match="backend"):
+        parse_backend(backend)
+
+
+def test_parse_backend():
+    assert parse_backend("torch+fold+cl") == ("torch", {"fold", "cl"})
+    assert parse_backend("onnxruntime+basic") == ("onnxruntime", {"basic"})
+
+
+def test_model_that_cannot_take_the_input_is_a_user_error():
+    with pytest.raises(UserError, match="'d' cannot run on an input of shape"):
+        measure_latency({"d": load_discriminator(ndf=8)}, (1, 3, 64, 64), repeats=1, progress=False)
+
+
+def test_missing_onnx_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="ONNX file not found"):
+        measure_latency({"x": tmp_path / "nope.onnx"}, (1, 3, 64, 64), repeats=1, progress=False)
+
+
+def test_complexity_matches_a_hand_count():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False))
+    macs, params = macs_params(net, torch.zeros(1, 3, 16, 16))
+    assert params == 8 * 3 * 9 and macs == 8 * 3 * 9 * 16 * 16
+    c = complexity(load_discriminator(ndf=8), (1, 6, 64, 64))
+    assert c["params"] == sum(p.numel() for p in load_discriminator(ndf=8).parameters())
+    assert c["GMACs"] == pytest.approx(c["macs"] / 1e9)
+
+
+@pytest.mark.slow
+def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
+    from torch import nn
+
+    from ganprune.metrics.latency import LatencyTable, _affine
+    from ganprune.prune import prune
+    from ganprune.space import SearchSpace
+    net = load_generator(arch="unet_64", ngf=8)
+    x = torch.zeros(1, 3, 64, 64)
+    space = SearchSpace.from_model(net, x, arch="unet_64")
+    table = LatencyTable.build(net, space, x, threads=1, fractions=(0.5, 1.0), calibrate=(1.0, 0.5),
+                               repeats=2, progress=False)
+    layers = table.data["layers"]
+    assert len(layers) == sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules())
+    # the affine channel forms reproduce the physically pruned convs, skip concatenations included
+    widths = {g.name: g.choices[i % len(g.choices)] for i, g in enumerate(space.groups)}
+    pruned = prune(net, widths, x)
+    convs = [m for m in pruned.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    full = {**space.full_widths(), **widths}
+    assert [(_affine(layer["in_form"], full), _affine(layer["out_form"], full)) for layer in layers] == \
+        [(m.in_channels, m.out_channels) for m in convs]
+    cal = table.calibration()
+    assert list(cal.fraction) == [1.0, 0.5] and (cal.measured_ms > 0).all()
+    assert all(v >= 0 for v in table.data["fit"]) and len(table.data["fit"]) == 3
+    dense_ms, small_ms = table.predict({}), table.predict(space.uniform(0.125))
+    assert 0 < small_ms and 0 < dense_ms
+    path = tmp_path / "table.yaml"
+    table.save(path)
+    again = LatencyTable.load(path)
+    assert again.predict(widths) == pytest.approx(table.predict(widths))
+    with pytest.raises(UserError, match="unknown group"):
+        table.predict({"nope": 8})

@@ -1,0 +1,234 @@
+"""Each recipe on tiny nets (unet_64 ngf 8, basic D ndf 8, batch 2 at 64²): finite losses, a gradient for
+every trainable parameter, and its distillation/task objective falling on a fixed batch."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from ganprune.errors import UserError
+from ganprune.finetune import get_recipe
+from ganprune.finetune.trainer import build_phases, train_step
+from ganprune.models import init_weights, load_discriminator, load_generator
+from ganprune.prune import prune
+from ganprune.space import SearchSpace
+
+
+def images(n, generator):
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 8, 8, generator=generator), size=64,
+                                           mode="bilinear") * 2 - 1
+
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These nets are tiny: a second thread only adds synchronisation (10× slower on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    TG, TD = load_generator(None, arch="unet_64", ngf=8), load_discriminator(None, ndf=8)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # BatchNorm statistics of a "trained" teacher (fresh ones are 0/1)
+        for m in [*TG.modules(), *TD.modules()]:
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        for _ in range(4):
+            a = images(8, g)
+            TD(torch.cat([a, TG(a)], 1))
+    for T in (TG, TD):
+        T.eval()
+        for m in T.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = 0.1
+    x, xd = torch.zeros(1, 3, 64, 64), torch.zeros(1, 6, 64, 64)
+    G = prune(TG, SearchSpace.from_model(TG, x, arch="unet_64").uniform(0.5), x)
+    D = prune(TD, SearchSpace.from_model(TD, xd, arch="basic").uniform(0.5), xd)
+    assert G.ganprune_widths["down1"] == 4 and D.ganprune_widths
+    TG.requires_grad_(False)
+    TD.requires_grad_(False)
+    torch.manual_seed(2)
+    init_weights(G)  # a student well away from the teacher, so distillation has something to do
+    a = images(2, g)
+    return {"TG": TG, "TD": TD, "G": G, "D": D, "batch": {"A": a, "B": -a.flip(-1)}}
+
+
+def make(nets, name, paired=True, student_G=None, student_D=None, **options):
+    G = copy.deepcopy(student_G if student_G is not None else nets["G"]).train()
+    D = copy.deepcopy(student_D if student_D is not None else nets["D"]).train()
+    return get_recipe(name)(G, D, nets["TG"], nets["TD"], paired, options)
+
+
+def train(rec, batch, steps, lr=2e-4):
+    opts, phases, trainables = build_phases(rec, lr)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    history = []
+    for step in range(steps):
+        rec.step, rec.steps = step, steps
+        losses, logs = train_step(rec, phases, trainables, scaler, batch, torch.device("cpu"))
+        assert all(torch.isfinite(v) for v in losses.values()), (step, losses)
+        if step == 0:
+            check_gradients(rec, phases)
+        history.append({k: float(v) for k, v in logs.items()})
+    return history
+
+
+def check_gradients(rec, phases):
+    """Every trainable parameter got a finite gradient, and every trained module a non-zero one."""
+    for ph in phases:
+        for p in ph.params:
+            assert p.grad is not None and torch.isfinite(p.grad).all(), ph.name
+    modules = {"G": rec.student_G, "D": rec.student_D, **{f"extra {i}": m for i, m in enumerate(
+        [*rec.generator_extras(), *rec.discriminator_extras()])}}
+    for name, m in modules.items():
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), name
+
+
+def falls(history, *keys, n=4):
+    series = [sum(h[k] for k in keys) for h in history]
+    first, last = np.mean(series[:n]), np.mean(series[-n:])
+    assert last < first, (keys, first, last)
+    return first, last
+
+
+def test_pix2pix(nets):
+    history = train(make(nets, "pix2pix"), nets["batch"], 16, lr=1e-3)
+    falls(history, "G_L1")
+    with pytest.raises(UserError, match="needs paired"):
+        make(nets, "pix2pix", paired=False)
+
+
+def test_density(nets):
+    history = train(make(nets, "density"), nets["batch"], 16, lr=1e-3)
+    falls(history, "loss_G")
+    # the density term alone pulls the student's local output density towards the teacher's
+    history = train(make(nets, "density", lambda_l1=0.0, lambda_gan=0.0), nets["batch"], 12)
+    first, last = falls(history, "G_density")
+    assert first > 0
+
+
+def test_density_unpaired_uses_teacher_as_target(nets):
+    rec = make(nets, "density", paired=False, lambda_density=0.0, lambda_gan=0.0)
+    out = rec.forward(nets["batch"])
+    loss, logs = rec.generator_loss(out)
+    with torch.no_grad():
+        expected = (out["fake"] - nets["TG"](nets["batch"]["A"])).abs().mean()
+    assert float(logs["G_L1"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(100 * float(expected), rel=1e-5)
+
+
+def test_option_checks(nets):
+    with pytest.raises(UserError, match="unknown option"):
+        make(nets, "density", lambda_l2=1.0)
+    with pytest.raises(UserError, match="m: expected an integer >= 2"):
+        make(nets, "density", m=1)
+    with pytest.raises(UserError, match="gan_mode"):
+        make(nets, "pix2pix", gan_mode="wgan")
+    with pytest.raises(UserError, match="weight >= 0"):
+        make(nets, "density", lambda_density=-1)
+
+
+def test_dgl(nets):
+    rec = make(nets, "dgl")
+    history = train(rec, nets["batch"], 16, lr=1e-3)
+    falls(history, "G_L1")
+    assert all(h["G_adv_teacher_d"] > 0 for h in history)
+    assert not any(p.requires_grad or p.grad is not None for p in nets["TD"].parameters())
+    with torch.no_grad():  # the term is the teacher D's verdict on the student's output
+        out = rec.forward(nets["batch"])
+        _, logs = rec.generator_loss(out)
+        expected = rec.gan(nets["TD"](torch.cat([out["A"], out["fake"]], 1)), True)
+    assert float(logs["G_adv_teacher_d"]) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_dcd(nets):
+    rec = make(nets, "dcd")
+    out = rec.forward(nets["batch"])
+    assert [f.shape[1] for f in out["student_feats"]] == [4, 8, 16, 32]  # pruned widths of the 4 taps
+    assert [f.shape[1] for f in out["teacher_feats"]] == [8, 16, 32, 64]
+    dcd = rec.dcd_loss(out)
+    assert float(dcd.detach()) > 1e-4
+    dcd.backward()  # the DCD term alone reaches the student G and its connectors
+    for net in (rec.student_G, rec.s_conn):
+        assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in rec.t_conn.parameters())
+    rec.student_G.zero_grad(set_to_none=True)
+    rec.s_conn.zero_grad(set_to_none=True)
+    teacher_D_before = [p.clone() for p in rec.D_T.parameters()]
+    history = train(rec, nets["batch"], 16, lr=1e-3)
+    falls(history, "G_dcd")
+    assert all(h["G_dcd"] > 0 for h in history)
+    assert any(not torch.equal(a, b) for a, b in zip(teacher_D_before, rec.D_T.parameters()))  # co-trained
+    assert not any(p.requires_grad for p in nets["TD"].parameters())  # the caller's teacher is untouched
+
+
+def test_gcc(nets):
+    rec = make(nets, "gcc")
+    history = train(rec, nets["batch"], 16)
+    falls(history, "G_distill")
+    assert all(h["G_feature"] > 0 and h["G_gram"] > 0 for h in history)
+    assert rec.ema_delta_t is not None and rec.ema_delta_t >= 0
+    assert all(p.grad is not None for p in rec.gates.parameters())  # the gates phase moved α
+    assert all(0 <= float(a.detach().min()) and float(a.detach().max()) <= 1 for a in rec.gates.alphas)
+    assert 0 < history[-1]["D_gates_on"] <= 1
+    # a gate below ½ switches its channel off in every D forward
+    D, x = rec.student_D.eval(), torch.cat([nets["batch"]["A"], nets["batch"]["B"]], 1)
+    with torch.no_grad():
+        before = D(x)
+        rec.gates.alphas[0].fill_(0.2)
+        assert not torch.allclose(D(x), before)
+        rec.close()  # hooks removed: the caller's D is a plain D again
+        rec.gates.alphas[0].fill_(1.0)
+        plain = D(x)
+        rec.gates.alphas[0].fill_(0.2)
+        assert torch.equal(D(x), plain)
+    with pytest.raises(UserError, match="needs paired"):
+        make(nets, "gcc", paired=False)
+
+
+def test_selfsup(nets):
+    dense_D = copy.deepcopy(nets["TD"]).requires_grad_(True)
+    rec = make(nets, "selfsup", student_G=prune(nets["TG"], {}, torch.zeros(1, 3, 64, 64)), student_D=dense_D)
+    history = train(rec, nets["batch"], 16)
+    falls(history, "G_adv_gap", "G_L1_gap")
+    assert history[0]["G_adv_gap"] < 0.05 and history[0]["G_L1_gap"] < 0.05  # starts from the dense weights
+    with pytest.raises(UserError, match="pass a copy of the teacher D"):
+        make(nets, "selfsup")
+    with pytest.raises(UserError, match="sparsity"):
+        make(nets, "selfsup", student_D=dense_D, sparsity=1.0)
+
+
+def test_selfsup_sparsity_schedule(nets):
+    from ganprune.finetune.recipes.selfsup import sparsity_at
+    assert sparsity_at(0, 100, 0.9) == pytest.approx(0.05) and sparsity_at(50, 100, 0.9) == pytest.approx(0.9)
+    assert sparsity_at(25, 100, 0.9) == pytest.approx(0.9 - 0.85 / 8)
+    dense_G = copy.deepcopy(nets["TG"]).requires_grad_(True)
+    rec = make(nets, "selfsup", student_G=dense_G, student_D=copy.deepcopy(nets["TD"]), sparsity=0.5)
+    history = train(rec, nets["batch"], 8)
+    levels = [h["G_sparsity"] for h in history]
+    assert levels == sorted(levels)
+    assert levels[0] == pytest.approx(sparsity_at(1, 8, 0.5), abs=0.01)  # masks follow the schedule
+    assert levels[-1] == pytest.approx(0.5, abs=0.01)  # reached by half of training and kept
+    w = rec.convs[1].weight
+    assert float((w == 0).float().mean()) == pytest.approx(0.5, abs=0.02)
+
+
+def test_cyclegan(nets):
+    rec = make(nets, "cyclegan", paired=False)
+    history = train(rec, nets["batch"], 16, lr=1e-3)
+    falls(history, "G_rec", "G_idt")
+    out = rec.forward(nets["batch"])
+    _, logs = rec.generator_loss(out)
+    with torch.no_grad():
+        expected = (out["fake"] - nets["TG"](nets["batch"]["A"])).abs().mean()
+    assert float(logs["G_rec"]) == pytest.approx(float(expected), rel=1e-5)  # the teacher is the target
+
+
+def test_template_is_a_working_recipe(nets):
+    import ganprune.finetune.recipes.template  # noqa: F401  (registers "template")
+    history = train(make(nets, "template"), nets["batch"], 12, lr=1e-3)
+    falls(history, "G_distill")
