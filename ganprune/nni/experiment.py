@@ -1,0 +1,268 @@
+"""Run the search as a real local NNI experiment and bring the trials back as a ``ganprune search`` history.
+
+``run_experiment`` writes, under ``out``: ``trial_config.yaml`` (the resolved options, absolute paths:
+what every trial and the tuner read), ``search_space.json``, ``nni-experiments/<id>/`` (NNI's working
+directory: logs, trial folders, database), ``trial_jobs.json`` (NNI's raw trial records),
+``history.csv`` (columns ``ganprune.search.HISTORY_COLUMNS``,
+one row per trial, failed trials with ``error`` set) and ``widths.yaml`` (best feasible trial).
+The experiment is always stopped, also when waiting fails or times out.
+
+NNI 3.0's web server listens on all interfaces (its REST server calls ``listen(port)`` with no host and
+takes no option to change that); ganprune talks to it on localhost only. Use a firewall, or run inside a
+container/VM, if the port must not be reachable from the network. NNI also records every experiment in
+``~/nni-experiments/.experiment`` (the ``nnictl`` experiment list), whatever the working directory.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from ganprune.errors import UserError
+
+BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
+TUNERS = ("ours",) + BUILTIN_TUNERS
+NOT_METRICS = ("round", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
+_log = logging.getLogger("ganprune.nni")
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ExperimentResult:
+    history: pd.DataFrame
+    best: dict | None
+    experiment_id: str
+    status: str
+    timings: dict = field(default_factory=dict)   # startup_s, wait_s, total_s, trial_wall_s (median)
+
+
+def _tuner_config(tuner: str, trials: int, seed: int, trial_config: str, tuner_options: dict):
+    from nni.experiment import AlgorithmConfig, CustomAlgorithmConfig
+    if tuner == "ours":
+        import ganprune
+        code_dir = os.path.dirname(os.path.dirname(os.path.abspath(ganprune.__file__)))
+        return CustomAlgorithmConfig(class_name="ganprune.nni.tuner.GanpruneTuner", code_directory=code_dir,
+                                     class_args={"config": trial_config, **tuner_options})
+    if tuner == "Anneal":
+        try:
+            import hyperopt  # noqa: F401  (NNI's Anneal tuner is built on it)
+        except ImportError:
+            raise UserError("--tuner Anneal needs the hyperopt package (pip install hyperopt)") from None
+    args = {"TPE": {"optimize_mode": "minimize", "seed": seed}, "Random": {"seed": seed},
+            "Anneal": {"optimize_mode": "minimize"},
+            "Evolution": {"optimize_mode": "minimize", "population_size": max(2, min(32, trials // 2))},
+            "GridSearch": None}[tuner]
+    return AlgorithmConfig(name=tuner, class_args=args)
+
+
+def _trial_error(exp_dir: str, trial_id: str) -> str:
+    """The last line the failed trial wrote to stderr (NNI 3.0 local: environments/<env>/trials/<id>/trial.stderr)."""
+    lines = []
+    for path in glob.glob(os.path.join(exp_dir, "environments", "*", "trials", trial_id, "trial.stderr")):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            lines = [ln.strip() for ln in fh if ln.strip()]
+    return f"trial {trial_id} failed" + (f": {lines[-1]}" if lines else "")
+
+
+def _final_metric(job: dict) -> tuple[int | None, dict | None]:
+    """(parameter id, value) of a job's final result: the id the trial itself says it ran."""
+    for m in job.get("finalMetricData") or []:
+        if m.get("type", "FINAL") == "FINAL":
+            value = json.loads(m["data"])
+            value = json.loads(value) if isinstance(value, str) else value
+            return int(m["parameterId"]), value
+    return None, None
+
+
+def actual_parameters(jobs: list) -> dict[str, int]:
+    """Trial id → parameter id it really ran.
+
+    NNI 3.0's local training service can hand concurrently started trials each other's parameters: the
+    job record's ``hyperParameters`` then names a different parameter id than the one the trial received
+    (and reports with its final result). A reporting trial's own id is the truth; trials that did not
+    report (failed) get the ids no report claimed, their recorded id first. With one trial at a time
+    there is nothing to fix."""
+    recorded = {j["trialJobId"]: json.loads(j["hyperParameters"][0])["parameter_id"]
+                for j in jobs if j.get("hyperParameters")}
+    actual = {j["trialJobId"]: pid for j in jobs for pid, _ in [_final_metric(j)] if pid is not None}
+    free = [pid for pid in recorded.values() if pid not in set(actual.values())]
+    silent = [t for t in recorded if t not in actual]
+    for t in silent:
+        if recorded[t] in free:
+            actual[t] = recorded[t]
+            free.remove(recorded[t])
+    for t in silent:
+        if t not in actual and free:
+            actual[t] = free.pop(0)
+    return actual
+
+
+def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
+    """NNI trial jobs → history rows in the ``ganprune search`` format, ordered by NNI's sequence id."""
+    from ganprune.nni.space import from_params
+    from ganprune.search import HISTORY_COLUMNS
+    params_of = {}
+    for job in jobs:
+        if job.get("hyperParameters"):
+            record = json.loads(job["hyperParameters"][0])
+            params_of[record["parameter_id"]] = record["parameters"]
+    actual = actual_parameters(jobs)
+    rows = []
+    for job in sorted(jobs, key=lambda j: j.get("sequenceId", 0)):
+        params = params_of.get(actual.get(job["trialJobId"]), {})
+        row = {"round": int(job.get("sequenceId", len(rows))), "error": ""}
+        try:
+            g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
+            row["g_widths"], row["d_widths"] = json.dumps(g_widths), json.dumps(d_widths)
+        except UserError:   # widths outside the space (an edited search space): keep what NNI sent
+            row["g_widths"] = json.dumps({k[2:]: v for k, v in params.items() if k.startswith("G/")})
+            row["d_widths"] = json.dumps({k[2:]: v for k, v in params.items() if k.startswith("D/")})
+        if job.get("startTime") and job.get("endTime"):
+            row["seconds"] = (job["endTime"] - job["startTime"]) / 1000
+        _, metric = _final_metric(job)
+        if job.get("status") == "SUCCEEDED" and isinstance(metric, dict):
+            row.update({k: metric[k] for k in HISTORY_COLUMNS if k in metric and k not in NOT_METRICS})
+            row["g_feasible"] = row["g_macs"] <= setup.g_budget
+            row["d_feasible"] = row["d_macs"] <= setup.d_budget
+            row["feasible"] = bool(row["g_feasible"] and row["d_feasible"])
+        elif job.get("status") == "SUCCEEDED":
+            row["error"] = f"trial {job['trialJobId']} reported no final result"
+        else:
+            row["error"] = _trial_error(exp_dir, job["trialJobId"]) if job.get("status") == "FAILED" else \
+                f"trial {job['trialJobId']} {job.get('status', 'UNKNOWN')}"
+        rows.append(row)
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+
+def best_row(history: pd.DataFrame) -> dict | None:
+    ok = history[(history["error"].fillna("") == "") & (history["feasible"] == True)]  # noqa: E712
+    if ok.empty:
+        return None
+    row = ok.sort_values(["score", "round"]).iloc[0].to_dict()
+    return dict(row, g_widths=json.loads(row["g_widths"]), d_widths=json.loads(row["d_widths"]))
+
+
+def _start(config, port: int, attempts: int = 3):
+    """A started experiment. NNI gives its web server about 3 s to answer before it gives up and kills
+    it; a busy machine can need longer, so a failed start is retried (new experiment id) a few times."""
+    from nni.experiment import Experiment
+    for attempt in range(1, attempts + 1):
+        exp = Experiment(config)
+        try:
+            exp.start(port)
+            return exp
+        except Exception as exc:  # noqa: BLE001  (NNI raises plain RuntimeError/requests errors here)
+            try:
+                exp.stop()    # clears NNI's atexit hook and log handler of the failed start
+            except Exception:  # noqa: BLE001
+                pass
+            if attempt == attempts:
+                raise UserError(f"NNI could not start an experiment on port {port} ({type(exc).__name__}: "
+                                f"{exc}); logs: {os.path.join(config.experiment_working_directory, exp.id, 'log')}"
+                                ) from None
+            _log.warning("NNI experiment start failed (%s); retrying (%d/%d)", exc, attempt + 1, attempts)
+            time.sleep(2)
+
+
+def run_experiment(args, out, tuner: str = "ours", trials: int = 10, port: int = 8080, timeout: float = 3600,
+                   concurrency: int = 1, search_space: dict | None = None, tuner_options: dict | None = None,
+                   poll: float = 1.0) -> ExperimentResult:
+    """Start a local NNI experiment for the search described by ``args`` (the ``ganprune nni`` options),
+    wait for ``trials`` trials (at most ``timeout`` seconds), stop it, and write history + winner to ``out``.
+
+    ``tuner``: "ours" (GanpruneTuner with ``args.g_agent``/``args.d_agent``) or an NNI built-in tuner name.
+    ``search_space``: replaces the exported space (NNI tuners only; e.g. a restricted or edited space)."""
+    from nni.experiment import ExperimentConfig
+
+    from ganprune.io import atomic_write_text, atomic_write_yaml
+    from ganprune.nni.space import Setup, resolved_options
+    from ganprune.nni.space import search_space as make_space
+    from ganprune.search import save_winner
+    if tuner not in TUNERS:
+        raise UserError(f"--tuner {tuner!r}: expected one of {', '.join(TUNERS)}")
+    if trials < 1 or concurrency < 1:
+        raise UserError(f"--trials and --concurrency must be >= 1 (got {trials}, {concurrency})")
+    if tuner == "ours" and search_space is not None:
+        raise UserError("a custom search space works with NNI's tuners only; ours searches the config's spaces")
+    with socket.socket() as s:
+        if s.connect_ex(("localhost", port)) == 0:
+            raise UserError(f"--port {port} is in use (another NNI experiment?); choose a free port")
+    out = os.path.abspath(os.fspath(out))
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    setup = Setup(args, calib_images=1)
+    options = resolved_options(args)
+    trial_config = os.path.join(out, "trial_config.yaml")
+    atomic_write_yaml(trial_config, options)
+    space = search_space if search_space is not None else make_space(setup.g_space, setup.d_space)
+    atomic_write_text(os.path.join(out, "search_space.json"), json.dumps(space, indent=2) + "\n")
+    if tuner_options is None:
+        tuner_options = {"g_agent": args.g_agent, "d_agent": args.d_agent, "agent_file": options["agent-file"],
+                         "seed": args.seed}
+
+    config = ExperimentConfig("local")
+    config.experiment_name = f"ganprune-{tuner}"
+    config.search_space = space
+    config.trial_command = (f"{shlex.quote(sys.executable)} -m ganprune.nni.trial "
+                            f"--config {shlex.quote(trial_config)}")
+    config.trial_code_directory = out
+    config.trial_concurrency = concurrency
+    config.max_trial_number = trials
+    config.experiment_working_directory = os.path.join(out, "nni-experiments")
+    config.tuner = _tuner_config(tuner, trials, args.seed, trial_config, tuner_options)
+    exp = _start(config, port)
+    exp_dir = os.path.join(config.experiment_working_directory, exp.id)
+    status, jobs, timings = "NOT STARTED", [], {}
+    try:
+        timings["startup_s"] = time.perf_counter() - t0
+        started = time.perf_counter()
+        while True:
+            status = exp.get_status()
+            if status in ("DONE", "STOPPED", "ERROR"):
+                break
+            if time.perf_counter() - started > timeout:
+                status = f"TIMEOUT after {timeout:g} s"
+                break
+            time.sleep(poll)
+        timings["wait_s"] = time.perf_counter() - started
+        from nni.experiment import rest
+        jobs = rest.get(exp.port, "/trial-jobs", exp.url_prefix)   # raw records: failed trials included
+    finally:
+        try:
+            exp.stop()
+        except Exception as exc:  # stopping must not hide the real error
+            _log.warning("stopping NNI experiment %s failed: %s", exp.id, exc)
+    atomic_write_text(os.path.join(out, "trial_jobs.json"), json.dumps(jobs, indent=1) + "\n")  # NNI's raw records
+    history = collect_history(jobs, setup, exp_dir)
+    atomic_write_text(os.path.join(out, "history.csv"), history.to_csv(index=False))
+    best = best_row(history)
+    if best:
+        save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec)
+    timings["total_s"] = time.perf_counter() - t0
+    if history["seconds"].notna().any():
+        timings["trial_wall_s"] = float(history["seconds"].median())
+    result = ExperimentResult(history, best, exp.id, status, timings)
+    if status == "ERROR":
+        raise UserError(f"NNI experiment {exp.id} ended in ERROR after {len(history)} trials (logs: "
+                        f"{os.path.join(exp_dir, 'log')}; history kept in {os.path.join(out, 'history.csv')})")
+    if status.startswith("TIMEOUT"):
+        raise UserError(f"NNI experiment {exp.id}: {status} with {len(history)} trials; raise --timeout "
+                        f"(history kept in {os.path.join(out, 'history.csv')})")
+    return result
+
+
+__all__ = ["run_experiment", "collect_history", "best_row", "free_port", "ExperimentResult", "TUNERS"]

@@ -1,0 +1,68 @@
+"""One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune.nni.trial``).
+
+The trial rebuilds the teacher pair, calibration batches, spaces and evaluator from the same options as
+``ganprune search`` (a YAML given with ``--config``), reads the widths with ``nni.get_next_parameter()``
+and reports ``nni.report_final_result({"default": ..., "score": ..., ...})``.
+
+An over-budget candidate is not an error: it is scored as usual, reported with ``feasible: False``, and
+its ``default`` (what NNI's tuners minimise) is penalised::
+
+    default = score + infeasible_penalty * (1 + max(0, g_macs/g_budget - 1) + max(0, d_macs/d_budget - 1))
+
+so every infeasible candidate ranks below any feasible one with a score under ``infeasible_penalty``, and
+the further over budget, the worse. Invalid widths (not in the search space) raise: the trial fails and
+NNI records it as FAILED. No fine-tuning happens before scoring (candidates inherit teacher weights).
+Outside an NNI experiment ``get_next_parameter()`` gives nothing, so the full widths are scored.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+
+def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget: float, penalty: float) -> float:
+    """The value NNI minimises: the score, plus the documented penalty when a budget is exceeded."""
+    if g_macs <= g_budget and d_macs <= d_budget:
+        return float(score)
+    excess = max(0.0, g_macs / g_budget - 1) + max(0.0, d_macs / d_budget - 1)
+    return float(score) + penalty * (1 + excess)
+
+
+def score_candidate(setup, evaluator, params: dict) -> dict:
+    """The final-result dict of one candidate given as NNI parameters."""
+    from ganprune.nni.space import from_params
+    g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
+    metrics = evaluator.evaluate(g_widths, d_widths)
+    g_ok, d_ok = metrics["g_macs"] <= setup.g_budget, metrics["d_macs"] <= setup.d_budget
+    result = {k: v for k, v in metrics.items() if k != "seconds"}   # every evaluator metric, as plain numbers
+    result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
+                  eval_seconds=metrics["seconds"],
+                  default=penalised(metrics["score"], metrics["g_macs"], metrics["d_macs"], setup.g_budget,
+                                    setup.d_budget, setup.args.infeasible_penalty))
+    return result
+
+
+def run_trial(args) -> dict:
+    """Score NNI's next candidate (the full widths when run outside NNI) and report it to NNI."""
+    import nni
+
+    from ganprune.nni.space import Setup, from_params
+    start = time.perf_counter()
+    params = nni.get_next_parameter() or {}
+    setup = Setup(args)
+    from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
+    evaluator = setup.evaluator()
+    result = score_candidate(setup, evaluator, params)
+    result["trial_seconds"] = time.perf_counter() - start
+    nni.report_final_result(result)
+    return result
+
+
+def main(argv=None) -> int:
+    """``python -m ganprune.nni.trial ARGS`` is ``ganprune nni trial ARGS``."""
+    from ganprune.cli import main as cli_main
+    return cli_main(["nni", "trial", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""NNI integration: search-space export, trial scoring/penalty, and real local NNI experiments (our tuner
+serialising its agents; a built-in tuner with a failing trial)."""
+import json
+import math
+import os
+import re
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import ganprune
+from ganprune.agent import get_agent
+from ganprune.cli import main
+from ganprune.errors import UserError
+from ganprune.nni.experiment import actual_parameters, free_port, run_experiment
+from ganprune.nni.space import Setup, from_params, load_options, search_space, to_params
+from ganprune.nni.trial import penalised, score_candidate
+from ganprune.search import HISTORY_COLUMNS, _feedback
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    """A search config on the 64² demo set with fresh-init unet_64 (ngf 8) / basic (ndf 8) checkpoints."""
+    from ganprune.data.demo import make_demo
+    root = tmp_path_factory.mktemp("nni")
+    make_demo(root / "data", size=64)
+    torch.manual_seed(0)
+    ganprune.save_checkpoint(root / "G.pth", ganprune.load_generator(None, arch="unet_64", ngf=8))
+    ganprune.save_checkpoint(root / "D.pth", ganprune.load_discriminator(None, arch="basic", ndf=8))
+    cfg = {"dataroot": str(root / "data"), "generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"),
+           "g-arch": "unet_64", "ngf": 8, "ndf": 8, "calib-images": 2, "calib-batch": 2, "m": 2,
+           "g-budget": 0.3, "d-budget": 0.5, "g-agent": "random", "d-agent": "random", "rounds": 7}
+    path = root / "search.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(config):
+    return Setup(load_options(config))
+
+
+@pytest.mark.slow
+def test_space_export_has_one_choice_per_prunable_group(config, setup, tmp_path, capsys):
+    out = tmp_path / "space.json"
+    assert main(["nni", "space", "--config", str(config), "--out", str(out)]) == 0
+    space = json.loads(out.read_text())
+    expected = {f"G/{g.name}": list(g.choices) for g in setup.g_space.groups if len(g.choices) > 1}
+    expected |= {f"D/{g.name}": list(g.choices) for g in setup.d_space.groups if len(g.choices) > 1}
+    assert {k: v["_value"] for k, v in space.items()} == expected
+    assert {v["_type"] for v in space.values()} == {"choice"}
+    assert sum(k.startswith("G/") for k in space) == 11 and sum(k.startswith("D/") for k in space) == 4
+    assert space["G/down4"]["_value"] == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert search_space(setup.g_space, setup.d_space) == space
+    # a folder gets search_space.json
+    assert main(["nni", "space", "--config", str(config), "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "search_space.json").read_text()) == space
+
+
+@pytest.mark.slow
+def test_params_round_trip_and_bad_params(setup):
+    g, d = setup.g_space.uniform(0.5), setup.d_space.uniform(0.5)
+    params = to_params(g, d)
+    assert from_params(params, setup.g_space, setup.d_space) == (g, d)
+    g2, d2 = from_params({"G/down4": 16.0}, setup.g_space, setup.d_space)    # floats from JSON, rest full
+    assert g2 == dict(setup.g_space.full_widths(), down4=16) and d2 == setup.d_space.full_widths()
+    with pytest.raises(UserError, match="D: .*not an allowed choice"):
+        from_params({"D/conv4": 9}, setup.g_space, setup.d_space)
+    with pytest.raises(UserError, match="expected 'G/<group>'"):
+        from_params({"down4": 8}, setup.g_space, setup.d_space)
+
+
+def test_real_nni_package_is_imported():
+    import nni
+
+    import ganprune.nni.tuner as tuner
+    assert "site-packages" in nni.__file__ or "ganprune" not in nni.__file__
+    assert tuner.Tuner.__module__ == "nni.tuner"
+
+
+@pytest.mark.slow
+def test_busy_port_is_a_user_error(config, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(UserError, match="is in use"):
+            run_experiment(load_options(config), tmp_path, tuner="Random", trials=1, port=s.getsockname()[1])
+
+
+def test_swapped_nni_parameters_are_attributed_to_the_trial_that_ran_them():
+    """NNI 3.0 local, concurrent trials: job records may name each other's parameters; the final
+    result's parameterId is what the trial ran, and a failed trial gets the unclaimed id."""
+    def job(tid, seq, pid, status, metric_pid=None):
+        hp = json.dumps({"parameter_id": pid, "parameter_source": "algorithm", "parameters": {"D/conv4": pid}})
+        final = [] if metric_pid is None else [{"type": "FINAL", "parameterId": str(metric_pid),
+                                                "data": json.dumps(json.dumps({"default": 1.0}))}]
+        return {"trialJobId": tid, "sequenceId": seq, "status": status, "hyperParameters": [hp],
+                "finalMetricData": final}
+    jobs = [job("a", 0, 0, "FAILED"), job("b", 1, 1, "SUCCEEDED", metric_pid=0), job("c", 2, 2, "SUCCEEDED", 2)]
+    assert actual_parameters(jobs) == {"b": 0, "a": 1, "c": 2}
+    assert actual_parameters([job("a", 0, 0, "FAILED"), job("b", 1, 1, "SUCCEEDED", 1)]) == {"a": 0, "b": 1}
+
+
+def test_penalty_is_documented_formula():
+    assert penalised(0.5, 90, 40, 100, 50, 1.0) == 0.5
+    assert penalised(0.5, 150, 40, 100, 50, 2.0) == pytest.approx(0.5 + 2.0 * (1 + 0.5))
+    assert penalised(0.5, 200, 100, 100, 50, 1.0) == pytest.approx(0.5 + 1 + 1 + 1)
+
+
+@pytest.mark.slow
+def test_trial_reports_feasible_and_penalised_infeasible(setup):
+    ev = setup.evaluator()
+    small = score_candidate(setup, ev, to_params(setup.g_space.uniform(0.25), setup.d_space.uniform(0.25)))
+    assert small["feasible"] and small["default"] == small["score"] and math.isfinite(small["score"])
+    full = score_candidate(setup, ev, {})
+    assert not full["feasible"] and not full["g_feasible"] and not full["d_feasible"]
+    excess = full["g_macs"] / setup.g_budget - 1 + full["d_macs"] / setup.d_budget - 1
+    assert full["default"] == pytest.approx(full["score"] + 1.0 * (1 + excess))
+    assert set(HISTORY_COLUMNS) - {"round", "g_widths", "d_widths", "seconds", "error"} <= set(full)
+
+
+def _replay(setup, history):
+    """Fresh agents fed the history's results must propose exactly the history's widths, in order: the
+    tuner serialised the agents as the plain search loop does."""
+    g = get_agent("random")(setup.g_space, setup.g_budget, seed=0, role="G")
+    d = get_agent("random")(setup.d_space, setup.d_budget, seed=1, role="D")
+    g_peer = d_peer = None
+    for row in history.to_dict("records"):
+        assert g.propose(d_peer) == json.loads(row["g_widths"])
+        assert d.propose(g_peer) == json.loads(row["d_widths"])
+        metrics = None if row["error"] else row
+        g_peer = _feedback(json.loads(row["g_widths"]), metrics, "G", bool(row["g_feasible"]) if metrics else False)
+        d_peer = _feedback(json.loads(row["d_widths"]), metrics, "D", bool(row["d_feasible"]) if metrics else False)
+        g.observe(g_peer)
+        d.observe(d_peer)
+
+
+@pytest.mark.slow
+def test_nni_run_with_our_tuner(config, setup, tmp_path, capsys):
+    out = tmp_path / "ours"
+    # concurrency 2: the tuner must still run one trial at a time (agents are sequential)
+    code = main(["nni", "run", "--config", str(config), "--tuner", "ours", "--trials", "3", "--concurrency", "2",
+                 "--port", str(free_port()), "--out", str(out), "--timeout", "300"])
+    printed = capsys.readouterr().out
+    history = pd.read_csv(out / "history.csv", keep_default_na=False)
+    assert list(history.columns) == HISTORY_COLUMNS and len(history) == 3
+    assert list(history["round"]) == [0, 1, 2] and (history["error"] == "").all()
+    assert history["score"].map(math.isfinite).all() and (history["seconds"] > 0).all()
+    assert re.search(r"\|\s+round\s+\|", printed) and " DONE: startup " in printed
+    _replay(setup, history)
+    trial_config = yaml.safe_load((out / "trial_config.yaml").read_text())
+    assert os.path.isabs(trial_config["dataroot"]) and "out" not in trial_config
+    feasible = history[history["feasible"].astype(str) == "True"]
+    if len(feasible):
+        assert code == 0
+        winner = yaml.safe_load((out / "widths.yaml").read_text())
+        assert winner["score"] == pytest.approx(feasible["score"].astype(float).min())
+    else:
+        assert code == 2 and not (out / "widths.yaml").exists()
+
+
+@pytest.mark.slow
+def test_builtin_tuner_and_a_failing_trial(config, setup, tmp_path):
+    """NNI's Random tuner on an edited space whose D/conv4 value 9 is not an allowed width: those trials
+    raise and are marked FAILED; the experiment goes on with the others."""
+    args = load_options(config)
+    space = {"D/conv4": {"_type": "choice", "_value": [9, 8]}}     # Random deduplicates: both values run
+    r = run_experiment(args, tmp_path / "random", tuner="Random", trials=2, concurrency=2, port=free_port(),
+                       timeout=300, search_space=space)
+    h = r.history
+    assert r.status == "DONE" and list(h.columns) == HISTORY_COLUMNS and len(h) == 2
+    bad = h["d_widths"].map(lambda w: json.loads(w)["conv4"] == 9)
+    assert bad.any() and (~bad).any()
+    assert h.loc[bad, "error"].str.contains("not an allowed choice").all()
+    assert (h.loc[~bad, "error"] == "").all() and h.loc[~bad, "score"].map(math.isfinite).all()
+    assert h.loc[~bad, "g_widths"].map(json.loads).tolist() == [setup.g_space.full_widths()]   # rest at full width
+    assert r.timings["startup_s"] > 0 and r.timings["wait_s"] > 0
