@@ -12,6 +12,7 @@ from ganprune.finetune import finetune
 from ganprune.agent import Agent, Feedback, available_agents, get_agent, make_agent, register_agent
 from ganprune.objective import LocalDensityObjective
 from ganprune.models import load_discriminator, load_generator, save_checkpoint
+from ganprune.pipeline import run_pipeline
 from ganprune.prune import load_pruned, prune, save_pruned
 from ganprune.space import Group, SearchSpace
 from ganprune.teacher import load_teacher, train_teacher
@@ -21,4 +22,4 @@ __version__ = "0.1.0"
 __all__ = ["UserError", "load_generator", "load_discriminator", "save_checkpoint", "SearchSpace", "Group", "prune",
            "save_pruned", "load_pruned", "Agent", "Feedback", "register_agent", "get_agent", "make_agent",
            "available_agents", "LocalDensityObjective", "train_teacher", "load_teacher", "export_onnx",
-           "finetune", "__version__"]
+           "finetune", "run_pipeline", "__version__"]

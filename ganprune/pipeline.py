@@ -327,12 +327,30 @@ def _plain(value):
     return value
 
 
-def _changed_from(old: dict, new: dict) -> str | None:
+def _changed_keys(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k) != new.get(k))
+
+
+def _changed_from(keys) -> str | None:
     """The first stage a config change invalidates (None: nothing that matters changed)."""
-    keys = [k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k) != new.get(k)]
-    if not keys:
-        return None
-    return min((_KEY_STAGE.get(k, "search") for k in keys), key=STAGES.index)
+    return min((_KEY_STAGE.get(k, "search") for k in keys), key=STAGES.index) if keys else None
+
+
+def _drop_stale_state(out: str, keys, log) -> None:
+    """Resumable state that the changed ``keys`` make meaningless: a search history scored under other
+    settings (more ``rounds`` alone extends it), and a fine-tuning run of other widths or settings (more
+    ``finetune_steps`` alone continues it)."""
+    import shutil
+    history = os.path.join(out, "search", "history.csv")
+    searched = [k for k in keys if _KEY_STAGE.get(k, "search") == "search" and k != "rounds"]
+    if searched and os.path.exists(history):
+        os.remove(history)
+        log(f"search settings changed ({', '.join(searched)}): starting the search over")
+    tuned = os.path.join(out, "finetune")
+    if any(k not in ("rounds", "finetune_steps") and _KEY_STAGE.get(k, "search") in ("search", "finetune")
+           for k in keys) and os.path.isdir(tuned):
+        shutil.rmtree(tuned)
+        log("fine-tuning inputs or settings changed: fine-tuning starts over")
 
 
 def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> dict:
@@ -368,9 +386,11 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
     if os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as fh:
             old = yaml.safe_load(fh) or {}
-        first = _changed_from(old, c)
+        keys = _changed_keys(old, c)
+        first = _changed_from(keys)
         if first is not None:
-            run.log(f"config changed since the last run: redoing the stages from {first} on")
+            run.log(f"config changed since the last run ({', '.join(keys)}): redoing the stages from {first} on")
+            _drop_stale_state(out, keys, run.log)
             for s in STAGES[STAGES.index(first):]:
                 if os.path.exists(os.path.join(out, ".done", s)):
                     os.remove(os.path.join(out, ".done", s))
@@ -413,7 +433,7 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
 # 2 CPU cores and --quick under ~2 (measured figures in the README).
 DEMO_PRUNE = {
     "quick": {"rounds": 30, "calib_images": 8, "finetune_steps": 60, "fid": False, "eval_images": None},
-    "default": {"rounds": 36, "calib_images": 8, "finetune_steps": 200, "fid": True, "eval_images": 50},
+    "default": {"rounds": 60, "calib_images": 16, "finetune_steps": 1000, "fid": True, "eval_images": None},
 }
 
 

@@ -50,7 +50,7 @@ class SearchResult:
 
 def pareto_front(history: pd.DataFrame, macs="g_macs", score="score_g") -> pd.DataFrame:
     """Rows not dominated in (MACs, score): nothing else is both smaller and better."""
-    ok = history[history["error"].fillna("") == ""].sort_values([macs, score])
+    ok = history[history["error"].isna() | (history["error"] == "")].sort_values([macs, score])
     front, best = [], math.inf
     for idx, row in ok.iterrows():
         if row[score] < best:
