@@ -168,7 +168,10 @@ class Recipe:
         raise NotImplementedError
 
     def discriminator_loss(self, out: dict):
-        raise NotImplementedError
+        """Default: the pix2pix/CycleGAN loss of the student D (with ``self.gan``): real B vs the detached
+        student output. Recipes that train D differently override it."""
+        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
+        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
 
     # ----------------------------------------------------------------------- helpers for subclasses
 
@@ -199,6 +202,10 @@ class Recipe:
         loss_real = gan(D(self.d_input(D, a, real)), True)
         loss_fake = gan(D(self.d_input(D, a, fake.detach())), False)
         return 0.5 * (loss_real + loss_fake), loss_real, loss_fake
+
+    def adversarial(self, D: nn.Module, a, fake):
+        """The generator's GAN loss against ``D`` (``self.gan``): D should call ``fake`` real."""
+        return self.gan(D(self.d_input(D, a, fake)), True, for_discriminator=False)
 
     @staticmethod
     def l1(a, b):

@@ -31,14 +31,9 @@ class CycleGAN(Recipe):
             out["idt"] = self.student_G(batch["B"])
         return out
 
-    def discriminator_loss(self, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
-
     def generator_loss(self, out):
         o = self.options
-        adv = self.gan(self.student_D(self.d_input(self.student_D, out["A"], out["fake"])), True,
-                       for_discriminator=False)
+        adv = self.adversarial(self.student_D, out["A"], out["fake"])
         rec = self.l1(out["fake"], out["teacher_fake"])
         loss = adv + o["lambda_rec"] * rec
         logs = {"G_adv": adv.detach(), "G_rec": rec.detach()}

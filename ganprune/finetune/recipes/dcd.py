@@ -60,10 +60,6 @@ class DCD(Recipe):
             out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
         return out
 
-    def discriminator_loss(self, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
-
     def extra_loss(self, name, out):
         loss, real, fake = self.standard_d_loss(self.gan, self.D_T, out["A"], out["B"], out["fake"])
         return loss, {"DT_real": real.detach(), "DT_fake": fake.detach()}
@@ -83,8 +79,8 @@ class DCD(Recipe):
 
     def generator_loss(self, out):
         o, a, fake = self.options, out["A"], out["fake"]
-        adv = self.gan(self.student_D(self.d_input(self.student_D, a, fake)), True, for_discriminator=False)
-        adv_t = self.gan(self.D_T(self.d_input(self.D_T, a, fake)), True, for_discriminator=False)
+        adv = self.adversarial(self.student_D, a, fake)
+        adv_t = self.adversarial(self.D_T, a, fake)
         l1 = self.l1(fake, self.target(out))
         dcd = self.dcd_loss(out)
         loss = o["lambda_gan"] * adv + o["lambda_teacher_gan"] * adv_t + o["lambda_l1"] * l1 + o["lambda_dcd"] * dcd

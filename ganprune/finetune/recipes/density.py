@@ -30,14 +30,9 @@ class Density(Recipe):
                                                perturbations=tuple(o["perturbations"]), noise_std=o["noise_std"],
                                                discrepancy=o["discrepancy"], teacher_D=self.teacher_D, seed=0)
 
-    def discriminator_loss(self, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
-
     def generator_loss(self, out):
         o = self.options
-        adv = self.gan(self.student_D(self.d_input(self.student_D, out["A"], out["fake"])), True,
-                       for_discriminator=False)
+        adv = self.adversarial(self.student_D, out["A"], out["fake"])
         l1 = self.l1(out["fake"], self.target(out))
         density = self.objective(self.student_G, reference=self.objective.reference(out["A"], index=self.step))
         loss = o["lambda_gan"] * adv + o["lambda_l1"] * l1 + o["lambda_density"] * density

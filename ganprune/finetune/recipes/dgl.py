@@ -17,14 +17,10 @@ class DGL(Recipe):
         super().__init__(*args, **kw)
         self.gan = GANLoss(self.options["gan_mode"])
 
-    def discriminator_loss(self, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
-
     def generator_loss(self, out):
         a, fake = out["A"], out["fake"]
-        adv = self.gan(self.student_D(self.d_input(self.student_D, a, fake)), True, for_discriminator=False)
-        adv_t = self.gan(self.teacher_D(self.d_input(self.teacher_D, a, fake)), True, for_discriminator=False)
+        adv = self.adversarial(self.student_D, a, fake)
+        adv_t = self.adversarial(self.teacher_D, a, fake)
         l1 = self.l1(fake, self.target(out))
         loss = adv + self.options["lambda_teacher_d"] * adv_t + self.options["lambda_l1"] * l1
         return loss, {"G_adv": adv.detach(), "G_adv_teacher_d": adv_t.detach(), "G_L1": l1.detach()}

@@ -16,12 +16,7 @@ class Pix2Pix(Recipe):
         super().__init__(*args, **kw)
         self.gan = GANLoss(self.options["gan_mode"])
 
-    def discriminator_loss(self, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
-
     def generator_loss(self, out):
-        adv = self.gan(self.student_D(self.d_input(self.student_D, out["A"], out["fake"])), True,
-                       for_discriminator=False)
+        adv = self.adversarial(self.student_D, out["A"], out["fake"])
         l1 = self.l1(out["fake"], out["B"])
         return adv + self.options["lambda_l1"] * l1, {"G_adv": adv.detach(), "G_L1": l1.detach()}

@@ -74,8 +74,8 @@ class SelfSupervised(Recipe):
     def generator_loss(self, out):
         D, a = self.student_D, out["A"]
         with torch.no_grad():
-            adv_o = self.gan(D(self.d_input(D, a, out["teacher_fake"])), True, for_discriminator=False)
-        adv_c = self.gan(D(self.d_input(D, a, out["fake"])), True, for_discriminator=False)
+            adv_o = self.adversarial(D, a, out["teacher_fake"])
+        adv_c = self.adversarial(D, a, out["fake"])
         logs = {"G_adv": adv_c.detach(), "G_adv_gap": self.gap(adv_o, adv_c).detach()}
         loss = self.gap(adv_o, adv_c)
         if self.paired:

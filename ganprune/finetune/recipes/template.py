@@ -22,13 +22,10 @@ class Template(Recipe):
     # forward(batch) is inherited: {"A", "B", "fake": student_G(A)}; override it to compute more once
     # per step (e.g. teacher outputs), and return the dict every phase receives as ``out``.
 
-    def discriminator_loss(self, out):
-        # The student D learns real B vs the (detached) student output, as in pix2pix.
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}   # logs go to log.csv
+    # discriminator_loss: the base class's default trains the student D on real B vs the (detached) student
+    # output with self.gan, as in pix2pix; override it to train D differently. It returns (loss, logs) too.
 
     def generator_loss(self, out):
-        adv = self.gan(self.student_D(self.d_input(self.student_D, out["A"], out["fake"])), True,
-                       for_discriminator=False)
+        adv = self.adversarial(self.student_D, out["A"], out["fake"])
         distill = self.l1(out["fake"], self.teacher_output(out["A"]))    # teacher output, no grad
         return adv + self.options["lambda_distill"] * distill, {"G_adv": adv.detach(), "G_distill": distill.detach()}
