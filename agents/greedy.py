@@ -5,7 +5,9 @@ round, every prunable group (or a random subset of ``max_trials_per_round``; 0 =
 shrunk by the fewest choices that save this round's share of the gap; the trial with the smallest score
 increase per MAC saved is committed. If that one cannot save the round's share (a small group saves too
 little even at its smallest choice), the next-best trials join it until the share is saved, and the
-combination is evaluated at the start of the next round. So the phase takes about ``rounds`` × (groups
+combination is evaluated at the start of the next round; since each joined trial shrank its group as far
+as the share asked, the joined groups then grow back (least attractive first) while the share stays
+saved, so a combination does not overshoot the budget by whole groups. So the phase takes about ``rounds`` × (groups
 + 1) evaluations. A round whose trials reach the budget commits its best-scoring feasible one, which
 ends the phase. Over-budget trials need real scores, as the search loop provides; trials that failed
 (score inf) are skipped, and if all failed the largest saving is committed, so the phase always reaches
@@ -125,12 +127,20 @@ class GreedyAgent(Agent):
         # next-best shrinks join it until the share is saved (NetAdapt's one-layer step stalls otherwise)
         ranked = sorted(ok, key=lambda t: ((t[2] - ref) if math.isfinite(ref) else t[2]) / (base - self.macs(t[1])))
         combined = dict(self.current)
+
+        def enough(widths):
+            return base - self.macs(widths) >= target or self.is_feasible(widths)
+
         for n, (group, widths, score, peer) in enumerate(ranked, 1):
             combined[group] = widths[group]
-            if base - self.macs(combined) >= target or self.is_feasible(combined):
+            if enough(combined):
                 break
+        if enough(combined):   # each joined trial shrank as far as it could alone: give back the excess,
+            for group, *_ in reversed(ranked[:n]):   # least attractive group first
+                while combined[group] < self.current[group] and enough(grown := self.step(combined, group, 1)):
+                    combined = grown
         self.current = combined
-        if n == 1:
+        if n == 1 and combined == ranked[0][1]:
             return score, peer, False
         return ref, ref_peer, True
 

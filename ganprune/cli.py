@@ -110,6 +110,8 @@ def add_search_options(p):
     p.add_argument("--d-space", help="search-space YAML for D")
     p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale"])
     p.add_argument("--on-agent-error", default="stop", choices=["stop", "skip"])
+    p.add_argument("--fill", default=True, action=argparse.BooleanOptionalAction,
+                   help="grow the winner into the budget it leaves unused (default on; --no-fill keeps it as found)")
 
 
 @command("search", "collaborative G/D width search scored by the local-density objective (no fine-tuning)")
@@ -466,7 +468,8 @@ def _eval(p):
     p.add_argument("--n", type=int, default=None, help="evaluate the first N images only (default: all)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-fid", action="store_true", help="skip FID and KID (the slow part: ~0.3 s per image on a CPU)")
-    p.add_argument("--fid-weights", help="TorchScript FID feature network (default: the bundled FID Inception)")
+    p.add_argument("--fid-weights", help="FID weights: a TorchScript feature network or pytorch-fid's "
+                   "pt_inception-2015-12-05 state dict (default: the bundled FID Inception)")
     p.add_argument("--segmenter", help="TorchScript segmentation model ([N,3,H,W] in [0,1] -> logits): adds mIoU")
     p.add_argument("--num-classes", type=int, default=None, help="classes of --segmenter (default: from its logits)")
     p.add_argument("--latency", action="store_true", help="also time CPU inference (torch and onnxruntime, batch 1)")

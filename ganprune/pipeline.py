@@ -62,7 +62,7 @@ def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_sp
 def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
-               on_agent_error="stop", progress=True, **evaluator_options):
+               on_agent_error="stop", fill=True, progress=True, **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there."""
     from ganprune.agent import get_agent
     from ganprune.evaluate import calibration_batches
@@ -79,7 +79,7 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     if out:
         os.makedirs(out, exist_ok=True)
     result = search(evaluator, g, d, g_max, d_max, rounds=rounds, out_dir=out, on_agent_error=on_agent_error,
-                    progress=progress, g_spec=g_spec, d_spec=d_spec)
+                    progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill)
     result.evaluator = evaluator
     return result
 
@@ -114,7 +114,8 @@ def search_options(c: dict) -> dict:
     return dict(mode=c["mode"], direction=c["direction"], size=c["size"], phase=c["phase"],
                 calib_images=c["calib_images"], calib_batch=c["calib_batch"], g_budget=c["g_budget"],
                 d_budget=c["d_budget"], g_agent=c["g_agent"], d_agent=c["d_agent"], agent_file=c["agent_file"],
-                rounds=c["rounds"], seed=c["seed"], on_agent_error=c["on_agent_error"], **evaluator_options(c))
+                rounds=c["rounds"], seed=c["seed"], on_agent_error=c["on_agent_error"], fill=c["fill"],
+                **evaluator_options(c))
 
 
 def evaluator_options(c: dict) -> dict:

@@ -4,6 +4,12 @@ Each round the G-agent proposes with the D-agent's last feedback as its peer, th
 G-agent's, and the evaluator scores the pair once. Only pairs inside both budgets can win. Every round is
 appended to a history CSV as it happens; a killed search resumes by *replaying* that history into fresh
 agents (they are deterministic functions of seed and feedback) and carries on where it stopped.
+
+After the last round the winner gives back the budget it leaves unused (``fill``): agents shrink in
+whole width choices and usually stop well under the budget (19% of a 25% budget is typical), and the
+objective, measured with inherited weights before any fine-tuning, barely tells the two apart — but
+fine-tuning uses the capacity (measured: +0.9 dB PSNR to the teacher after fine-tuning at 25% vs 19%
+G MACs). The filled pair is scored once more and recorded as a ``fill`` row; it is the result.
 """
 from __future__ import annotations
 
@@ -20,8 +26,26 @@ from ganprune.agent import Feedback
 from ganprune.errors import UserError
 from ganprune.io import atomic_write_text, atomic_write_yaml
 
-HISTORY_COLUMNS = ["round", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible", "feasible",
+HISTORY_COLUMNS = ["round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible", "feasible",
                    "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
+
+
+def fill_budget(space, widths: dict[str, int], budget: float) -> dict[str, int]:
+    """``widths`` grown into ``budget``: one choice at a time, always the group furthest below its full
+    width (relative; ties: the earlier group), while the MACs stay within budget. Deterministic."""
+    widths = dict(widths)
+    full = space.full_widths()
+    while True:
+        grown = []
+        for g in space.groups:
+            i = g.choices.index(widths[g.name])
+            if i + 1 < len(g.choices):
+                trial = {**widths, g.name: g.choices[i + 1]}
+                if space.macs(trial) <= budget:
+                    grown.append((widths[g.name] / full[g.name], len(grown), trial))
+        if not grown:
+            return widths
+        widths = min(grown)[2]
 
 
 def resolve_budget(budget, full_macs: int) -> float:
@@ -93,13 +117,13 @@ class CollaborativeSearch:
     """Runs the loop; ``run()`` returns a ``SearchResult``. ``on_agent_error``: "stop" or "skip"."""
 
     def __init__(self, evaluator, g_agent, d_agent, g_budget: float, d_budget: float, rounds: int,
-                 history_path=None, on_agent_error: str = "stop", progress: bool = True):
+                 history_path=None, on_agent_error: str = "stop", progress: bool = True, fill: bool = True):
         if on_agent_error not in ("stop", "skip"):
             raise UserError(f"on_agent_error must be 'stop' or 'skip' (got {on_agent_error!r})")
         self.evaluator, self.g_agent, self.d_agent = evaluator, g_agent, d_agent
         self.g_budget, self.d_budget, self.rounds = g_budget, d_budget, rounds
         self.history_path = os.fspath(history_path) if history_path else None
-        self.on_agent_error, self.progress = on_agent_error, progress
+        self.on_agent_error, self.progress, self.fill = on_agent_error, progress, fill
         self.rows: list[dict] = []
 
     # -- one round ---------------------------------------------------------------------------
@@ -113,15 +137,33 @@ class CollaborativeSearch:
     def _round(self, index, g_peer, d_peer) -> dict:
         g_widths, g_err = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
         d_widths, d_err = self._propose(self.d_agent, g_peer, self.evaluator.d_space, "D")
-        row = {"round": index, "g_widths": json.dumps(g_widths), "d_widths": json.dumps(d_widths),
+        row = {"round": index, "phase": "search", "g_widths": json.dumps(g_widths), "d_widths": json.dumps(d_widths),
                "error": "; ".join(e for e in (g_err, d_err) if e)}
         if not row["error"]:
-            metrics = self.evaluator.evaluate(g_widths, d_widths)
-            row.update(metrics)
-            row["g_feasible"] = metrics["g_macs"] <= self.g_budget
-            row["d_feasible"] = metrics["d_macs"] <= self.d_budget
-            row["feasible"] = row["g_feasible"] and row["d_feasible"]
+            self._score(row, g_widths, d_widths)
         return row
+
+    def _score(self, row, g_widths, d_widths) -> None:
+        metrics = self.evaluator.evaluate(g_widths, d_widths)
+        row.update(metrics)
+        row["g_feasible"] = metrics["g_macs"] <= self.g_budget
+        row["d_feasible"] = metrics["d_macs"] <= self.d_budget
+        row["feasible"] = row["g_feasible"] and row["d_feasible"]
+
+    def _fill(self) -> None:
+        """Score the winner grown into the unused budget (see the module docstring)."""
+        best = self.best()
+        if best is None:
+            return
+        g_widths = fill_budget(self.evaluator.g_space, best["g_widths"], self.g_budget)
+        d_widths = fill_budget(self.evaluator.d_space, best["d_widths"], self.d_budget)
+        if (g_widths, d_widths) == (best["g_widths"], best["d_widths"]):
+            return
+        row = {"round": len(self.rows), "phase": "fill", "g_widths": json.dumps(g_widths),
+               "d_widths": json.dumps(d_widths), "error": ""}
+        self._score(row, g_widths, d_widths)
+        self.rows.append(row)
+        self._save()
 
     def _observe(self, row) -> tuple[Feedback, Feedback]:
         metrics = _row_metrics(row)
@@ -146,6 +188,8 @@ class CollaborativeSearch:
             raise UserError(f"{self.history_path}: cannot resume from this history ({exc})") from None
         for record in old.to_dict("records"):
             row = _clean_record(record)
+            if row.get("phase") == "fill":   # not an agent's proposal; recomputed after the rounds
+                break
             g_widths, _ = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
             d_widths, _ = self._propose(self.d_agent, g_peer, self.evaluator.d_space, "D")
             if json.dumps(g_widths) != row["g_widths"] or json.dumps(d_widths) != row["d_widths"]:
@@ -182,13 +226,17 @@ class CollaborativeSearch:
                 raise UserError(f"search stopped at round {index}: {row['error']} (history kept in "
                                 f"{self.history_path or 'memory'}; use on_agent_error='skip' to go on)")
         bar.close()
+        if self.fill:
+            self._fill()
         return SearchResult(self.history(), self.best())
 
     def best(self) -> dict | None:
+        """The fill row when there is one, else the lowest-scoring feasible pair."""
         feasible = [r for r in self.rows if r.get("feasible") is True and not r.get("error")]
         if not feasible:
             return None
-        row = min(feasible, key=lambda r: (r["score"], r["round"]))
+        filled = [r for r in feasible if r.get("phase") == "fill"]
+        row = filled[-1] if filled else min(feasible, key=lambda r: (r["score"], r["round"]))
         return dict(row, g_widths=json.loads(row["g_widths"]), d_widths=json.loads(row["d_widths"]))
 
 
@@ -203,12 +251,13 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
 
 
 def search(evaluator, g_agent, d_agent, g_budget: float, d_budget: float, rounds: int = 50, out_dir=None,
-           on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None) -> SearchResult:
+           on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None,
+           fill: bool = True) -> SearchResult:
     """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``."""
     history = os.path.join(out_dir, "history.csv") if out_dir else None
     t0 = time.perf_counter()
     result = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
-                                 on_agent_error, progress).run()
+                                 on_agent_error, progress, fill).run()
     if out_dir and result.best:
         save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec)
     result.seconds = time.perf_counter() - t0

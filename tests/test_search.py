@@ -11,7 +11,7 @@ from ganprune.agent import Agent, get_agent, register_agent
 from ganprune.errors import UserError
 from ganprune.evaluate import calibration_batches, guard_search_split
 from ganprune.pipeline import build_evaluator
-from ganprune.search import CollaborativeSearch, pareto_front, resolve_budget, search
+from ganprune.search import CollaborativeSearch, fill_budget, pareto_front, resolve_budget, search
 
 
 def _batches(n=2, size=64, seed=0):
@@ -77,7 +77,7 @@ def test_search_finds_feasible_pair_deterministically(evaluator):
     runs = []
     for _ in range(2):
         g, d, g_max, d_max = _agents(evaluator)
-        result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False)
+        result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False)
         runs.append(result)
     h0, h1 = runs[0].history, runs[1].history
     assert list(h0["g_widths"]) == list(h1["g_widths"]) and list(h0["score"]) == list(h1["score"])
@@ -89,12 +89,36 @@ def test_search_finds_feasible_pair_deterministically(evaluator):
     assert len(front) >= 1 and front["score_g"].is_monotonic_decreasing
 
 
+def test_fill_grows_the_winner_into_the_unused_budget(evaluator):
+    space = evaluator.g_space
+    full = space.macs(space.full_widths())
+    small = {g.name: g.choices[0] for g in space.groups}
+    filled = fill_budget(space, small, 0.6 * full)
+    assert space.macs(small) < space.macs(filled) <= 0.6 * full
+    for g in space.groups:   # nothing can grow one more choice and still fit
+        i = g.choices.index(filled[g.name])
+        assert i + 1 == len(g.choices) or space.macs({**filled, g.name: g.choices[i + 1]}) > 0.6 * full
+    assert fill_budget(space, filled, 0.6 * full) == filled
+
+    g, d, g_max, d_max = _agents(evaluator)
+    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False)
+    g, d, g_max, d_max = _agents(evaluator)
+    result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False)
+    h = result.history
+    assert list(h["phase"].iloc[:5]) == ["search"] * 5 and list(h["g_widths"].iloc[:5]) == list(plain.history["g_widths"])
+    if len(h) == 6:   # the winner left budget unused: one more scored row, which is the result
+        assert h["phase"].iloc[5] == "fill" and result.best["round"] == 5
+        assert result.best["g_macs"] >= plain.best["g_macs"] and result.best["d_macs"] >= plain.best["d_macs"]
+        assert result.best["g_macs"] <= g_max and result.best["d_macs"] <= d_max
+    assert result.best["g_widths"] == fill_budget(evaluator.g_space, plain.best["g_widths"], g_max)
+
+
 def test_resume_after_interruption_reproduces_the_straight_run(tmp_path, evaluator):
     g, d, g_max, d_max = _agents(evaluator, seed=3)
     straight = search(evaluator, g, d, g_max, d_max, rounds=6, progress=False).history
     g, d, _, _ = _agents(evaluator, seed=3)
     search(evaluator, g, d, g_max, d_max, rounds=3, out_dir=tmp_path, progress=False)
-    assert len(pd.read_csv(tmp_path / "history.csv")) == 3
+    assert list(pd.read_csv(tmp_path / "history.csv")["phase"].iloc[:3]) == ["search"] * 3   # + a fill row
     g, d, _, _ = _agents(evaluator, seed=3)  # fresh agents, as after a kill
     resumed = search(evaluator, g, d, g_max, d_max, rounds=6, out_dir=tmp_path, progress=False).history
     assert list(resumed["g_widths"]) == list(straight["g_widths"])
@@ -133,7 +157,7 @@ def test_broken_plugin_agent_stops_cleanly_or_is_skipped(tmp_path, evaluator, mo
     d = get_agent("random")(evaluator.d_space, 1e18, seed=1, role="D")
     g = get_agent("test-flaky")(evaluator.g_space, g_max, role="G", mode=mode)
     result = search(evaluator, g, d, g_max, 1e18, rounds=5, on_agent_error="skip", progress=False)
-    assert len(result.history) == 5 and result.history["error"].astype(bool).sum() >= 1
+    assert (result.history["phase"] == "search").sum() == 5 and result.history["error"].astype(bool).sum() >= 1
     assert result.best is not None and json.dumps(result.best["g_widths"]) != "null"
 
 

@@ -30,7 +30,7 @@ from ganprune.errors import UserError
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
-NOT_METRICS = ("round", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
+NOT_METRICS = ("round", "phase", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
 _log = logging.getLogger("ganprune.nni")
 
 
@@ -124,7 +124,7 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
     rows = []
     for job in sorted(jobs, key=lambda j: j.get("sequenceId", 0)):
         params = params_of.get(actual.get(job["trialJobId"]), {})
-        row = {"round": int(job.get("sequenceId", len(rows))), "error": ""}
+        row = {"round": int(job.get("sequenceId", len(rows))), "phase": "search", "error": ""}
         try:
             g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
             row["g_widths"], row["d_widths"] = json.dumps(g_widths), json.dumps(d_widths)

@@ -27,7 +27,7 @@ from ganprune.search import HISTORY_COLUMNS
 
 _log = logging.getLogger("ganprune.nni.tuner")
 # every metric column of a search history: what a trial reports and ``search._feedback`` reads
-REQUIRED = set(HISTORY_COLUMNS) - {"round", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds",
+REQUIRED = set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds",
                                    "error"}
 
 
