@@ -1,5 +1,7 @@
 """NetAdapt-style greedy agent: shrink where it hurts least per MAC saved, then refine under the budget.
 
+(With a latency budget read "predicted ms" wherever this says MACs: the agent only sees ``self.cost``.)
+
 Shrink phase (from the full widths): the MACs gap to the budget is spread over ``rounds`` rounds. Each
 round, every prunable group (or a random subset of ``max_trials_per_round``; 0 = all) is tried alone,
 shrunk by the fewest choices that save this round's share of the gap; the trial with the smallest score
@@ -38,8 +40,8 @@ class GreedyAgent(Agent):
                    "then refine by swaps")
     option_defaults = {"rounds": 2, "max_trials_per_round": 0, "refine": True, "patience": 0, "remeasure": True}
 
-    def __init__(self, space, budget_macs, seed=0, role="G", **options):
-        super().__init__(space, budget_macs, seed=seed, role=role, **options)
+    def __init__(self, space, budget, seed=0, role="G", **options):
+        super().__init__(space, budget, seed=seed, role=role, **options)
         o = self.options
         if o["rounds"] < 1 or o["max_trials_per_round"] < 0 or o["patience"] < 0:
             raise UserError(f"agent 'greedy': rounds must be ≥ 1 and max_trials_per_round, patience ≥ 0 "
@@ -80,7 +82,7 @@ class GreedyAgent(Agent):
             if stale or (self.options["remeasure"] and self._peer_key() != ref_peer):
                 fb = yield dict(self.current)
                 ref, ref_peer, stale = fb.score, self._peer_key(), False
-            target = (self.macs(self.current) - self.budget_macs) / max(left, 1)
+            target = (self.cost(self.current) - self.limit) / max(left, 1)
             left -= 1
             trials = []
             for group in self._trial_groups():
@@ -104,32 +106,32 @@ class GreedyAgent(Agent):
 
     def _shrink_by(self, widths, group, target) -> dict[str, int]:
         """Shrink ``group`` by the fewest choices that save ``target`` MACs (to its smallest if it cannot)."""
-        base = self.macs(widths)
+        base = self.cost(widths)
         out = self.step(widths, group, -1)
-        while base - self.macs(out) < target and out[group] > self.smallest[group]:
+        while base - self.cost(out) < target and out[group] > self.smallest[group]:
             out = self.step(out, group, -1)
         return out
 
     def _commit(self, trials, ref, ref_peer, target):
         """Move ``self.current`` on; returns the new reference score, its peer, and whether it is stale."""
-        base = self.macs(self.current)
+        base = self.cost(self.current)
         for group, widths, score, _ in trials:
-            saved = base - self.macs(widths)
+            saved = base - self.cost(widths)
             if math.isfinite(score) and math.isfinite(ref) and saved > 0:
                 self.sensitivity[group] = (score - ref) / saved
         ok = [t for t in trials if math.isfinite(t[2])]
         fits = [t for t in ok if self.is_feasible(t[1])]
         if fits or not ok:
-            pick = min(fits, key=lambda t: t[2]) if fits else max(trials, key=lambda t: base - self.macs(t[1]))
+            pick = min(fits, key=lambda t: t[2]) if fits else max(trials, key=lambda t: base - self.cost(t[1]))
             self.current = dict(pick[1])
             return pick[2], pick[3], False
         # least score increase per MAC saved first; when one group cannot save this round's share, the
         # next-best shrinks join it until the share is saved (NetAdapt's one-layer step stalls otherwise)
-        ranked = sorted(ok, key=lambda t: ((t[2] - ref) if math.isfinite(ref) else t[2]) / (base - self.macs(t[1])))
+        ranked = sorted(ok, key=lambda t: ((t[2] - ref) if math.isfinite(ref) else t[2]) / (base - self.cost(t[1])))
         combined = dict(self.current)
 
         def enough(widths):
-            return base - self.macs(widths) >= target or self.is_feasible(widths)
+            return base - self.cost(widths) >= target or self.is_feasible(widths)
 
         for n, (group, widths, score, peer) in enumerate(ranked, 1):
             combined[group] = widths[group]

@@ -16,8 +16,8 @@ class RandomAgent(Agent):
     description = "uniform random feasible widths (rejection sampling, then random shrinking); the baseline"
     option_defaults = {"max_tries": 100}
 
-    def __init__(self, space, budget_macs, seed=0, role="G", **options):
-        super().__init__(space, budget_macs, seed=seed, role=role, **options)
+    def __init__(self, space, budget, seed=0, role="G", **options):
+        super().__init__(space, budget, seed=seed, role=role, **options)
         if self.options["max_tries"] < 1:
             raise UserError(f"agent 'random': max_tries must be ≥ 1, got {self.options['max_tries']}")
         self.seen: set[tuple] = set()

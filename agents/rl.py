@@ -62,8 +62,8 @@ class RLAgent(Agent):
     option_defaults = {"max_tries": 20, "fill": True, "lr": 0.05, "entropy": 0.01, "baseline_decay": 0.5,
                        "init_sigma": 0.3}
 
-    def __init__(self, space, budget_macs, seed=0, role="G", **options):
-        super().__init__(space, budget_macs, seed=seed, role=role, **options)
+    def __init__(self, space, budget, seed=0, role="G", **options):
+        super().__init__(space, budget, seed=seed, role=role, **options)
         o = self.options
         if not (o["max_tries"] >= 1 and o["lr"] > 0 and o["entropy"] >= 0 and 0 <= o["baseline_decay"] < 1
                 and o["init_sigma"] > 0):
@@ -143,7 +143,7 @@ class RLAgent(Agent):
             def key(name):
                 lp, k = logp[index[name]], self.choices(name).index(widths[name])
                 cost = float(lp[k] - lp[k - 1])
-                saved = self.macs(widths) - self.macs(self.step(widths, name, -1))
+                saved = self.cost(widths) - self.cost(self.step(widths, name, -1))
                 return (cost > 0, cost / max(saved, 1) if cost > 0 else cost, -saved)
             return min(candidates, key=key)
         return choose

@@ -36,22 +36,22 @@ class TemplateAgent(Agent):
     # the user is rejected by the base class with a one-line error naming the known ones.
     option_defaults = {"headroom": 1.0}
 
-    def __init__(self, space, budget_macs, seed=0, role="G", **options):
-        super().__init__(space, budget_macs, seed=seed, role=role, **options)   # sets self.options, rng, …
+    def __init__(self, space, budget, seed=0, role="G", **options):
+        super().__init__(space, budget, seed=seed, role=role, **options)   # sets self.options, rng, …
         if not 0 < self.options["headroom"] <= 1:
             raise UserError(f"agent 'template': headroom must be in (0, 1], got {self.options['headroom']}")
-        self.target = self.budget_macs * self.options["headroom"]
+        self.target = self.limit * self.options["headroom"]
         self.fraction = self._widest_fraction(1.0)
         self.scored = False
 
     def _widest_fraction(self, upper: float) -> float:
-        """Largest fraction f ≤ upper with macs(uniform(f)) ≤ target, by bisection (MACs grow with f)."""
-        if self.macs(self.space.uniform(upper)) <= self.target:
+        """Largest fraction f ≤ upper with cost(uniform(f)) ≤ target, by bisection (cost grows with f)."""
+        if self.cost(self.space.uniform(upper)) <= self.target:
             return upper
         lo, hi = 0.0, upper
         for _ in range(30):
             mid = (lo + hi) / 2
-            if self.macs(self.space.uniform(mid)) <= self.target:
+            if self.cost(self.space.uniform(mid)) <= self.target:
                 lo = mid
             else:
                 hi = mid

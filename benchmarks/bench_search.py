@@ -23,7 +23,8 @@ from ganprune.agent import get_agent
 from ganprune.data import make_demo
 from ganprune.evaluate import CandidateEvaluator, calibration_batches
 from ganprune.pipeline import build_evaluator
-from ganprune.search import resolve_budget, search
+from ganprune.budget import resolve_macs
+from ganprune.search import search
 from ganprune.teacher import load_teacher, train_teacher
 
 METHODS = {  # name: (G agent, D agent); "uniform" = the widest uniform scaling that fits (one candidate)
@@ -70,11 +71,11 @@ def main():
     dense_forward = min(search_eval.forward_seconds() for _ in range(3))
     g_full = search_eval.g_space.macs(search_eval.g_space.full_widths())
     d_full = search_eval.d_space.macs(search_eval.d_space.full_widths())
-    d_max = resolve_budget(0.5, d_full)
+    d_max = resolve_macs(0.5, d_full)
 
     rows = []
     for budget in (0.25, 0.10):
-        g_max = resolve_budget(budget, g_full)
+        g_max = resolve_macs(budget, g_full)
         for method, (g_name, d_name) in METHODS.items():
             g_agent = get_agent(g_name)(search_eval.g_space, g_max, seed=args.seed, role="G")
             d_agent = get_agent(d_name)(search_eval.d_space, d_max, seed=args.seed + 1, role="D")

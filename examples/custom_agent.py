@@ -23,8 +23,8 @@ class LocalSearchAgent(Agent):
     description = "random grow-one/shrink-others moves around the uniform fit; keeps improvements (example)"
     option_defaults = {"patience": 8}
 
-    def __init__(self, space, budget_macs, seed=0, role="G", **options):
-        super().__init__(space, budget_macs, seed=seed, role=role, **options)
+    def __init__(self, space, budget, seed=0, role="G", **options):
+        super().__init__(space, budget, seed=seed, role=role, **options)
         self.centre = self.fit_uniform()
         self.centre_score = math.inf
         self.failures = 0

@@ -1,6 +1,7 @@
 """The pruning-agent protocol, the agent registry, and plugin discovery.
 
-An agent searches channel widths for ONE network (role ``"G"`` or ``"D"``) under a MACs budget. The
+An agent searches channel widths for ONE network (role ``"G"`` or ``"D"``) under a budget (MACs, or
+predicted latency in ms: a ``ganprune.budget.Budget``; agents see only ``self.cost`` and ``self.limit``). The
 search loop drives it with a strict alternation, one evaluation per step::
 
     widths = agent.propose(peer)     # peer: the OTHER agent's latest evaluated Feedback (or None)
@@ -50,7 +51,7 @@ ENTRY_POINT_GROUP = "ganprune.agents"
 @dataclass
 class Feedback:
     """The evaluated result of one proposal. ``score`` is a loss (lower is better); ``math.inf`` marks a
-    failed candidate. ``feasible`` says whether ``macs`` is within the budget; an over-budget candidate may
+    failed candidate. ``feasible`` says whether the widths fit the budget; an over-budget candidate may
     still carry a real score (greedy shrinking relies on those scores when the loop provides them)."""
     widths: dict[str, int]
     score: float
@@ -69,30 +70,23 @@ class Feedback:
                    macs=int(d["macs"]), feasible=bool(d["feasible"]), metrics=dict(d.get("metrics") or {}))
 
 
-def feasible(space, widths: dict[str, int], budget_macs: float) -> bool:
-    """Whether ``widths`` fits the MACs budget of ``space``."""
-    return space.macs(widths) <= budget_macs
-
-
 class Agent:
     """Base class of pruning agents: subclass it, implement ``ask`` (and usually ``tell``), register it.
 
     Class attributes a subclass sets: ``description`` (one line for ``ganprune agents``) and
     ``option_defaults`` (option name → default; the default's type is the option's type). ``name`` is set
     by ``@register_agent``. Helpers for subclasses: ``self.rng`` (own numpy Generator), ``self.groups``
-    (prunable groups), ``self.full``/``self.smallest`` (widths), ``self.macs()`` (cached),
+    (prunable groups), ``self.full``/``self.smallest`` (widths), ``self.cost()`` (cached; in the budget's
+    unit, MACs or ms) and ``self.limit`` (the budget),
     ``self.is_feasible()``, ``self.step()``, ``self.fit_uniform()``, ``self.shrink_until_feasible()``.
     """
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     option_defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, space, budget_macs: float, seed: int = 0, role: str = "G", **options):
+    def __init__(self, space, budget, seed: int = 0, role: str = "G", **options):
+        from ganprune.budget import Budget
         self.space = space
-        try:
-            self.budget_macs = float(budget_macs)
-        except (TypeError, ValueError):
-            self.budget_macs = math.nan
         self.seed = int(seed)
         self.role = str(role)
         self.options = self._resolve_options(options)
@@ -101,19 +95,20 @@ class Agent:
         self.full = {g.name: int(g.full) for g in space.groups}
         self.smallest = {g.name: int(g.choices[0]) for g in space.groups}
         self._choices = {g.name: tuple(int(c) for c in g.choices) for g in space.groups}
-        self._macs_cache: dict[tuple, int] = {}
+        self._cost_cache: dict[tuple, float] = {}
         self.history: list[Feedback] = []
         self._best: Feedback | None = None
         self._pending: dict[str, int] | None = None
         self._events: list[dict] = []
-        if not self.budget_macs > 0:
-            raise UserError(f"agent {self.name!r} ({self.role}): budget must be a positive number of MACs, "
-                            f"got {budget_macs!r}")
-        if self.macs(self.smallest) > self.budget_macs:
-            full = self.macs(self.full)
-            raise UserError(f"agent {self.name!r} ({self.role}): budget {self.budget_macs:.4g} MACs is below the "
-                            f"smallest widths of the search space ({self.macs(self.smallest):.4g} MACs, "
-                            f"{100 * self.macs(self.smallest) / full:.1f}% of full); raise the budget")
+        try:
+            self.budget = budget if isinstance(budget, Budget) else Budget(space, budget, "MACs")
+        except UserError as exc:
+            raise UserError(f"agent {self.name!r} ({self.role}): {exc}") from None
+        self.limit, unit = self.budget.limit, self.budget.unit
+        if self.cost(self.smallest) > self.limit:
+            raise UserError(f"agent {self.name!r} ({self.role}): budget {self.limit:.4g} {unit} is below the "
+                            f"smallest widths of the search space ({self.cost(self.smallest):.4g} {unit}, "
+                            f"{100 * self.cost(self.smallest) / self.cost(self.full):.1f}% of full); raise the budget")
 
     # ---------------------------------------------------------------- hooks for subclasses
     def ask(self, peer: Feedback | None) -> dict[str, int]:
@@ -165,14 +160,16 @@ class Agent:
     def state_dict(self) -> dict:
         """Plain-data transcript (peers, proposals, feedback) from which ``load_state_dict`` rebuilds the
         agent by replay."""
-        return {"agent": self.name, "role": self.role, "seed": self.seed, "budget_macs": self.budget_macs,
+        return {"agent": self.name, "role": self.role, "seed": self.seed, "budget": self.limit,
+                "unit": self.budget.unit,
                 "options": dict(self.options), "events": [dict(e) for e in self._events]}
 
     def load_state_dict(self, state: dict) -> None:
         """Replay a transcript into this fresh agent; fails if the settings differ or the replay diverges."""
         if self._events:
             raise RuntimeError(f"agent {self.name!r}: load_state_dict needs a freshly constructed agent")
-        mine = {"agent": self.name, "role": self.role, "seed": self.seed, "budget_macs": self.budget_macs,
+        mine = {"agent": self.name, "role": self.role, "seed": self.seed, "budget": self.limit,
+                "unit": self.budget.unit,
                 "options": dict(self.options)}
         for key, value in mine.items():
             if state.get(key) != value:
@@ -192,14 +189,15 @@ class Agent:
     def choices(self, group: str) -> tuple[int, ...]:
         return self._choices[group]
 
-    def macs(self, widths: dict[str, int]) -> int:
+    def cost(self, widths: dict[str, int]) -> float:
+        """The widths' cost in the budget's unit (MACs or predicted ms), cached."""
         key = tuple(sorted(widths.items()))
-        if key not in self._macs_cache:
-            self._macs_cache[key] = int(self.space.macs(dict(widths)))
-        return self._macs_cache[key]
+        if key not in self._cost_cache:
+            self._cost_cache[key] = self.budget.cost(widths)
+        return self._cost_cache[key]
 
     def is_feasible(self, widths: dict[str, int]) -> bool:
-        return self.macs(widths) <= self.budget_macs
+        return self.cost(widths) <= self.limit
 
     def step(self, widths: dict[str, int], group: str, steps: int) -> dict[str, int]:
         """``widths`` with ``group`` moved ``steps`` choices up (positive) or down (negative), clipped."""
@@ -394,10 +392,10 @@ def get_agent(name: str | None, agent_file=None) -> type[Agent]:
     return AGENTS[name]
 
 
-def make_agent(name: str | None, space, budget_macs: float, seed: int = 0, role: str = "G", agent_file=None,
+def make_agent(name: str | None, space, budget, seed: int = 0, role: str = "G", agent_file=None,
                **options) -> Agent:
     """Look up an agent by name (see ``get_agent``) and construct it."""
-    return get_agent(name, agent_file)(space, budget_macs, seed=seed, role=role, **options)
+    return get_agent(name, agent_file)(space, budget, seed=seed, role=role, **options)
 
 
 def available_agents(agent_file=None) -> list[dict]:

@@ -94,8 +94,14 @@ def add_search_options(p):
     p.add_argument("--calib-images", type=int, default=16, help="calibration images (default 16)")
     p.add_argument("--calib-batch", type=int, default=8)
     p.add_argument("--out", help="output folder: history.csv (resumable), widths.yaml, pareto.csv")
-    p.add_argument("--g-budget", default="0.25", help="G MACs budget: fraction, percentage, or absolute MACs")
-    p.add_argument("--d-budget", default="0.5", help="D MACs budget (default 0.5)")
+    p.add_argument("--g-budget", default="0.25", help="G budget: MACs as a fraction, percentage or absolute count, "
+                   "or predicted latency like '12ms' (default 0.25)")
+    p.add_argument("--d-budget", default="0.5", help="D budget, same spellings (default 0.5)")
+    p.add_argument("--latency-table", help="a saved latency table (YAML) for a G budget in ms (default: time G once "
+                   "and keep the table in --out)")
+    p.add_argument("--latency-backend", default="torch+fold",
+                   help="what a ms budget is timed on: torch[+fold][+cl] or onnxruntime (default torch+fold)")
+    p.add_argument("--latency-threads", type=int, default=2, help="CPU threads a ms budget is timed with (default 2)")
     p.add_argument("--g-agent", default="greedy", help="agent for G (see `ganprune agents`)")
     p.add_argument("--d-agent", default="greedy", help="agent for D")
     p.add_argument("--agent-file", help="a .py file that registers extra agents")

@@ -62,18 +62,31 @@ def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_sp
 def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
-               on_agent_error="stop", fill=True, progress=True, **evaluator_options):
-    """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there."""
+               on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
+               latency_threads=2, progress=True, **evaluator_options):
+    """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
+
+    Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
+    ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
+    reused by reruns; ``latency_table`` names a saved table to use for G instead."""
     from ganprune.agent import get_agent
+    from ganprune.budget import latency_table as build_table
+    from ganprune.budget import parse_budget
     from ganprune.evaluate import calibration_batches
-    from ganprune.search import resolve_budget, search
+    from ganprune.search import search
     torch.manual_seed(seed)
     batches = calibration_batches(dataroot, phase=phase, n_images=calib_images, batch_size=calib_batch,
                                   mode=mode, direction=direction, size=size)
     evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=seed, **evaluator_options)
-    g_full, d_full = evaluator.g_space.full_widths(), evaluator.d_space.full_widths()
-    g_max = resolve_budget(g_budget, evaluator.g_space.macs(g_full))
-    d_max = resolve_budget(d_budget, evaluator.d_space.macs(d_full))
+    x, y = batches[0]["A"][:1], batches[0]["B"][:1]
+    d_x = torch.cat([x, y], 1) if evaluator.conditional_D else y
+
+    def table(net, space, example, name, given=None):
+        path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)
+        return lambda: build_table(net, space, example, path, latency_backend, latency_threads, progress)
+
+    g_max = parse_budget(g_budget, evaluator.g_space, table(G, evaluator.g_space, x, "G", latency_table))
+    d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, d_x, "D"))
     g = get_agent(g_agent, agent_file)(evaluator.g_space, g_max, seed=seed, role="G", **(g_agent_options or {}))
     d = get_agent(d_agent, agent_file)(evaluator.d_space, d_max, seed=seed + 1, role="D", **(d_agent_options or {}))
     if out:
@@ -115,6 +128,8 @@ def search_options(c: dict) -> dict:
                 calib_images=c["calib_images"], calib_batch=c["calib_batch"], g_budget=c["g_budget"],
                 d_budget=c["d_budget"], g_agent=c["g_agent"], d_agent=c["d_agent"], agent_file=c["agent_file"],
                 rounds=c["rounds"], seed=c["seed"], on_agent_error=c["on_agent_error"], fill=c["fill"],
+                latency_table=c["latency_table"], latency_backend=c["latency_backend"],
+                latency_threads=c["latency_threads"],
                 **evaluator_options(c))
 
 

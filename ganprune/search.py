@@ -23,16 +23,18 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ganprune.agent import Feedback
+from ganprune.budget import Budget
 from ganprune.errors import UserError
 from ganprune.io import atomic_write_text, atomic_write_yaml
 
-HISTORY_COLUMNS = ["round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible", "feasible",
+HISTORY_COLUMNS = ["round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_ms", "d_ms", "g_feasible", "d_feasible", "feasible",
                    "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
 
 
-def fill_budget(space, widths: dict[str, int], budget: float) -> dict[str, int]:
-    """``widths`` grown into ``budget``: one choice at a time, always the group furthest below its full
-    width (relative; ties: the earlier group), while the MACs stay within budget. Deterministic."""
+def fill_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
+    """``widths`` grown into ``budget`` (a ``Budget`` or MACs): one choice at a time, always the group
+    furthest below its full width (relative; ties: the earlier group), while it fits. Deterministic."""
+    budget = as_budget(budget, space)
     widths = dict(widths)
     full = space.full_widths()
     while True:
@@ -41,26 +43,16 @@ def fill_budget(space, widths: dict[str, int], budget: float) -> dict[str, int]:
             i = g.choices.index(widths[g.name])
             if i + 1 < len(g.choices):
                 trial = {**widths, g.name: g.choices[i + 1]}
-                if space.macs(trial) <= budget:
+                if budget.fits(trial):
                     grown.append((widths[g.name] / full[g.name], len(grown), trial))
         if not grown:
             return widths
         widths = min(grown)[2]
 
 
-def resolve_budget(budget, full_macs: int) -> float:
-    """A MACs budget: a fraction of the full model (0 < b <= 1, or "25%") or an absolute MAC count (> 1)."""
-    value = budget
-    if isinstance(budget, str):
-        text = budget.strip()
-        try:
-            value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-        except ValueError:
-            raise UserError(f"budget {budget!r}: expected a fraction like 0.25, a percentage like '25%', "
-                            "or an absolute MAC count") from None
-    if value is None or value <= 0:
-        raise UserError(f"budget {budget!r} must be positive")
-    return float(value) * full_macs if value <= 1 else float(value)
+def as_budget(budget, space) -> Budget:
+    """A ``Budget`` as is; a number as a MACs limit on ``space``."""
+    return budget if isinstance(budget, Budget) else Budget(space, budget, "MACs")
 
 
 @dataclass
@@ -92,6 +84,10 @@ def _feedback(widths, metrics, role, feasible) -> Feedback:
                     metrics={k: metrics[k] for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity", "score")})
 
 
+def _present(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
 def _clean_record(record: dict) -> dict:
     """A history CSV record back into the types a live round produces (NaN → missing, "True" → True)."""
     row = {k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))}
@@ -114,14 +110,16 @@ def _row_metrics(row) -> dict | None:
 
 
 class CollaborativeSearch:
-    """Runs the loop; ``run()`` returns a ``SearchResult``. ``on_agent_error``: "stop" or "skip"."""
+    """Runs the loop; ``run()`` returns a ``SearchResult``. Budgets: ``Budget`` objects or MACs limits.
+    ``on_agent_error``: "stop" or "skip"."""
 
-    def __init__(self, evaluator, g_agent, d_agent, g_budget: float, d_budget: float, rounds: int,
+    def __init__(self, evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int,
                  history_path=None, on_agent_error: str = "stop", progress: bool = True, fill: bool = True):
         if on_agent_error not in ("stop", "skip"):
             raise UserError(f"on_agent_error must be 'stop' or 'skip' (got {on_agent_error!r})")
         self.evaluator, self.g_agent, self.d_agent = evaluator, g_agent, d_agent
-        self.g_budget, self.d_budget, self.rounds = g_budget, d_budget, rounds
+        self.g_budget, self.d_budget = as_budget(g_budget, evaluator.g_space), as_budget(d_budget, evaluator.d_space)
+        self.rounds = rounds
         self.history_path = os.fspath(history_path) if history_path else None
         self.on_agent_error, self.progress, self.fill = on_agent_error, progress, fill
         self.rows: list[dict] = []
@@ -144,10 +142,11 @@ class CollaborativeSearch:
         return row
 
     def _score(self, row, g_widths, d_widths) -> None:
-        metrics = self.evaluator.evaluate(g_widths, d_widths)
-        row.update(metrics)
-        row["g_feasible"] = metrics["g_macs"] <= self.g_budget
-        row["d_feasible"] = metrics["d_macs"] <= self.d_budget
+        row.update(self.evaluator.evaluate(g_widths, d_widths))
+        for net, widths, budget in (("g", g_widths, self.g_budget), ("d", d_widths, self.d_budget)):
+            if budget.unit == "ms":
+                row[f"{net}_ms"] = budget.cost(widths)
+            row[f"{net}_feasible"] = budget.fits(widths)
         row["feasible"] = row["g_feasible"] and row["d_feasible"]
 
     def _fill(self) -> None:
@@ -245,12 +244,14 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
     data = {"generator": {"spec": g_spec, "widths": best["g_widths"], "macs": int(best["g_macs"])},
             "discriminator": {"spec": d_spec, "widths": best["d_widths"], "macs": int(best["d_macs"])},
             "score": float(best["score"]), "round": int(best["round"]),
+            **{f"{net}_predicted_ms": float(best[f"{k}_ms"]) for net, k in (("generator", "g"), ("discriminator", "d"))
+               if _present(best.get(f"{k}_ms"))},
             "metrics": {k: float(best[k]) for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity",
                                                     "score_g", "score_d")}}
     atomic_write_yaml(path, data)
 
 
-def search(evaluator, g_agent, d_agent, g_budget: float, d_budget: float, rounds: int = 50, out_dir=None,
+def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int = 50, out_dir=None,
            on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None,
            fill: bool = True) -> SearchResult:
     """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``."""

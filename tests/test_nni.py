@@ -119,7 +119,8 @@ def test_trial_reports_feasible_and_penalised_infeasible(setup):
     assert not full["feasible"] and not full["g_feasible"] and not full["d_feasible"]
     excess = full["g_macs"] / setup.g_budget - 1 + full["d_macs"] / setup.d_budget - 1
     assert full["default"] == pytest.approx(full["score"] + 1.0 * (1 + excess))
-    assert set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "seconds", "error"} <= set(full)
+    assert set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_ms", "d_ms", "seconds",
+                                   "error"} <= set(full)
 
 
 def _replay(setup, history):

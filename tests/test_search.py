@@ -11,7 +11,8 @@ from ganprune.agent import Agent, get_agent, register_agent
 from ganprune.errors import UserError
 from ganprune.evaluate import calibration_batches, guard_search_split
 from ganprune.pipeline import build_evaluator
-from ganprune.search import CollaborativeSearch, fill_budget, pareto_front, resolve_budget, search
+from ganprune.budget import resolve_macs
+from ganprune.search import CollaborativeSearch, fill_budget, pareto_front, search
 
 
 def _batches(n=2, size=64, seed=0):
@@ -35,8 +36,8 @@ def evaluator(pair):
 
 
 def _agents(evaluator, name="random", g_budget=0.3, d_budget=0.5, seed=0):
-    g_max = resolve_budget(g_budget, evaluator.g_space.macs(evaluator.g_space.full_widths()))
-    d_max = resolve_budget(d_budget, evaluator.d_space.macs(evaluator.d_space.full_widths()))
+    g_max = resolve_macs(g_budget, evaluator.g_space.macs(evaluator.g_space.full_widths()))
+    d_max = resolve_macs(d_budget, evaluator.d_space.macs(evaluator.d_space.full_widths()))
     g = get_agent(name)(evaluator.g_space, g_max, seed=seed, role="G")
     d = get_agent(name)(evaluator.d_space, d_max, seed=seed + 1, role="D")
     return g, d, g_max, d_max
@@ -162,8 +163,8 @@ def test_broken_plugin_agent_stops_cleanly_or_is_skipped(tmp_path, evaluator, mo
 
 
 def test_budget_parsing():
-    assert resolve_budget("25%", 1000) == 250 and resolve_budget(0.5, 1000) == 500
-    assert resolve_budget("3e6", 10) == 3e6
+    assert resolve_macs("25%", 1000) == 250 and resolve_macs(0.5, 1000) == 500
+    assert resolve_macs("3e6", 10) == 3e6
     for bad in ("abc", 0, -1):
         with pytest.raises(UserError):
-            resolve_budget(bad, 10)
+            resolve_macs(bad, 10)

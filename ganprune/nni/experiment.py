@@ -30,7 +30,7 @@ from ganprune.errors import UserError
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
-NOT_METRICS = ("round", "phase", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
+NOT_METRICS = ("round", "phase", "g_ms", "d_ms", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
 _log = logging.getLogger("ganprune.nni")
 
 

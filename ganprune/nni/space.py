@@ -69,7 +69,7 @@ class Setup:
         from ganprune.cli import pair_from_args
         from ganprune.evaluate import calibration_batches
         from ganprune.pipeline import _first_conv_in_channels
-        from ganprune.search import resolve_budget
+        from ganprune.budget import is_latency, resolve_macs
         from ganprune.space import SearchSpace
         if not getattr(args, "dataroot", None):
             raise UserError("missing --dataroot (give it on the command line or in --config)")
@@ -90,8 +90,12 @@ class Setup:
                                               config=args.g_space)
         self.d_space = SearchSpace.from_model(self.D, d_x, arch=d_arch if d_arch and ":" not in d_arch else None,
                                               config=args.d_space)
-        self.g_budget = resolve_budget(args.g_budget, self.g_space.macs(self.g_space.full_widths()))
-        self.d_budget = resolve_budget(args.d_budget, self.d_space.macs(self.d_space.full_widths()))
+        for name in ("g_budget", "d_budget"):
+            if is_latency(getattr(args, name)):
+                raise UserError(f"{name} {getattr(args, name)!r}: NNI experiments budget MACs only; use a fraction, "
+                                "a percentage or a MAC count (latency budgets work in `ganprune search` and `prune`)")
+        self.g_budget = resolve_macs(args.g_budget, self.g_space.macs(self.g_space.full_widths()))
+        self.d_budget = resolve_macs(args.d_budget, self.d_space.macs(self.d_space.full_widths()))
 
     def evaluator(self):
         from ganprune.pipeline import build_evaluator

@@ -27,8 +27,8 @@ from ganprune.search import HISTORY_COLUMNS
 
 _log = logging.getLogger("ganprune.nni.tuner")
 # every metric column of a search history: what a trial reports and ``search._feedback`` reads
-REQUIRED = set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds",
-                                   "error"}
+REQUIRED = set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_ms", "d_ms", "g_feasible",
+                                   "d_feasible", "feasible", "seconds", "error"}
 
 
 class GanpruneTuner(Tuner):
