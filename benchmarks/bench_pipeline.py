@@ -8,6 +8,9 @@ held-out val split. Prints mean ± std over seeds as a Markdown table.
 
     python benchmarks/bench_pipeline.py --quick     # a few minutes on 2 CPU cores (no FID)
     python benchmarks/bench_pipeline.py             # 128² teacher, FID/KID on the val split
+
+Every run is a resumable ``run_pipeline`` output folder under ``--out``: a rerun (e.g. with another
+``--budgets`` list) skips what is finished and only prints the table again.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ def main():
     ap.add_argument("--out", default="runs/bench_pipeline")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--budgets", default="0.25,0.10", help="G MACs budgets, comma-separated (default 0.25,0.10)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -49,7 +53,7 @@ def main():
     teacher = demo_teacher(os.path.join(args.out, "data"), quick=False, progress=True)
 
     rows = []
-    for budget in (0.25, 0.10):
+    for budget in (float(b) for b in args.budgets.split(",")):
         for method, (g_agent, d_agent, rounds, importance) in METHODS.items():
             for seed in range(args.seeds):
                 out = os.path.join(args.out, f"b{int(budget * 100)}", method.split()[0].lower(), f"seed{seed}")
