@@ -1,7 +1,7 @@
 """Headline benchmark: the whole pipeline vs uniform L1 channel pruning vs random search, same fine-tune.
 
 On the embedded demo data with the demo teacher, at G budgets of 25% and 10% MACs (D 50%), three seeds
-each: ``ganprune`` (collaborative greedy G/D agents, density objective), ``uniform L1`` (every group scaled
+each: ``ganprune`` (collaborative greedy or RL G/D agents, density objective), ``uniform L1`` (every group scaled
 by the same fraction, channels kept by L1 magnitude) and ``random search`` (random G/D agents, same number
 of candidates). All three get the same fine-tune (density recipe, same steps) and are evaluated on the
 held-out val split. Prints mean ± std over seeds as a Markdown table.
@@ -24,10 +24,11 @@ import torch
 from ganprune.pipeline import run_pipeline
 from ganprune.teacher import demo_teacher
 
-METHODS = {  # name: (G agent, D agent, rounds override, channel importance)
-    "ganprune (collab greedy)": ("greedy", "greedy", None, "l2"),
-    "uniform L1": ("template", "template", 1, "l1"),
-    "random search": ("random", "random", None, "l2"),
+METHODS = {  # name: (G agent, D agent, rounds override, channel importance, fill the unused budget)
+    "ganprune (collab greedy)": ("greedy", "greedy", None, "l2", True),
+    "ganprune (collab rl)": ("rl", "rl", None, "l2", True),
+    "uniform L1": ("template", "template", 1, "l1", False),   # filling would make it non-uniform
+    "random search": ("random", "random", None, "l2", True),
 }
 
 
@@ -54,19 +55,20 @@ def main():
 
     rows = []
     for budget in (float(b) for b in args.budgets.split(",")):
-        for method, (g_agent, d_agent, rounds, importance) in METHODS.items():
+        for method, (g_agent, d_agent, rounds, importance, fill) in METHODS.items():
             for seed in range(args.seeds):
-                out = os.path.join(args.out, f"b{int(budget * 100)}", method.split()[0].lower(), f"seed{seed}")
+                folder = method.split()[0].lower() + ("_rl" if "rl" in method else "")
+                out = os.path.join(args.out, f"b{int(budget * 100)}", folder, f"seed{seed}")
                 config = {"teacher": os.fspath(teacher["out"]), "dataroot": os.fspath(teacher["dataroot"]),
                           "g_budget": budget, "d_budget": 0.5, "g_agent": g_agent, "d_agent": d_agent,
-                          "importance": importance, "recipe": "density", "latency": True, "seed": seed,
+                          "importance": importance, "fill": fill, "recipe": "density", "latency": True, "seed": seed,
                           **s, "rounds": rounds or s["rounds"]}
                 start = time.perf_counter()
                 result = run_pipeline(config, out, progress=False)
                 table = result["table"].set_index("model")
                 final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
                 rows.append({"G budget": f"{budget:.0%}", "method": method, "seed": seed,
-                             "G MACs %": 100 * final["GMACs"] / dense["GMACs"],
+                             "G MACs %": 100 * final["GMACs"] / dense["GMACs"], "G params M": final["params (M)"],
                              "PSNR": final["PSNR"], "PSNR vs teacher": final["PSNR vs teacher"],
                              "FID": final.get("FID", float("nan")), "KID": final.get("KID", float("nan")),
                              "ORT speedup ×": dense["ms onnxruntime"] / final["ms onnxruntime"],
@@ -75,7 +77,7 @@ def main():
                       f"vs teacher {final['PSNR vs teacher']:.2f}", flush=True)
     raw = pd.DataFrame(rows)
     raw.to_csv(os.path.join(args.out, "bench_pipeline_runs.csv"), index=False)
-    metrics = [c for c in ("G MACs %", "PSNR", "PSNR vs teacher", "FID", "KID", "ORT speedup ×")
+    metrics = [c for c in ("G MACs %", "G params M", "PSNR", "PSNR vs teacher", "FID", "KID", "ORT speedup ×")
                if raw[c].notna().any()]
     grouped = raw.groupby(["G budget", "method"], sort=False)[metrics]
     mean, std = grouped.mean(), grouped.std()
