@@ -97,8 +97,9 @@ def resolve_macs(budget, full_macs: float) -> float:
 
 def latency_table(model, space, example_input, path=None, backend: str = "torch+fold", threads: int = 2,
                   progress: bool = True):
-    """The ``LatencyTable`` at ``path`` if it matches (backend, threads, input shape, groups), else a new
-    one built for ``model`` and saved there (atomically), so reruns budget against the same numbers."""
+    """The ``LatencyTable`` saved at ``path`` (refused, in one line naming the key, if it was built for
+    another backend, thread count, input shape or set of groups); when there is none yet, one built for
+    ``model`` and saved there atomically, so reruns budget against the same numbers."""
     from ganprune.metrics.latency import LatencyTable
     want = {"backend": backend, "threads": int(threads), "input_shape": [1, *example_input.shape[1:]],
             "full": space.full_widths()}
