@@ -113,7 +113,7 @@ class CandidateEvaluator:
         self.recalibrate_bn, self.importance = recalibrate_bn, importance
         x0 = batches[0]["A"][:1].to(self.device)
         self.g_example = x0
-        self.d_example = _d_input(x0, x0, conditional_D)
+        self.d_example = _d_input(x0, batches[0]["B"][:1].to(self.device), conditional_D)
         self.cache = self._teacher_cache(batches)
         from ganprune.prune import channel_ranking
         self.g_ranking = channel_ranking(self.teacher_G, self.g_example, importance)

@@ -168,3 +168,15 @@ def test_budget_parsing():
     for bad in ("abc", 0, -1):
         with pytest.raises(UserError):
             resolve_macs(bad, 10)
+
+
+def test_evaluator_takes_a_pair_whose_input_and_output_channels_differ():
+    from ganprune.models import load_discriminator, load_generator
+    from ganprune.pipeline import build_evaluator
+    G = load_generator(arch="unet_64", ngf=8, input_nc=1, output_nc=3)
+    D = load_discriminator(ndf=8, input_nc=4)   # conditional D sees 1 input + 3 output channels
+    batches = [{"A": torch.randn(2, 1, 64, 64), "B": torch.randn(2, 3, 64, 64), "phase": "train"}]
+    ev = build_evaluator(G, D, batches, m=2)
+    assert list(ev.d_example.shape) == [1, 4, 64, 64]
+    m = ev.evaluate(ev.g_space.uniform(0.5), ev.d_space.uniform(0.5))
+    assert math.isfinite(m["score"]) and 0 < m["d_macs"] < ev.d_space.macs(ev.d_space.full_widths())
