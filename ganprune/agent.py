@@ -41,6 +41,7 @@ from typing import Any, Callable, ClassVar, Iterable
 
 import numpy as np
 
+from ganprune.budget import Budget
 from ganprune.errors import UserError
 
 ENTRY_POINT_GROUP = "ganprune.agents"
@@ -85,7 +86,6 @@ class Agent:
     option_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, space, budget, seed: int = 0, role: str = "G", **options):
-        from ganprune.budget import Budget
         self.space = space
         self.seed = int(seed)
         self.role = str(role)

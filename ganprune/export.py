@@ -64,6 +64,18 @@ def _export(net: nn.Module, example: torch.Tensor, path: str, opset: int, dynami
                           output_names=[OUTPUT_NAME], dynamic_axes=axes)
 
 
+def check_runs(model: nn.Module, example: torch.Tensor, label: str = "the model") -> None:
+    """Dry-run ``model`` on ``example``: a model that cannot take the input is the caller's mistake, said in
+    one line. Pass a copy when the model must not be touched (the run is in inference mode, but in ``model``'s
+    own train/eval state)."""
+    try:
+        with torch.inference_mode():
+            model(example)
+    except RuntimeError as exc:
+        raise UserError(f"{label} cannot run on an input of shape {tuple(example.shape)}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
 def input_channels(model: nn.Module) -> int:
     """Channels the network takes: those of its first convolution (registration order)."""
     for m in model.modules():
@@ -127,12 +139,7 @@ def export_onnx(model: nn.Module, path, example_input: torch.Tensor, opset: int 
     example = example_input.detach().to("cpu", torch.float32)
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     net = fold_batchnorm(reference) if fold_bn else reference
-    try:
-        with torch.inference_mode():
-            reference(example)
-    except RuntimeError as exc:
-        raise UserError(f"the model cannot run on an input of shape {tuple(example.shape)}: "
-                        f"{str(exc).splitlines()[0]}") from None
+    check_runs(reference, example)
     exporter = "dynamo" if dynamo_available() else "legacy"
     result = {"path": path, "exporter": exporter}
     with atomic_path(path) as tmp:

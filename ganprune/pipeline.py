@@ -78,15 +78,13 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     batches = calibration_batches(dataroot, phase=phase, n_images=calib_images, batch_size=calib_batch,
                                   mode=mode, direction=direction, size=size)
     evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=seed, **evaluator_options)
-    x, y = batches[0]["A"][:1], batches[0]["B"][:1]
-    d_x = torch.cat([x, y], 1) if evaluator.conditional_D else y
-
     def table(net, space, example, name, given=None):
         path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)
         return lambda: build_table(net, space, example, path, latency_backend, latency_threads, progress)
 
-    g_max = parse_budget(g_budget, evaluator.g_space, table(G, evaluator.g_space, x, "G", latency_table))
-    d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, d_x, "D"))
+    g_max = parse_budget(g_budget, evaluator.g_space,
+                         table(G, evaluator.g_space, evaluator.g_example.cpu(), "G", latency_table))
+    d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, evaluator.d_example.cpu(), "D"))
     g = get_agent(g_agent, agent_file)(evaluator.g_space, g_max, seed=seed, role="G", **(g_agent_options or {}))
     d = get_agent(d_agent, agent_file)(evaluator.d_space, d_max, seed=seed + 1, role="D", **(d_agent_options or {}))
     if out:

@@ -13,6 +13,15 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 REFERENCE_KEYS = os.path.join(os.path.dirname(__file__), "data", "reference_keys")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """For modules of tiny nets: a second thread only adds synchronisation (10× slower on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

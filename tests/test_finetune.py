@@ -31,13 +31,7 @@ def write_aligned(root, n_train=8, n_val=4, size=64, seed=0):
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These nets are tiny: a second thread only adds synchronisation (10× slower on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 def write_unaligned(root, n=6, size=64, seed=0):
     rng = np.random.default_rng(seed)

@@ -78,14 +78,9 @@ def _ort_runner(model, x: torch.Tensor, mods: set[str], threads: int, workdir: s
 
 
 def _check_runs(name: str, model: nn.Module, x: torch.Tensor) -> None:
-    """A model that cannot take the input is the caller's mistake: say so in one line."""
-    net = copy.deepcopy(model).to("cpu", torch.float32).eval()
-    try:
-        with torch.inference_mode():
-            net(x)
-    except RuntimeError as exc:
-        raise UserError(f"model {name!r} cannot run on an input of shape {tuple(x.shape)}: "
-                        f"{str(exc).splitlines()[0]}") from None
+    """``export.check_runs`` on a CPU fp32 eval copy (the caller's model keeps its state)."""
+    from ganprune.export import check_runs
+    check_runs(copy.deepcopy(model).to("cpu", torch.float32).eval(), x, f"model {name!r}")
 
 
 def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_shape, threads: int = 2,
