@@ -11,7 +11,7 @@ from ganprune.export import export_onnx
 from ganprune.finetune import finetune
 from ganprune.agent import Agent, Feedback, available_agents, get_agent, make_agent, register_agent
 from ganprune.objective import LocalDensityObjective
-from ganprune.models import load_discriminator, load_generator, save_checkpoint
+from ganprune.models import allow_arch, load_discriminator, load_generator, save_checkpoint
 from ganprune.pipeline import run_pipeline
 from ganprune.prune import load_pruned, prune, save_pruned
 from ganprune.space import Group, SearchSpace
@@ -19,7 +19,7 @@ from ganprune.teacher import load_teacher, train_teacher
 
 __version__ = "0.1.0"
 
-__all__ = ["UserError", "load_generator", "load_discriminator", "save_checkpoint", "SearchSpace", "Group", "prune",
+__all__ = ["UserError", "allow_arch", "load_generator", "load_discriminator", "save_checkpoint", "SearchSpace", "Group", "prune",
            "save_pruned", "load_pruned", "Agent", "Feedback", "register_agent", "get_agent", "make_agent",
            "available_agents", "LocalDensityObjective", "train_teacher", "load_teacher", "export_onnx",
            "finetune", "run_pipeline", "__version__"]

@@ -640,6 +640,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
         leaf = subs.add_parser(words[-1], help=help_text, description=help_text)
         leaf.add_argument("--config", help="YAML file of option values (command-line options override it)")
         leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        leaf.add_argument("--allow-arch", action="append", metavar="PKG.MODULE:CLASS", help="allow this network "
+                          "class to be imported when a file (pruned model, teacher.yaml) names it; archs you give "
+                          "with --arch/--g-arch/--d-arch are allowed already (repeatable)")
         leaf.set_defaults(_run=define(leaf), _leaf=name)
         leaves[name] = leaf
     return parser, leaves
@@ -663,6 +666,18 @@ def _apply_config(leaf: argparse.ArgumentParser, path: str) -> None:
     leaf.set_defaults(**{str(k).replace("-", "_"): v for k, v in values.items()})
 
 
+def _allow_named_archs(args) -> None:
+    """Class-path archs the user named (command line or their own config) may be imported; no others."""
+    from ganprune.models.registry import allow_arch
+    named = [getattr(args, k, None) for k in ("arch", "g_arch", "d_arch")]
+    extra = getattr(args, "allow_arch", None) or []
+    if isinstance(extra, str):
+        extra = [extra]
+    if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
+        raise UserError(f"allow_arch: expected a list of 'package.module:ClassName' strings, got {extra!r}")
+    allow_arch(*[a for a in named + extra if isinstance(a, str)])
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -675,6 +690,7 @@ def main(argv=None) -> int:
         if args.config:
             _apply_config(leaves[args._leaf], args.config)
             args = parser.parse_args(argv)
+        _allow_named_archs(args)
         return int(args._run(args) or 0)
     except UserError as exc:
         if debug:

@@ -166,7 +166,7 @@ def load_pruned(path) -> nn.Module:
     """Rebuild a net saved by ``save_pruned``: dense from spec → prune to widths → strict state-dict load.
     The net carries ``ganprune_spec`` and ``ganprune_widths``."""
     from ganprune.models.checkpoint import load_state_strict, safe_torch_load
-    from ganprune.models.registry import build, kind_of
+    from ganprune.models.registry import build, check_arch_allowed, kind_of
     source = os.fspath(path)
     data = safe_torch_load(source)
     if not isinstance(data, Mapping) or data.get("format") != FORMAT:
@@ -177,6 +177,7 @@ def load_pruned(path) -> nn.Module:
             raise UserError(f"{source}: field {key!r} missing or not a {kind.__name__.lower()}")
     spec, widths = dict(data["spec"]), dict(data["widths"])
     _check_spec(spec, f"{source}: spec")
+    check_arch_allowed(spec["arch"], f"{source}: spec")
     kind = spec.get("kind") or kind_of(spec["arch"])
     options = {k: v for k, v in spec.items() if k not in ("arch", "kind")}
     net = build(spec["arch"], kind, **options)

@@ -32,6 +32,7 @@ from ganprune.io import atomic_path, atomic_torch_save, atomic_write_yaml
 from ganprune.losses import GANLoss
 from ganprune.models import load_discriminator, load_generator
 from ganprune.models.checkpoint import safe_torch_load
+from ganprune.models.registry import DISCRIMINATORS, GENERATORS, check_arch_allowed, is_class_path
 
 G_FILE, D_FILE, SPEC_FILE, STATE_FILE, LOG_FILE = ("latest_net_G.pth", "latest_net_D.pth", "teacher.yaml",
                                                    "train_state.pt", "log.csv")
@@ -181,6 +182,11 @@ def load_teacher(out, device="cpu") -> tuple[nn.Module, nn.Module, dict]:
         raise UserError(f"{spec_path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(spec, dict) or not isinstance(spec.get("G"), dict) or not isinstance(spec.get("D"), dict):
         raise UserError(f"{spec_path}: expected mappings 'G' and 'D' with the networks' build options")
+    for net, table in (("G", GENERATORS), ("D", DISCRIMINATORS)):
+        arch = spec[net].get("arch")
+        check_arch_allowed(arch, f"{spec_path}: {net}")
+        if not is_class_path(arch) and arch not in table:
+            raise UserError(f"{spec_path}: {net} arch {arch!r} is not one of {', '.join(sorted(table))}")
     G = load_generator(out / G_FILE, **spec["G"]).to(device).eval()
     D = load_discriminator(out / D_FILE, **spec["D"]).to(device).eval()
     return G, D, spec

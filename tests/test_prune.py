@@ -207,6 +207,8 @@ def test_discriminator_and_byo_round_trip(tmp_path):
     with pytest.raises(UserError, match="kind"):
         save_pruned(tmp_path / "own.pth", pruned, {"arch": spec["arch"]}, pruned.ganprune_widths)
     save_pruned(tmp_path / "own.pth", pruned, spec, pruned.ganprune_widths)
+    from ganprune.models.registry import allow_arch
+    allow_arch(spec["arch"])                   # a file's class path loads only once the user names it
     loaded = load_pruned(tmp_path / "own.pth").eval()
     x = torch.randn(2, 3, 12, 12)
     with torch.no_grad():

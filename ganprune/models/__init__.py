@@ -2,9 +2,9 @@
 from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
 from ganprune.models.networks import (NLayerDiscriminator, PixelDiscriminator, ResnetGenerator,
                                       UnetGenerator, init_weights)
-from ganprune.models.registry import (DISCRIMINATORS, GENERATORS, build, register_discriminator,
+from ganprune.models.registry import (DISCRIMINATORS, GENERATORS, allow_arch, build, register_discriminator,
                                       register_generator)
 
-__all__ = ["load_generator", "load_discriminator", "save_checkpoint", "build", "GENERATORS", "DISCRIMINATORS",
+__all__ = ["load_generator", "load_discriminator", "save_checkpoint", "build", "allow_arch", "GENERATORS", "DISCRIMINATORS",
            "register_generator", "register_discriminator", "UnetGenerator", "ResnetGenerator",
            "NLayerDiscriminator", "PixelDiscriminator", "init_weights"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from ganprune.errors import UserError
 from ganprune.models.networks import init_weights
-from ganprune.models.registry import build
+from ganprune.models.registry import allow_arch, build
 
 _WRAPPER_KEYS = {
     "generator": ("state_dict", "model_state_dict", "netG", "G", "generator", "netG_A", "G_A", "model", "net"),
@@ -117,7 +117,9 @@ def _load(path, kind: str, arch: str, **options) -> nn.Module:
 def load_generator(path=None, arch: str = "unet_256", ngf: int = 64, norm: str = "batch", input_nc: int = 3,
                    output_nc: int = 3, dropout: bool = False, **kwargs) -> nn.Module:
     """A reference-format generator checkpoint (``latest_net_G.pth``), or a fresh pix2pix-initialised
-    net when ``path`` is None. ``arch="pkg.module:Class"`` builds your own module with ``**kwargs``."""
+    net when ``path`` is None. ``arch="pkg.module:Class"`` builds your own module with ``**kwargs``; naming
+    it here allows it (code passing an arch read from a file checks ``registry.check_arch_allowed`` first)."""
+    allow_arch(arch)
     if ":" in arch:
         return _load(path, "generator", arch, **kwargs)
     return _load(path, "generator", arch, ngf=ngf, norm=norm, input_nc=input_nc, output_nc=output_nc,
@@ -127,6 +129,7 @@ def load_generator(path=None, arch: str = "unet_256", ngf: int = 64, norm: str =
 def load_discriminator(path=None, arch: str = "basic", ndf: int = 64, norm: str = "batch", input_nc: int = 6,
                        n_layers: int = 3, **kwargs) -> nn.Module:
     """A reference-format discriminator checkpoint (``latest_net_D.pth``); see ``load_generator``."""
+    allow_arch(arch)
     if ":" in arch:
         return _load(path, "discriminator", arch, **kwargs)
     return _load(path, "discriminator", arch, ndf=ndf, norm=norm, input_nc=input_nc, n_layers=n_layers, **kwargs)

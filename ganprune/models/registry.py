@@ -2,11 +2,14 @@
 
 A decorator registry in the timm style. Names are unique across generators and discriminators, so a
 saved ``spec`` (arch + keyword arguments) is enough to rebuild either kind. An ``arch`` of the form
-``"package.module:ClassName"`` imports and builds any ``nn.Module`` (bring your own network).
+``"package.module:ClassName"`` imports and builds any ``nn.Module`` (bring your own network) — but only
+when the user named that path (``allow_arch``, the command line, or their own config): a spec read from a
+file (a pruned model, a teacher folder, an NNI trial) can never choose which code is imported or run.
 """
 from __future__ import annotations
 
 import importlib
+import re
 from typing import Callable
 
 from torch import nn
@@ -70,7 +73,40 @@ def _pixel(ndf=64, norm="batch", input_nc=6, n_layers=3):
     return PixelDiscriminator(input_nc, ndf, norm=norm)
 
 
+# Class paths the user named; nothing else of the "module:Class" form is ever imported.
+_ALLOWED_CLASS_PATHS: set[str] = set()
+_CLASS_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def is_class_path(arch) -> bool:
+    return isinstance(arch, str) and ":" in arch
+
+
+def allow_arch(*archs: str) -> None:
+    """Allow ``"package.module:ClassName"`` archs to be imported and built (the user names them).
+
+    Registered names need no allowing. Called by the CLI for ``--arch/--g-arch/--d-arch`` and for
+    ``g_arch``/``d_arch``/``allow_archs`` in the user's config, and by ``load_generator``/
+    ``load_discriminator`` for the arch passed to them."""
+    for arch in archs:
+        if not is_class_path(arch):
+            continue
+        if not _CLASS_PATH.match(arch):
+            raise UserError(f"arch {arch!r}: expected 'package.module:ClassName'")
+        _ALLOWED_CLASS_PATHS.add(arch)
+
+
+def check_arch_allowed(arch, source: str) -> None:
+    """Refuse a class-path arch that came from a file unless the user allowed it."""
+    if is_class_path(arch) and arch not in _ALLOWED_CLASS_PATHS:
+        raise UserError(f"{source}: arch {arch!r} names Python code, and ganprune imports a class only when you "
+                        "name it yourself (--g-arch/--d-arch/--arch, allow_archs: in your config, or "
+                        "ganprune.allow_arch(...)); refused")
+
+
 def _import_class(arch: str):
+    if not _CLASS_PATH.match(arch):
+        raise UserError(f"arch {arch!r}: expected 'package.module:ClassName'")
     module_name, _, attr = arch.partition(":")
     try:
         obj = importlib.import_module(module_name)
@@ -78,16 +114,22 @@ def _import_class(arch: str):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
         raise UserError(f"arch {arch!r}: cannot import it ({exc})") from None
+    if not (isinstance(obj, type) and issubclass(obj, nn.Module)):
+        raise UserError(f"arch {arch!r} is a {type(obj).__name__}, expected a torch.nn.Module subclass; refused")
     return obj
 
 
 def build(arch: str, kind: str, **kwargs) -> nn.Module:
-    """Build a network by registered name or ``module:Class`` path; ``kind`` is "generator"/"discriminator"."""
-    if ":" in arch:
-        net = _import_class(arch)(**kwargs)
-        if not isinstance(net, nn.Module):
-            raise UserError(f"arch {arch!r} built a {type(net).__name__}, expected a torch.nn.Module")
-        return net
+    """Build a network by registered name or an allowed ``module:Class`` path; ``kind`` is
+    "generator"/"discriminator"."""
+    if not isinstance(arch, str):
+        raise UserError(f"{kind} arch must be a string, got {type(arch).__name__}")
+    if is_class_path(arch):
+        check_arch_allowed(arch, f"{kind} arch")
+        try:
+            return _import_class(arch)(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"{kind} arch {arch!r} with options {kwargs}: {exc}") from None
     table = GENERATORS if kind == "generator" else DISCRIMINATORS
     if arch not in table:
         raise UserError(f"unknown {kind} arch {arch!r}; choose one of {', '.join(sorted(table))} "
