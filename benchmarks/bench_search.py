@@ -21,7 +21,7 @@ import torch
 
 from ganprune.agent import get_agent
 from ganprune.data import make_demo
-from ganprune.evaluate import CandidateEvaluator, calibration_batches
+from ganprune.scoring import CandidateEvaluator, calibration_batches
 from ganprune.pipeline import build_evaluator
 from ganprune.budget import resolve_macs
 from ganprune.search import search

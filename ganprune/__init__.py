@@ -2,7 +2,7 @@
 
 The pipeline, in the order it runs: load a checkpoint (``ganprune.models``) → build the search space
 (``ganprune.space``) → let a G-agent and a D-agent search widths (``ganprune.search``) scored by the
-local-density objective (``ganprune.objective``, ``ganprune.evaluate``) → prune physically
+local-density objective (``ganprune.objective``, ``ganprune.scoring``) → prune physically
 (``ganprune.prune``) → fine-tune (``ganprune.finetune``) → measure and export (``ganprune.metrics``,
 ``ganprune.evaluation``, ``ganprune.export``).
 """

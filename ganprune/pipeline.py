@@ -39,7 +39,7 @@ def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_sp
                     m=8, discrepancy="mmd", perturbations=("noise",), l1_weight=0.0, balance_weight=1.0,
                     g_space_file=None, d_space_file=None, importance="l2", recalibrate_bn=True, seed=0):
     """Search spaces (from the dependency graph + search_spaces YAML), objective and evaluator."""
-    from ganprune.evaluate import CandidateEvaluator
+    from ganprune.scoring import CandidateEvaluator
     from ganprune.objective import LocalDensityObjective
     from ganprune.space import SearchSpace
     x = batches[0]["A"][:1]
@@ -72,7 +72,7 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     from ganprune.agent import get_agent
     from ganprune.budget import latency_table as build_table
     from ganprune.budget import parse_budget
-    from ganprune.evaluate import calibration_batches
+    from ganprune.scoring import calibration_batches
     from ganprune.search import search
     torch.manual_seed(seed)
     batches = calibration_batches(dataroot, phase=phase, n_images=calib_images, batch_size=calib_batch,
@@ -206,7 +206,7 @@ class _Run:
     def prune(self) -> dict:
         import yaml
 
-        from ganprune.evaluate import calibration_batches
+        from ganprune.scoring import calibration_batches
         from ganprune.prune import save_pruned
         self.need("search/widths.yaml")
         with open(self.path("search", "widths.yaml"), encoding="utf-8") as fh:

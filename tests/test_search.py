@@ -9,7 +9,7 @@ import torch
 import ganprune
 from ganprune.agent import Agent, get_agent, register_agent
 from ganprune.errors import UserError
-from ganprune.evaluate import calibration_batches, guard_search_split
+from ganprune.scoring import calibration_batches, guard_search_split
 from ganprune.pipeline import build_evaluator
 from ganprune.budget import resolve_macs
 from ganprune.search import CollaborativeSearch, fill_budget, pareto_front, search

@@ -67,7 +67,7 @@ class Setup:
         import torch
 
         from ganprune.cli import pair_from_args
-        from ganprune.evaluate import calibration_batches
+        from ganprune.scoring import calibration_batches
         from ganprune.pipeline import _first_conv_in_channels
         from ganprune.budget import is_latency, resolve_macs
         from ganprune.space import SearchSpace
