@@ -1,8 +1,11 @@
 """Score a (G widths, D widths) candidate without training.
 
 A candidate pair is instantiated by weight inheritance (``ganprune.prune`` keeps the most important
-channels of the teacher), BatchNorm statistics are optionally re-estimated on calibration batches (pruning
-shifts them), and three things are measured against cached teacher quantities:
+channels of the teacher — or, with a trained ``supernet``, of the supernet's shared weights, so the
+candidate is its slice), BatchNorm statistics of a *pruned* network are re-estimated on the calibration
+batches (pruning shifts them; an unpruned network keeps the teacher's own, so the full widths reproduce
+the teacher exactly and score 0, the best possible), and three things are measured against cached
+teacher quantities:
 
 * **density** — the local-density discrepancy of the pruned G to the teacher (``LocalDensityObjective``),
   plus an optional L1 to the teacher's output;
@@ -97,7 +100,7 @@ class CandidateEvaluator:
     def __init__(self, teacher_G: nn.Module, teacher_D: nn.Module, g_space, d_space, batches: list[dict],
                  objective, conditional_D: bool = True, l1_weight: float = 0.0, balance_weight: float = 1.0,
                  recalibrate_bn: bool = True, importance: str = "l2", device=None,
-                 allow_evaluation_split: bool = False):
+                 allow_evaluation_split: bool = False, supernet=None):
         if not batches:
             raise UserError("calibration set is empty: need at least one batch of search-split images")
         for batch in batches:  # batches from calibration_batches() say which split they came from
@@ -118,7 +121,17 @@ class CandidateEvaluator:
         from ganprune.prune import channel_ranking
         self.g_ranking = channel_ranking(self.teacher_G, self.g_example, importance)
         self.d_ranking = channel_ranking(self.teacher_D, self.d_example, importance)
+        self.supernet = None
+        if supernet is not None:
+            self.use_supernet(supernet)
         self.evaluations = 0
+
+    def use_supernet(self, supernet) -> None:
+        """Score G candidates as slices of ``supernet`` (trained with this evaluator's channel ranking)."""
+        if supernet.ranking != self.g_ranking:
+            raise UserError("supernet: trained with another channel ranking than this evaluator's; train it "
+                            "with ranking=evaluator.g_ranking")
+        self.supernet = supernet
 
     @torch.no_grad()
     def _teacher_cache(self, batches) -> TeacherCache:
@@ -136,10 +149,14 @@ class CandidateEvaluator:
         """The candidate networks: teacher weights inherited by importance (ranked once on the dense
         teacher, so every candidate of a search keeps a nested subset of the same channels), BN re-estimated."""
         from ganprune.prune import prune
-        g = prune(self.teacher_G, g_widths, self.g_example, ranking=self.g_ranking).to(self.device)
+        g_source = self.supernet.net if self.supernet is not None else self.teacher_G
+        g = prune(g_source, g_widths, self.g_example, ranking=self.g_ranking).to(self.device)
         d = prune(self.teacher_D, d_widths, self.d_example, ranking=self.d_ranking).to(self.device)
-        if self.recalibrate_bn:
+        g_changed = self.supernet is not None or self.g_space.validate(g_widths) != self.g_space.full_widths()
+        d_changed = self.d_space.validate(d_widths) != self.d_space.full_widths()
+        if self.recalibrate_bn and g_changed:
             recalibrate_batchnorm(g, self.cache.inputs)
+        if self.recalibrate_bn and d_changed:
             with torch.no_grad():
                 fakes = [g.eval()(x) for x in self.cache.inputs]
             recalibrate_batchnorm(d, [_d_input(x, y, self.conditional_D) for x, y in zip(self.cache.inputs, self.cache.targets)]

@@ -1,0 +1,274 @@
+"""Does the search score predict quality after fine-tuning? Rank study and winners, side by side.
+
+A gray→color Pix2Pix teacher (unet_64, ngf 32, 64², 3,000 steps, batch 4) is trained once on the embedded
+demo photos (402 train crops) and cached; everything is judged on the 143 val crops, cut from photos that
+training and search never see. For each G budget (25% and 10% of G's MACs):
+
+1. **Rank study.** ``--candidates`` random G width sets at the budget (MACs within 1% of it; D at its
+   uniform 50% widths), each fine-tuned identically (density recipe, ``--steps`` steps, same seed, from
+   the teacher's inherited channels). Fidelity = PSNR of the fine-tuned G's val outputs to the teacher's
+   (mean per image; ``--kid`` adds KID to the teacher's outputs). Every scorer scores every candidate
+   *before* fine-tuning on the search split's calibration images; the table gives Kendall τ and
+   Spearman ρ between each score and the fidelity, the PSNR of each scorer's pick, and its cost.
+2. **Winners.** Per seed, the greedy G/D agents search with the default scorer and with the supernet
+   scorer; random search (same evaluations) and uniform widths (the largest uniform widths within the
+   budget, then grown into it like every other method: equal MACs within 1%) are the baselines. Each
+   winner is fine-tuned exactly like the candidates (a supernet winner from its slice) and scored on val.
+   Mean ± std over ``--seeds``, beside best-of-N and median-of-N of the rank study.
+
+    python benchmarks/bench_rank.py --quick     # 8 candidates, 120 steps, 1 seed (teacher cached after the first run)
+    python benchmarks/bench_rank.py             # 12 candidates, 300 steps, 3 seeds
+
+Fine-tunes and supernets are cached in ``--out``: a rerun only computes what is missing.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy.stats import kendalltau, spearmanr
+
+from ganprune.data import build_dataset, make_demo
+from ganprune.finetune import finetune
+from ganprune.pipeline import build_evaluator
+from ganprune.prune import load_pruned, prune, save_pruned
+from ganprune.scoring import calibration_batches, recalibrate_batchnorm
+from ganprune.search import fill_budget
+from ganprune.supernet import train_supernet
+from ganprune.teacher import load_teacher, train_teacher
+
+TEACHER = dict(size=64, arch="unet_64", ngf=32, ndf=32, steps=3000, batch_size=4)
+
+
+def settings(quick: bool) -> dict:
+    if quick:
+        return dict(candidates=8, steps=120, seeds=1, calib=32, supernet_steps=300, rounds=24, budgets=(0.25, 0.10))
+    return dict(candidates=12, steps=300, seeds=3, calib=32, supernet_steps=1200, rounds=40, budgets=(0.25, 0.10))
+
+
+def prepare(out: str):
+    data = make_demo(os.path.join(out, "gray2color_64"), size=64, task="gray2color")["out"]
+    tdir = os.path.join(out, f"teacher_unet64_ngf{TEACHER['ngf']}_{TEACHER['steps']}")
+    train_teacher(data, tdir, arch=TEACHER["arch"], ngf=TEACHER["ngf"], ndf=TEACHER["ndf"], steps=TEACHER["steps"],
+                  batch_size=TEACHER["batch_size"], save_every=250, eval_every=0, progress=True)
+    G, D, spec = load_teacher(tdir)
+    return data, G, D, spec
+
+
+def _key(*parts) -> str:
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- candidates
+
+def random_at_budget(space, budget: float, rng: random.Random, tol: float = 0.01) -> dict:
+    """Random widths whose MACs are within ``tol`` (relative) below ``budget``·full MACs."""
+    full = space.macs(space.full_widths())
+    target = budget * full
+    for _ in range(10000):
+        w = {g.name: rng.choice(list(g.choices)) for g in space.groups}
+        names = [g.name for g in space.groups]
+        while space.macs(w) > target:           # shrink random groups a choice at a time
+            g = space.groups[names.index(rng.choice(names))]
+            i = g.choices.index(w[g.name])
+            if i > 0:
+                w[g.name] = g.choices[i - 1]
+            if all(w[x.name] == x.choices[0] for x in space.groups):
+                break
+        w = fill_budget(space, w, int(target))
+        if target * (1 - tol) <= space.macs(w) <= target:
+            return w
+    raise SystemExit(f"no random widths within {tol:.0%} of {budget:.0%} MACs")
+
+
+def uniform_at_budget(space, budget: float) -> dict:
+    full = space.macs(space.full_widths())
+    best = max((space.uniform(float(f)) for f in np.arange(0.01, 1.0, 0.0025)
+                if space.macs(space.uniform(float(f))) <= budget * full), key=space.macs)
+    return fill_budget(space, best, int(budget * full))
+
+
+# --------------------------------------------------------------------------- fidelity
+
+@torch.no_grad()
+def val_outputs(G, val, n=None):
+    G.eval()
+    A = torch.stack([val[i]["A"] for i in range(len(val) if n is None else n)])
+    return torch.cat([G(A[i:i + 32]) for i in range(0, len(A), 32)])
+
+
+def psnr_to(x, y) -> float:
+    x, y = (x.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2
+    mse = ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1.0 / mse)).mean())
+
+
+def kid_to(x, y) -> float:
+    from ganprune.metrics.fid_inception import FIDInceptionFeatures
+    net = FIDInceptionFeatures()
+    fx = torch.cat([net(x[i:i + 16]) for i in range(0, len(x), 16)]).double().numpy()
+    fy = torch.cat([net(y[i:i + 16]) for i in range(0, len(y), 16)]).double().numpy()
+    d, m = fx.shape[1], len(fx)
+    kxx, kyy, kxy = (fx @ fx.T / d + 1) ** 3, (fy @ fy.T / d + 1) ** 3, (fx @ fy.T / d + 1) ** 3
+    return float(((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean())
+
+
+class Judge:
+    """Fine-tunes candidates identically and measures them on val; results cached on disk."""
+
+    def __init__(self, out, T_G, T_D, train, val, ev, steps, kid):
+        self.out, self.T_G, self.T_D, self.train, self.val, self.ev = out, T_G, T_D, train, val, ev
+        self.steps, self.kid = steps, kid
+        self.teacher_val = val_outputs(T_G, val)
+        self.cache_file = os.path.join(out, "judged.json")
+        self.cache = json.load(open(self.cache_file)) if os.path.exists(self.cache_file) else {}
+
+    def __call__(self, g_widths, d_widths, seed=0, start=None, tag="inherit") -> dict:
+        key = _key(g_widths, d_widths, seed, self.steps, tag)
+        if key in self.cache:
+            return self.cache[key]
+        g, d = self.ev.build_pair(g_widths, d_widths) if start is None else (start, self.ev.build_pair(g_widths, d_widths)[1])
+        t = time.perf_counter()
+        finetune(g, d, self.T_G, self.T_D, self.train, recipe="density", steps=self.steps, batch_size=4, seed=seed,
+                 device="cpu", progress=False)
+        fake = val_outputs(g, self.val)
+        row = {"psnr_teacher": psnr_to(fake, self.teacher_val), "ft_seconds": time.perf_counter() - t}
+        if self.kid:
+            row["kid_teacher"] = kid_to(fake[:64], self.teacher_val[:64])
+        self.cache[key] = row
+        with open(self.cache_file + ".tmp", "w") as fh:
+            json.dump(self.cache, fh)
+        os.replace(self.cache_file + ".tmp", self.cache_file)
+        return row
+
+
+# --------------------------------------------------------------------------- scorers
+
+def proxy_finetune_l1(ev, T_G, train, g_widths, d_widths, steps=30):
+    """A short L1-to-teacher fine-tune of the inherited candidate, then its L1 on the calibration images."""
+    g, _ = ev.build_pair(g_widths, d_widths)
+    g.train()
+    opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        idx = torch.randint(len(train), (4,), generator=gen).tolist()
+        a = torch.stack([train[i]["A"] for i in idx])
+        with torch.no_grad():
+            t = T_G(a)
+        loss = (g(a) - t).abs().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    recalibrate_batchnorm(g, ev.cache.inputs)
+    g.eval()
+    with torch.no_grad():
+        return float(sum((g(x) - y).abs().mean() for x, y in zip(ev.cache.inputs, ev.cache.outputs)) / len(ev.cache.inputs))
+
+
+def score_all(evs, T_G, train, cands, d_widths, supernet):
+    """{scorer: [score per candidate]} (lower = better) and {scorer: seconds per candidate}."""
+    ev_recal, ev_teacher_bn = evs
+    scores, cost = {}, {}
+
+    def run(name, fn):
+        t = time.perf_counter()
+        scores[name] = [fn(w) for w in cands]
+        cost[name] = (time.perf_counter() - t) / len(cands)
+
+    ev_recal.supernet = None
+    run("density, inherited + BN re-estimated (old default)", lambda w: ev_recal.evaluate(w, d_widths)["density"])
+    run("density, inherited + teacher BN", lambda w: ev_teacher_bn.evaluate(w, d_widths)["density"])
+    run("L1 to teacher, inherited + BN re-estimated", lambda w: ev_recal.evaluate(w, d_widths)["l1"])
+    run("params (more = better)", lambda w: -ev_recal.g_space.params(w))
+    run("proxy fine-tune 30 steps, L1", lambda w: proxy_finetune_l1(ev_recal, T_G, train, w, d_widths))
+    ev_recal.use_supernet(supernet)
+    run("supernet slice, density", lambda w: ev_recal.evaluate(w, d_widths)["density"])
+    run("supernet slice, L1 to teacher", lambda w: ev_recal.evaluate(w, d_widths)["l1"])
+    ev_recal.supernet = None
+    return scores, cost
+
+
+def rank_table(scores, cost, fidelity, kid=None):
+    rows = []
+    fid = np.array(fidelity)
+    for name, s in scores.items():
+        s = np.array(s)
+        tau = kendalltau(-s, fid).statistic
+        rho = spearmanr(-s, fid).statistic
+        row = {"scorer": name, "Kendall τ": tau, "Spearman ρ": rho, "pick PSNR": fid[int(np.argmin(s))],
+               "s / candidate": cost[name]}
+        if kid is not None:
+            row["τ vs KID"] = kendalltau(-s, -np.array(kid)).statistic
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- main
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", default=os.path.join(os.environ.get("GANPRUNE_CACHE", "bench_out"), "rank"))
+    p.add_argument("--candidates", type=int)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--kid", action="store_true", help="also KID to the teacher's outputs (64 val images)")
+    p.add_argument("--skip-winners", action="store_true")
+    args = p.parse_args(argv)
+    s = settings(args.quick)
+    for k in ("candidates", "steps", "seeds"):
+        if getattr(args, k):
+            s[k] = getattr(args, k)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    os.makedirs(args.out, exist_ok=True)
+    began = time.perf_counter()
+    data, T_G, T_D, spec = prepare(args.out)
+    train = build_dataset(data, mode="aligned", phase="train")
+    val = build_dataset(data, mode="aligned", phase="val")
+    batches = calibration_batches(data, "train", n_images=s["calib"], batch_size=8)
+    common = dict(g_spec=spec["G"], d_spec=spec["D"], l1_weight=0.0)
+    ev = build_evaluator(T_G, T_D, batches, **common)
+    ev_teacher_bn = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space, recalibrate_bn=False,
+                                    **common)
+    judge = Judge(args.out, T_G, T_D, train, val, ev, s["steps"], args.kid)
+    val_set_psnr = psnr_to(judge.teacher_val, torch.stack([val[i]["B"] for i in range(len(val))]))
+    print(f"teacher: PSNR to ground truth on {len(val)} val images {val_set_psnr:.2f} dB")
+    d_widths = ev.d_space.uniform(0.5)
+
+    t = time.perf_counter()
+    sn_dir = os.path.join(args.out, f"supernet_{s['supernet_steps']}")
+    supernet = train_supernet(T_G, ev.g_space, train, sn_dir, steps=s["supernet_steps"], batch_size=4,
+                              ranking=ev.g_ranking, device="cpu", max_macs=max(s["budgets"]) * 1.2)
+    sn_seconds = time.perf_counter() - t
+    print(f"supernet: {s['supernet_steps']} steps, {sn_seconds:.0f} s this run")
+
+    tables = []
+    for budget in s["budgets"]:
+        rng = random.Random(int(budget * 1000))
+        cands = [random_at_budget(ev.g_space, budget, rng) for _ in range(s["candidates"])]
+        judged = [judge(w, d_widths) for w in cands]
+        fidelity = [j["psnr_teacher"] for j in judged]
+        kid = [j["kid_teacher"] for j in judged] if args.kid else None
+        scores, cost = score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet)
+        table = rank_table(scores, cost, fidelity, kid)
+        table.insert(0, "G budget", f"{budget:.0%}")
+        tables.append(table)
+        print(f"\n{budget:.0%} G MACs: {len(cands)} candidates after {s['steps']} fine-tuning steps: PSNR to teacher "
+              f"best {max(fidelity):.2f}, median {np.median(fidelity):.2f}, worst {min(fidelity):.2f}")
+        print(table.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
+    pd.concat(tables).to_csv(os.path.join(args.out, "rank.csv"), index=False)
+    print(f"\ntotal {time.perf_counter() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""The weight-sharing supernet: slices are the physically pruned nets, training resumes exactly, scores
+of slices and of the full widths behave."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import ganprune
+from ganprune.pipeline import build_evaluator
+from ganprune.prune import channel_ranking, prune
+from ganprune.space import SearchSpace
+from ganprune.supernet import Supernet, train_supernet
+
+
+class _Data(torch.utils.data.Dataset):
+    def __init__(self, n=8, size=64, channels=3):
+        g = torch.Generator().manual_seed(1)
+        self.a = torch.rand(n, channels, size, size, generator=g) * 2 - 1
+
+    def __len__(self):
+        return len(self.a)
+
+    def __getitem__(self, i):
+        return {"A": self.a[i], "B": -self.a[i]}
+
+
+def _unet():
+    return ganprune.load_generator(None, arch="unet_64", ngf=8).eval()
+
+
+@pytest.mark.parametrize("arch,norm", [("unet_64", "batch"), ("resnet_6blocks", "instance")])
+def test_slices_equal_physically_pruned_nets(arch, norm, one_thread):
+    G = ganprune.load_generator(None, arch=arch, ngf=8, norm=norm).eval()
+    x = torch.randn(2, 3, 64, 64)
+    space = SearchSpace.from_model(G, x[:1], arch=arch)
+    ranking = channel_ranking(G, x[:1])
+    sn = Supernet(G, space, x[:1], ranking)
+    with torch.no_grad():
+        for p in sn.net.parameters():        # shared weights that differ from the teacher's
+            p.add_(0.01 * torch.randn_like(p))
+    sn.net.eval()
+    rng = random.Random(0)
+    for which in ("largest", "smallest", "random", "random", "random"):
+        w = sn.sample(rng, which)
+        with torch.no_grad():
+            sliced = sn.forward(w, x)
+            physical = prune(sn.net, w, x[:1], ranking=ranking).eval()(x)
+            extracted = sn.extract(w).eval()(x)
+        assert torch.allclose(sliced, physical, atol=1e-5), float((sliced - physical).abs().max())
+        assert torch.equal(extracted, physical)
+    # A slice is differentiable in the shared weights, and only kept weights get gradients.
+    w = sn.sample(rng, "smallest")
+    sn.net.zero_grad()
+    sn.forward(w, x).abs().mean().backward()
+    grads = [p.grad for p in sn.net.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    assert any(float((g == 0).float().mean()) > 0.3 for g in grads if g.dim() == 4)
+
+
+def test_random_slices_respect_max_macs():
+    G = _unet()
+    x = torch.randn(1, 3, 64, 64)
+    space = SearchSpace.from_model(G, x, arch="unet_64")
+    sn = Supernet(G, space, x, channel_ranking(G, x))
+    rng = random.Random(3)
+    full = space.macs(space.full_widths())
+    sizes = [space.macs(sn.sample(rng, "random", max_macs=0.3)) / full for _ in range(30)]
+    assert max(sizes) <= 0.3 and min(sizes) > 0.05
+    assert len(set(sizes)) > 10
+
+
+def test_training_reduces_distillation_loss_and_resumes_exactly(tmp_path, one_thread):
+    G, data = _unet(), _Data()
+    with torch.no_grad():    # a teacher whose outputs are far from 0 (a fresh one outputs ~0 everywhere)
+        for p in G.parameters():
+            p.mul_(4.0)
+    x = data[0]["A"][None]
+    space = SearchSpace.from_model(G, x, arch="unet_64")
+    ranking = channel_ranking(G, x)
+    common = dict(batch_size=2, ranking=ranking, device="cpu", progress=False, lr=1e-3, save_every=3)
+    whole = train_supernet(G, space, data, tmp_path / "a", steps=6, **common)
+    train_supernet(G, space, data, tmp_path / "b", steps=3, **common)
+    resumed = train_supernet(G, space, data, tmp_path / "b", steps=6, **common)   # continues from step 3
+    for (name, a), (_, b) in zip(whole.net.state_dict().items(), resumed.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    # The smallest slice moves towards the teacher's outputs.
+    small = {g.name: min(g.choices) for g in space.groups}
+    a = torch.stack([data[i]["A"] for i in range(len(data))])
+    with torch.no_grad():
+        target = G(a)
+        fresh = Supernet(G, space, x, ranking)
+        fresh.net.train()
+        before = float((fresh.forward(small, a) - target).abs().mean())
+    longer = train_supernet(G, space, data, None, steps=25, **common)
+    with torch.no_grad():
+        longer.net.train()
+        after = float((longer.forward(small, a) - target).abs().mean())
+    assert after < 0.8 * before, (before, after)
+    with pytest.raises(ganprune.UserError, match="lr"):
+        train_supernet(G, space, data, tmp_path / "b", steps=8, **{**common, "lr": 5e-4})
+
+
+def _evaluator(G, D, **kw):
+    g = torch.Generator().manual_seed(0)
+    batches = [{"A": torch.rand(4, 3, 64, 64, generator=g) * 2 - 1, "B": torch.rand(4, 3, 64, 64, generator=g) * 2 - 1}
+               for _ in range(2)]
+    return build_evaluator(G, D, batches, g_spec={"arch": "unet_64"}, d_spec={"arch": "basic"}, m=4, **kw)
+
+
+@pytest.mark.parametrize("recalibrate_bn", [True, False])
+def test_full_widths_score_best(recalibrate_bn, one_thread):
+    G, D = _unet(), ganprune.load_discriminator(None, arch="basic", ndf=8).eval()
+    ev = _evaluator(G, D, recalibrate_bn=recalibrate_bn)
+    full = ev.evaluate(ev.g_space.full_widths(), ev.d_space.full_widths())
+    assert full["density"] == pytest.approx(0, abs=1e-6) and full["l1"] == pytest.approx(0, abs=1e-6)
+    assert full["score"] == pytest.approx(0, abs=1e-5)
+    rng = random.Random(0)
+    for _ in range(4):
+        gw = {g.name: rng.choice(list(g.choices)) for g in ev.g_space.groups}
+        dw = {g.name: rng.choice(list(g.choices)) for g in ev.d_space.groups}
+        if gw == ev.g_space.full_widths():
+            continue
+        m = ev.evaluate(gw, dw)
+        assert m["score_g"] > full["score_g"] and m["density"] > 1e-4
+
+
+def test_evaluator_scores_supernet_slices(one_thread):
+    G, D = _unet(), ganprune.load_discriminator(None, arch="basic", ndf=8).eval()
+    ev = _evaluator(G, D)
+    sn = Supernet(G, ev.g_space, ev.g_example, ev.g_ranking)
+    with torch.no_grad():
+        for p in sn.net.parameters():
+            p.mul_(0.5)
+    w = ev.g_space.uniform(0.5)
+    before = ev.evaluate(w, ev.d_space.full_widths())
+    ev.use_supernet(sn)
+    after = ev.evaluate(w, ev.d_space.full_widths())
+    assert after["l1"] != pytest.approx(before["l1"])
+    g, _ = ev.build_pair(w, ev.d_space.full_widths())
+    sliced = sn.extract(w)
+    # The candidate is the slice (same weights), with BatchNorm re-estimated.
+    for (name, a), (_, b) in zip(g.named_parameters(), sliced.named_parameters()):
+        assert torch.equal(a, b), name
+    with pytest.raises(ganprune.UserError, match="ranking"):
+        ev.use_supernet(Supernet(G, ev.g_space, ev.g_example, {k: list(reversed(v)) for k, v in ev.g_ranking.items()}))
