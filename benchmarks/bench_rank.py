@@ -56,10 +56,10 @@ def settings(quick: bool) -> dict:
     return dict(candidates=12, steps=300, seeds=3, calib=32, supernet_steps=1200, rounds=40, budgets=(0.25, 0.10))
 
 
-def prepare(out: str):
+def prepare(out: str, teacher_steps: int):
     data = make_demo(os.path.join(out, "gray2color_64"), size=64, task="gray2color")["out"]
-    tdir = os.path.join(out, f"teacher_unet64_ngf{TEACHER['ngf']}_{TEACHER['steps']}")
-    train_teacher(data, tdir, arch=TEACHER["arch"], ngf=TEACHER["ngf"], ndf=TEACHER["ndf"], steps=TEACHER["steps"],
+    tdir = os.path.join(out, f"teacher_unet64_ngf{TEACHER['ngf']}_{teacher_steps}")
+    train_teacher(data, tdir, arch=TEACHER["arch"], ngf=TEACHER["ngf"], ndf=TEACHER["ndf"], steps=teacher_steps,
                   batch_size=TEACHER["batch_size"], save_every=250, eval_every=0, progress=True)
     G, D, spec = load_teacher(tdir)
     return data, G, D, spec
@@ -133,11 +133,14 @@ class Judge:
         self.cache_file = os.path.join(out, "judged.json")
         self.cache = json.load(open(self.cache_file)) if os.path.exists(self.cache_file) else {}
 
-    def __call__(self, g_widths, d_widths, seed=0, start=None, tag="inherit") -> dict:
-        key = _key(g_widths, d_widths, seed, self.steps, tag)
+    def __call__(self, g_widths, d_widths, seed=0, supernet=None) -> dict:
+        """Fine-tune from the teacher's inherited channels, or from the supernet slice when given."""
+        key = _key(g_widths, d_widths, seed, self.steps, "inherit" if supernet is None else supernet.tag)
         if key in self.cache:
             return self.cache[key]
-        g, d = self.ev.build_pair(g_widths, d_widths) if start is None else (start, self.ev.build_pair(g_widths, d_widths)[1])
+        saved, self.ev.supernet = self.ev.supernet, supernet
+        g, d = self.ev.build_pair(g_widths, d_widths)
+        self.ev.supernet = saved
         t = time.perf_counter()
         finetune(g, d, self.T_G, self.T_D, self.train, recipe="density", steps=self.steps, batch_size=4, seed=seed,
                  device="cpu", progress=False)
@@ -157,7 +160,7 @@ class Judge:
 def proxy_finetune_l1(ev, T_G, train, g_widths, d_widths, steps=30):
     """A short L1-to-teacher fine-tune of the inherited candidate, then its L1 on the calibration images."""
     g, _ = ev.build_pair(g_widths, d_widths)
-    g.train()
+    g.train().requires_grad_(True)
     opt = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -213,6 +216,57 @@ def rank_table(scores, cost, fidelity, kid=None):
     return pd.DataFrame(rows)
 
 
+# --------------------------------------------------------------------------- winners
+
+def searched(ev, budget, d_widths, agent, rounds, seed):
+    """The G widths a search with ``agent`` picks (D held at ``d_widths`` by the uniform D-agent)."""
+    from ganprune.agent import get_agent
+    from ganprune.search import search
+    g_max = int(budget * ev.g_space.macs(ev.g_space.full_widths()))
+    d_max = ev.d_space.macs(d_widths)
+    g = get_agent(agent)(ev.g_space, g_max, seed=seed, role="G")
+    d = get_agent("template")(ev.d_space, d_max, seed=seed + 1, role="D")
+    result = search(ev, g, d, g_max, d_max, rounds=rounds, progress=False)
+    return result.best["g_widths"], result.best["d_widths"]
+
+
+def winners(ev, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame:
+    full = ev.g_space.macs(ev.g_space.full_widths())
+    rows = []
+    for seed in range(s["seeds"]):
+        picks = {}
+        ev.supernet = None
+        picks["greedy agents, old default score"] = searched(ev, budget, d_widths, "greedy", s["rounds"], seed) + (None,)
+        picks["random search, old default score"] = searched(ev, budget, d_widths, "random", s["rounds"], seed) + (None,)
+        ev.use_supernet(supernet)
+        gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed)
+        ev.supernet = None
+        picks["greedy agents, supernet score, from slice"] = (gw, dw, supernet)
+        picks["greedy agents, supernet score, from teacher"] = (gw, dw, None)
+        picks["random search, supernet score, from slice"] = searched_random_supernet(ev, supernet, budget, d_widths, s, seed)
+        picks["uniform (filled to budget)"] = (uniform_at_budget(ev.g_space, budget), d_widths, None)
+        for method, (gw, dw, start) in picks.items():
+            r = judge(gw, dw, seed=seed, supernet=start)
+            rows.append({"method": method, "seed": seed, "G MACs %": 100 * ev.g_space.macs(gw) / full, **r})
+    df = pd.DataFrame(rows)
+    agg = df.groupby("method", sort=False).agg(
+        **{"G MACs %": ("G MACs %", "mean"), "PSNR to teacher": ("psnr_teacher", "mean"),
+           "± std": ("psnr_teacher", "std")}).reset_index()
+    agg.loc[len(agg)] = {"method": f"best of {len(fidelity)} random (rank study, seed 0)", "G MACs %": 100 * budget,
+                         "PSNR to teacher": max(fidelity), "± std": float("nan")}
+    agg.loc[len(agg)] = {"method": f"median of {len(fidelity)} random (rank study, seed 0)", "G MACs %": 100 * budget,
+                         "PSNR to teacher": float(np.median(fidelity)), "± std": float("nan")}
+    agg.insert(0, "G budget", f"{budget:.0%}")
+    return agg
+
+
+def searched_random_supernet(ev, supernet, budget, d_widths, s, seed):
+    ev.use_supernet(supernet)
+    gw, dw = searched(ev, budget, d_widths, "random", s["rounds"], seed)
+    ev.supernet = None
+    return gw, dw, supernet
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv=None):
@@ -222,17 +276,19 @@ def main(argv=None):
     p.add_argument("--candidates", type=int)
     p.add_argument("--steps", type=int)
     p.add_argument("--seeds", type=int)
+    p.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
+    p.add_argument("--supernet-steps", type=int)
     p.add_argument("--kid", action="store_true", help="also KID to the teacher's outputs (64 val images)")
     p.add_argument("--skip-winners", action="store_true")
     args = p.parse_args(argv)
     s = settings(args.quick)
-    for k in ("candidates", "steps", "seeds"):
+    for k in ("candidates", "steps", "seeds", "supernet_steps"):
         if getattr(args, k):
             s[k] = getattr(args, k)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     os.makedirs(args.out, exist_ok=True)
     began = time.perf_counter()
-    data, T_G, T_D, spec = prepare(args.out)
+    data, T_G, T_D, spec = prepare(args.out, args.teacher_steps)
     train = build_dataset(data, mode="aligned", phase="train")
     val = build_dataset(data, mode="aligned", phase="val")
     batches = calibration_batches(data, "train", n_images=s["calib"], batch_size=8)
@@ -250,9 +306,10 @@ def main(argv=None):
     supernet = train_supernet(T_G, ev.g_space, train, sn_dir, steps=s["supernet_steps"], batch_size=4,
                               ranking=ev.g_ranking, device="cpu", max_macs=max(s["budgets"]) * 1.2)
     sn_seconds = time.perf_counter() - t
+    supernet.tag = f"supernet{s['supernet_steps']}"
     print(f"supernet: {s['supernet_steps']} steps, {sn_seconds:.0f} s this run")
 
-    tables = []
+    tables, wins = [], []
     for budget in s["budgets"]:
         rng = random.Random(int(budget * 1000))
         cands = [random_at_budget(ev.g_space, budget, rng) for _ in range(s["candidates"])]
@@ -266,7 +323,14 @@ def main(argv=None):
         print(f"\n{budget:.0%} G MACs: {len(cands)} candidates after {s['steps']} fine-tuning steps: PSNR to teacher "
               f"best {max(fidelity):.2f}, median {np.median(fidelity):.2f}, worst {min(fidelity):.2f}")
         print(table.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
+        if not args.skip_winners:
+            win = winners(ev, supernet, judge, budget, d_widths, s, fidelity)
+            wins.append(win)
+            print(f"\nwinners at {budget:.0%} G MACs, {s['steps']} fine-tuning steps, {s['seeds']} seed(s):")
+            print(win.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
     pd.concat(tables).to_csv(os.path.join(args.out, "rank.csv"), index=False)
+    if wins:
+        pd.concat(wins).to_csv(os.path.join(args.out, "winners.csv"), index=False)
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
 
 

@@ -95,6 +95,8 @@ class CandidateEvaluator:
 
     ``score_g`` = density + l1_weight·l1 + balance_weight·balance (what the G-agent minimises);
     ``score_d`` = balance + d_fidelity (what the D-agent minimises); ``score`` = score_g + score_d.
+    Without a teacher D (``teacher_D=None``, ``d_space=None``: a generator-only checkpoint) only G is
+    scored: balance, d_fidelity and score_d are 0, and ``build_pair`` returns ``(G, None)``.
     """
 
     def __init__(self, teacher_G: nn.Module, teacher_D: nn.Module, g_space, d_space, batches: list[dict],
@@ -108,7 +110,7 @@ class CandidateEvaluator:
                 guard_search_split(batch.get("phase", "train"))
         self.device = torch.device(device or "cpu")
         self.teacher_G = teacher_G.to(self.device).eval()
-        self.teacher_D = teacher_D.to(self.device).eval()
+        self.teacher_D = teacher_D.to(self.device).eval() if teacher_D is not None else None
         self.g_space, self.d_space = g_space, d_space
         self.objective = objective
         self.conditional_D = conditional_D
@@ -116,11 +118,13 @@ class CandidateEvaluator:
         self.recalibrate_bn, self.importance = recalibrate_bn, importance
         x0 = batches[0]["A"][:1].to(self.device)
         self.g_example = x0
-        self.d_example = _d_input(x0, batches[0]["B"][:1].to(self.device), conditional_D)
+        self.d_example = (_d_input(x0, batches[0]["B"][:1].to(self.device), conditional_D)
+                          if self.teacher_D is not None else None)
         self.cache = self._teacher_cache(batches)
         from ganprune.prune import channel_ranking
         self.g_ranking = channel_ranking(self.teacher_G, self.g_example, importance)
-        self.d_ranking = channel_ranking(self.teacher_D, self.d_example, importance)
+        self.d_ranking = (channel_ranking(self.teacher_D, self.d_example, importance)
+                          if self.teacher_D is not None else None)
         self.supernet = None
         if supernet is not None:
             self.use_supernet(supernet)
@@ -140,7 +144,7 @@ class CandidateEvaluator:
         outputs = [self.teacher_G(x) for x in inputs]
         refs = [self.objective.reference(x, index=i) for i, x in enumerate(inputs)]
         cache = TeacherCache(inputs, targets, outputs, refs)
-        for x, y, fake in zip(inputs, targets, outputs):
+        for x, y, fake in zip(inputs, targets, outputs) if self.teacher_D is not None else ():
             cache.d_real.append(torch.sigmoid(self.teacher_D(_d_input(x, y, self.conditional_D))))
             cache.d_fake.append(torch.sigmoid(self.teacher_D(_d_input(x, fake, self.conditional_D))))
         return cache
@@ -151,11 +155,13 @@ class CandidateEvaluator:
         from ganprune.prune import prune
         g_source = self.supernet.net if self.supernet is not None else self.teacher_G
         g = prune(g_source, g_widths, self.g_example, ranking=self.g_ranking).to(self.device)
-        d = prune(self.teacher_D, d_widths, self.d_example, ranking=self.d_ranking).to(self.device)
         g_changed = self.supernet is not None or self.g_space.validate(g_widths) != self.g_space.full_widths()
-        d_changed = self.d_space.validate(d_widths) != self.d_space.full_widths()
         if self.recalibrate_bn and g_changed:
             recalibrate_batchnorm(g, self.cache.inputs)
+        if self.teacher_D is None:
+            return g.eval(), None
+        d = prune(self.teacher_D, d_widths, self.d_example, ranking=self.d_ranking).to(self.device)
+        d_changed = self.d_space.validate(d_widths) != self.d_space.full_widths()
         if self.recalibrate_bn and d_changed:
             with torch.no_grad():
                 fakes = [g.eval()(x) for x in self.cache.inputs]
@@ -167,27 +173,31 @@ class CandidateEvaluator:
     def evaluate(self, g_widths: dict, d_widths: dict) -> dict:
         """Metrics of one candidate pair; plain floats/ints, ready for a history row."""
         start = time.perf_counter()
-        g_widths, d_widths = self.g_space.validate(g_widths), self.d_space.validate(d_widths)
+        g_widths = self.g_space.validate(g_widths)
+        d_widths = self.d_space.validate(d_widths) if self.d_space is not None else {}
         g, d = self.build_pair(g_widths, d_widths)
         c = self.cache
         density = sum(float(self.objective(g, reference=ref)) for ref in c.density_refs) / len(c.density_refs)
         l1 = mse = d_real = d_fake = d_drift = 0.0
         n = 0
-        for x, y, y_t, t_real, t_fake in zip(c.inputs, c.targets, c.outputs, c.d_real, c.d_fake):
+        for i, (x, y_t) in enumerate(zip(c.inputs, c.outputs)):
             fake = g(x)
-            s_real = torch.sigmoid(d(_d_input(x, y, self.conditional_D)))
-            s_fake = torch.sigmoid(d(_d_input(x, fake, self.conditional_D)))
             k = x.shape[0]
             l1 += float((fake - y_t).abs().mean()) * k
             mse += float(((fake - y_t) ** 2).mean()) * k
+            n += k
+            if d is None:
+                continue
+            y, t_real, t_fake = c.targets[i], c.d_real[i], c.d_fake[i]
+            s_real = torch.sigmoid(d(_d_input(x, y, self.conditional_D)))
+            s_fake = torch.sigmoid(d(_d_input(x, fake, self.conditional_D)))
             d_real += float(s_real.mean()) * k
             d_fake += float(s_fake.mean()) * k
             # D fidelity on identical inputs: the teacher pair's real and teacher-fake images.
             s_teacher_fake = torch.sigmoid(d(_d_input(x, y_t, self.conditional_D)))
             d_drift += float(((s_real - t_real).abs().mean() + (s_teacher_fake - t_fake).abs().mean()) / 2) * k
-            n += k
         l1, mse, d_real, d_fake, d_drift = l1 / n, mse / n, d_real / n, d_fake / n, d_drift / n
-        balance = abs((d_real - d_fake) - c.gap)
+        balance = abs((d_real - d_fake) - c.gap) if d is not None else 0.0
         score_g = density + self.l1_weight * l1 + self.balance_weight * balance
         score_d = balance + d_drift
         self.evaluations += 1
@@ -195,7 +205,8 @@ class CandidateEvaluator:
         psnr = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
         return {"density": density, "l1": l1, "psnr_teacher": psnr, "balance": balance, "d_fidelity": d_drift,
                 "score_g": score_g, "score_d": score_d, "score": score_g + score_d,
-                "g_macs": int(self.g_space.macs(g_widths)), "d_macs": int(self.d_space.macs(d_widths)),
+                "g_macs": int(self.g_space.macs(g_widths)),
+                "d_macs": int(self.d_space.macs(d_widths)) if self.d_space is not None else 0,
                 "seconds": time.perf_counter() - start}
 
     @torch.no_grad()
