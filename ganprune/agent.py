@@ -37,12 +37,13 @@ import sys
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
 from ganprune.budget import Budget
 from ganprune.errors import UserError
+from ganprune.guard import guarded_call
 
 ENTRY_POINT_GROUP = "ganprune.agents"
 
@@ -130,6 +131,9 @@ class Agent:
             raise RuntimeError(f"agent {self.name!r} ({self.role}): propose() called again before observe() "
                                "reported the previous proposal")
         widths = self.ask(peer)
+        if not isinstance(widths, Mapping):
+            raise UserError(f"agent {self.name!r} ({self.role}): ask() returned {type(widths).__name__}, expected "
+                            "a dict of group name -> width")
         try:
             widths = {k: int(v) for k, v in self.space.validate(dict(widths)).items()}
         except UserError as exc:
@@ -360,7 +364,7 @@ def load_agent_file(path) -> list[str]:
         sys.modules.pop(module_name, None)
         if isinstance(exc, SyntaxError):
             raise UserError(f"--agent-file {path}: syntax error at line {exc.lineno}: {exc.msg}") from None
-        if not isinstance(exc, Exception):
+        if isinstance(exc, KeyboardInterrupt):
             raise
         raise UserError(f"--agent-file {path}: import failed ({type(exc).__name__}: {exc})") from None
     names = [n for n, cls in AGENTS.items() if cls.__module__ == module_name and before.get(n) is not cls]
@@ -394,8 +398,10 @@ def get_agent(name: str | None, agent_file=None) -> type[Agent]:
 
 def make_agent(name: str | None, space, budget, seed: int = 0, role: str = "G", agent_file=None,
                **options) -> Agent:
-    """Look up an agent by name (see ``get_agent``) and construct it."""
-    return get_agent(name, agent_file)(space, budget, seed=seed, role=role, **options)
+    """Look up an agent by name (see ``get_agent``) and construct it (a plugin's constructor runs guarded)."""
+    cls = get_agent(name, agent_file)
+    return guarded_call(f"{role}-agent {cls.name or cls.__name__}", "__init__", lambda: cls(
+        space, budget, seed=seed, role=role, **options))
 
 
 def available_agents(agent_file=None) -> list[dict]:
@@ -411,5 +417,5 @@ def available_agents(agent_file=None) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["source"].split()[0], 3), r["name"]))
 
 
-__all__ = ["Feedback", "Agent", "feasible", "register_agent", "get_agent", "make_agent", "available_agents",
+__all__ = ["Feedback", "Agent", "register_agent", "get_agent", "make_agent", "available_agents",
            "load_agent_file", "AGENTS", "ENTRY_POINT_GROUP"]

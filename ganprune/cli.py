@@ -17,6 +17,7 @@ from typing import Callable
 import yaml
 
 from ganprune.errors import UserError
+from ganprune.paths import check_paths
 
 COMMANDS: dict[str, tuple[str, Callable]] = {}
 
@@ -116,6 +117,8 @@ def add_search_options(p):
     p.add_argument("--d-space", help="search-space YAML for D")
     p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale"])
     p.add_argument("--on-agent-error", default="stop", choices=["stop", "skip"])
+    p.add_argument("--agent-timeout", type=float, default=600.0, help="seconds one agent call (ask/tell) may "
+                   "take before the search stops with an error (default 600; 0: no limit)")
     p.add_argument("--fill", default=True, action=argparse.BooleanOptionalAction,
                    help="grow the winner into the budget it leaves unused (default on; --no-fill keeps it as found)")
 
@@ -691,6 +694,7 @@ def main(argv=None) -> int:
             _apply_config(leaves[args._leaf], args.config)
             args = parser.parse_args(argv)
         _allow_named_archs(args)
+        check_paths(args._leaf, vars(args))
         return int(args._run(args) or 0)
     except UserError as exc:
         if debug:

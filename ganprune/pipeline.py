@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ganprune.errors import UserError
+from ganprune.outdir import one_run_at_a_time
 
 
 def load_pair(teacher_dir=None, generator=None, discriminator=None, g_spec: dict | None = None,
@@ -63,13 +64,13 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
-               latency_threads=2, progress=True, **evaluator_options):
+               latency_threads=2, progress=True, agent_timeout=600.0, **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
     ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
     reused by reruns; ``latency_table`` names a saved table to use for G instead."""
-    from ganprune.agent import get_agent
+    from ganprune.agent import make_agent
     from ganprune.budget import latency_table as build_table
     from ganprune.budget import parse_budget
     from ganprune.scoring import calibration_batches
@@ -85,12 +86,12 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     g_max = parse_budget(g_budget, evaluator.g_space,
                          table(G, evaluator.g_space, evaluator.g_example.cpu(), "G", latency_table))
     d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, evaluator.d_example.cpu(), "D"))
-    g = get_agent(g_agent, agent_file)(evaluator.g_space, g_max, seed=seed, role="G", **(g_agent_options or {}))
-    d = get_agent(d_agent, agent_file)(evaluator.d_space, d_max, seed=seed + 1, role="D", **(d_agent_options or {}))
+    g = make_agent(g_agent, evaluator.g_space, g_max, seed, "G", agent_file, **(g_agent_options or {}))
+    d = make_agent(d_agent, evaluator.d_space, d_max, seed + 1, "D", agent_file, **(d_agent_options or {}))
     if out:
         os.makedirs(out, exist_ok=True)
     result = search(evaluator, g, d, g_max, d_max, rounds=rounds, out_dir=out, on_agent_error=on_agent_error,
-                    progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill)
+                    progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill, seed=seed, agent_timeout=agent_timeout)
     result.evaluator = evaluator
     return result
 
@@ -98,6 +99,11 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
 # --------------------------------------------------------------------------- the whole pipeline
 
 STAGES = ("search", "prune", "finetune", "evaluate", "export", "report")
+# What each stage writes: its finished marker records their hashes and is trusted only while they match.
+STAGE_OUTPUTS = {"search": ("search/widths.yaml", "search/history.csv", "widths.yaml", "history.csv"),
+                 "prune": ("pruned_G.pt", "pruned_D.pt"), "finetune": ("finetune/G.pt", "finetune/D.pt"),
+                 "evaluate": ("evaluate/eval.csv", "evaluate/computed_on.yaml"), "export": ("G.onnx",),
+                 "report": ("metrics.csv", "metrics.md")}
 # Config keys whose change only invalidates the stages from this one on; every other key (the pair, the
 # data, the search) invalidates everything.
 _KEY_STAGE = {"recipe": "finetune", "finetune_steps": "finetune", "batch_size": "finetune",
@@ -127,7 +133,7 @@ def search_options(c: dict) -> dict:
                 d_budget=c["d_budget"], g_agent=c["g_agent"], d_agent=c["d_agent"], agent_file=c["agent_file"],
                 rounds=c["rounds"], seed=c["seed"], on_agent_error=c["on_agent_error"], fill=c["fill"],
                 latency_table=c["latency_table"], latency_backend=c["latency_backend"],
-                latency_threads=c["latency_threads"],
+                latency_threads=c["latency_threads"], agent_timeout=c["agent_timeout"],
                 **evaluator_options(c))
 
 
@@ -204,13 +210,11 @@ class _Run:
                 "g_macs": int(b["g_macs"]), "d_macs": int(b["d_macs"])}
 
     def prune(self) -> dict:
-        import yaml
-
         from ganprune.scoring import calibration_batches
         from ganprune.prune import save_pruned
+        from ganprune.search import candidate_rng, load_winner
         self.need("search/widths.yaml")
-        with open(self.path("search", "widths.yaml"), encoding="utf-8") as fh:
-            winner = yaml.safe_load(fh)
+        winner = load_winner(self.path("search", "widths.yaml"))
         G, D, g_spec, d_spec = self.pair()
         c = self.c
         # The search's own evaluator builds the pair exactly as it was scored (same ranking, BN re-estimated).
@@ -219,7 +223,10 @@ class _Run:
                                       size=c["size"])
         evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=c["seed"],
                                     **evaluator_options(c))
-        g, d = evaluator.build_pair(winner["generator"]["widths"], winner["discriminator"]["widths"])
+        g_w, d_w = evaluator.g_space.validate(winner["generator"]["widths"]), evaluator.d_space.validate(
+            winner["discriminator"]["widths"])
+        with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it
+            g, d = evaluator.build_pair(g_w, d_w)
         save_pruned(self.path("pruned_G.pt"), g.cpu(), g_spec, g.ganprune_widths)
         save_pruned(self.path("pruned_D.pt"), d.cpu(), d_spec, d.ganprune_widths)
         return {"g_macs": winner["generator"]["macs"], "d_macs": winner["discriminator"]["macs"]}
@@ -286,8 +293,8 @@ class _Run:
         table = pd.read_csv(self.path("evaluate", "eval.csv"))
         with open(self.path("evaluate", "computed_on.yaml"), encoding="utf-8") as fh:
             computed_on = yaml.safe_load(fh)
-        with open(self.path("search", "widths.yaml"), encoding="utf-8") as fh:
-            winner = yaml.safe_load(fh)
+        from ganprune.search import load_winner
+        winner = load_winner(self.path("search", "widths.yaml"))
         atomic_write_text(self.path("metrics.csv"), table.to_csv(index=False))
         text = report_markdown(table, computed_on)
         text += (f"\nSearch winner: round {winner['round']}, score {winner['score']:.4g}, G {winner['generator']['macs']:,}"
@@ -367,6 +374,7 @@ def _drop_stale_state(out: str, keys, log) -> None:
         log("fine-tuning inputs or settings changed: fine-tuning starts over")
 
 
+@one_run_at_a_time("prune")
 def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> dict:
     """Search → prune → fine-tune → evaluate → export → report into ``out``, resumably.
 
@@ -381,7 +389,8 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
     import pandas as pd
     import yaml
 
-    from ganprune.io import atomic_write_text, atomic_write_yaml
+    from ganprune.io import atomic_write_yaml
+    from ganprune.outdir import marker_problem, write_marker
     t0 = time.perf_counter()
     c = resolve_config(config)
     out = os.fspath(out or c.get("out") or "")
@@ -415,10 +424,13 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
         marker = os.path.join(out, ".done", stage)
         if stages and stage not in stages:
             continue
-        if not stages and os.path.exists(marker):
+        problem = marker_problem(out, marker, STAGE_OUTPUTS[stage]) if os.path.exists(marker) else "not run"
+        if not stages and problem is None:
             run.log(f"{stage}: skipped (finished earlier; delete {marker} to redo it)")
             status[stage] = "skipped"
             continue
+        if not stages and problem != "not run":
+            run.log(f"{stage}: finished earlier, but {problem}: running it again")
         run.log(f"{stage}: running")
         s0 = time.perf_counter()
         summary = getattr(run, stage)()
@@ -426,7 +438,7 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
             if os.path.exists(os.path.join(out, ".done", later)):
                 os.remove(os.path.join(out, ".done", later))
         summary = {"seconds": round(time.perf_counter() - s0, 2), **_plain(summary)}
-        atomic_write_text(marker, yaml.safe_dump(summary, sort_keys=False))
+        write_marker(out, marker, summary, STAGE_OUTPUTS[stage])
         run.log(f"{stage}: done in {summary['seconds']:.1f} s " + ", ".join(
             f"{k} {v}" for k, v in summary.items() if k != "seconds"))
         status[stage] = "ran"

@@ -17,16 +17,25 @@ import json
 import math
 import os
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
+import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ganprune.agent import Feedback
 from ganprune.budget import Budget
 from ganprune.errors import UserError
+from ganprune.guard import DEFAULT_TIMEOUT, PluginTimeout, guarded_call
 from ganprune.io import atomic_write_text, atomic_write_yaml
 
+# Columns a history needs to be resumed (g_ms/d_ms came later and may be missing from older histories).
+REQUIRED_COLUMNS = ("round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible",
+                    "feasible", "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d",
+                    "score", "error")
 HISTORY_COLUMNS = ["round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_ms", "d_ms", "g_feasible", "d_feasible", "feasible",
                    "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
 
@@ -48,6 +57,26 @@ def fill_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
         if not grown:
             return widths
         widths = min(grown)[2]
+
+
+@contextmanager
+def candidate_rng(seed: int, g_widths: dict, d_widths: dict, device=None):
+    """Torch's global RNG seeded from ``seed`` and the candidate itself for the block, restored after it.
+
+    Scoring a candidate can draw from the global RNG (a generator with dropout re-estimating BatchNorm in
+    train mode does), so without this a candidate's score depended on how many candidates were scored
+    before it in the same process: a resumed or extended search, or ``--stage prune`` alone, scored and
+    built the same widths differently from the uninterrupted run. Keyed on the widths, not the round, so the
+    same pair always gets the same score and the same pruned weights."""
+    key = zlib.crc32(json.dumps([g_widths, d_widths], sort_keys=True).encode())
+    device = torch.device(device or "cpu")
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        mixed = (int(seed) * 0x9E3779B1 + key) % (2 ** 63)
+        torch.default_generator.manual_seed(mixed)
+        if cuda:
+            torch.cuda.manual_seed(mixed)
+        yield
 
 
 def as_budget(budget, space) -> Budget:
@@ -94,11 +123,69 @@ def _clean_record(record: dict) -> dict:
     row["error"] = row.get("error") or ""
     for key in ("g_widths", "d_widths"):
         row[key] = row.get(key) if isinstance(row.get(key), str) else "null"
+        widths = json.loads(row[key])
+        if widths is not None and not (isinstance(widths, dict) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in widths.values())):
+            raise ValueError(f"{key} is not a JSON object of group -> width")
     for key in ("g_feasible", "d_feasible", "feasible"):
         if key in row:
             row[key] = str(row[key]) == "True"
+    if not float(row["round"]).is_integer():
+        raise ValueError(f"round {row['round']!r} is not a whole number")
     row["round"] = int(row["round"])
+    if not row["error"]:
+        for key in ("g_macs", "d_macs", "score_g", "score_d", "score"):
+            float(row[key])
     return row
+
+
+# pandas < 3 parses floats to within an ulp unless asked for round-trip precision; pandas 3 is exact (and
+# deprecates the option).
+_EXACT_FLOATS = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
+
+
+def read_history(path) -> list[dict]:
+    """The rows of a search history CSV as a live search produced them; one line if it is not one."""
+    try:
+        old = pd.read_csv(path, **_EXACT_FLOATS)   # replayed feedback must equal the live feedback bit for bit
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"{path}: cannot resume from this history ({str(exc).splitlines()[0]})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in old.columns]
+    if missing:
+        raise UserError(f"{path}: not a ganprune search history (missing column(s) {', '.join(missing)}); "
+                        "use a new output directory or remove this file")
+    rows = []
+    for i, record in enumerate(old.to_dict("records")):
+        try:
+            rows.append(_clean_record(record))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise UserError(f"{path}: row {i + 1} is not a valid history row ({exc}); use a new output "
+                            "directory or remove this file") from None
+    return rows
+
+
+def load_winner(path) -> dict:
+    """A ``widths.yaml`` (``save_winner``) checked for what pruning needs: each net's widths and MACs."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a widths file (generator:, discriminator: with widths and macs), "
+                        f"got {type(data).__name__}")
+    for net in ("generator", "discriminator"):
+        part = data.get(net)
+        widths = part.get("widths") if isinstance(part, dict) else None
+        if not isinstance(widths, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(
+                v, bool) for k, v in widths.items()):
+            raise UserError(f"{path}: {net}.widths: expected a mapping of group name to channels "
+                            "(a widths.yaml written by `ganprune search`)")
+        if not isinstance(part.get("macs"), int) or isinstance(part.get("macs"), bool):
+            raise UserError(f"{path}: {net}.macs: expected a whole number of MACs")
+    return data
 
 
 def _row_metrics(row) -> dict | None:
@@ -114,7 +201,8 @@ class CollaborativeSearch:
     ``on_agent_error``: "stop" or "skip"."""
 
     def __init__(self, evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int,
-                 history_path=None, on_agent_error: str = "stop", progress: bool = True, fill: bool = True):
+                 history_path=None, on_agent_error: str = "stop", progress: bool = True, fill: bool = True,
+                 seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT):
         if on_agent_error not in ("stop", "skip"):
             raise UserError(f"on_agent_error must be 'stop' or 'skip' (got {on_agent_error!r})")
         self.evaluator, self.g_agent, self.d_agent = evaluator, g_agent, d_agent
@@ -122,15 +210,22 @@ class CollaborativeSearch:
         self.rounds = rounds
         self.history_path = os.fspath(history_path) if history_path else None
         self.on_agent_error, self.progress, self.fill = on_agent_error, progress, fill
+        self.seed, self.agent_timeout = seed, agent_timeout
         self.rows: list[dict] = []
 
     # -- one round ---------------------------------------------------------------------------
+    def _call(self, agent, role, what, fn):
+        """A plugin call under the guard (``ganprune.guard.guarded_call``): errors are one line naming it."""
+        return guarded_call(f"{role}-agent {agent.name or type(agent).__name__}", what, fn, self.agent_timeout)
+
     def _propose(self, agent, peer, space, role):
         try:
-            widths = agent.propose(peer)
+            widths = self._call(agent, role, "ask()", lambda: agent.propose(peer))
             return space.validate(widths), None
-        except Exception as exc:  # a plugin agent's bug must not corrupt the history
-            return None, f"{role}-agent {type(agent).__name__}: {type(exc).__name__}: {exc}".replace("\n", " ")
+        except PluginTimeout:   # the call may still be running: the agent cannot be asked again
+            raise
+        except UserError as exc:  # a plugin agent's bug must not corrupt the history
+            return None, str(exc).replace("\n", " ")
 
     def _round(self, index, g_peer, d_peer) -> dict:
         g_widths, g_err = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
@@ -142,7 +237,8 @@ class CollaborativeSearch:
         return row
 
     def _score(self, row, g_widths, d_widths) -> None:
-        row.update(self.evaluator.evaluate(g_widths, d_widths))
+        with candidate_rng(self.seed, g_widths, d_widths, getattr(self.evaluator, "device", None)):
+            row.update(self.evaluator.evaluate(g_widths, d_widths))
         for net, widths, budget in (("g", g_widths, self.g_budget), ("d", d_widths, self.d_budget)):
             if budget.unit == "ms":
                 row[f"{net}_ms"] = budget.cost(widths)
@@ -170,9 +266,9 @@ class CollaborativeSearch:
         g_fb = _feedback(g_widths, metrics, "G", bool(row.get("g_feasible")) if metrics else False)
         d_fb = _feedback(d_widths, metrics, "D", bool(row.get("d_feasible")) if metrics else False)
         if g_widths is not None:
-            self.g_agent.observe(g_fb)
+            self._call(self.g_agent, "G", "tell()", lambda: self.g_agent.observe(g_fb))
         if d_widths is not None:
-            self.d_agent.observe(d_fb)
+            self._call(self.d_agent, "D", "tell()", lambda: self.d_agent.observe(d_fb))
         return g_fb, d_fb
 
     # -- history -------------------------------------------------------------------------------
@@ -181,12 +277,7 @@ class CollaborativeSearch:
         g_peer = d_peer = None
         if not (self.history_path and os.path.exists(self.history_path)):
             return g_peer, d_peer
-        try:
-            old = pd.read_csv(self.history_path)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise UserError(f"{self.history_path}: cannot resume from this history ({exc})") from None
-        for record in old.to_dict("records"):
-            row = _clean_record(record)
+        for row in read_history(self.history_path):
             if row.get("phase") == "fill":   # not an agent's proposal; recomputed after the rounds
                 break
             g_widths, _ = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
@@ -211,12 +302,18 @@ class CollaborativeSearch:
         start = len(self.rows)
         bar = tqdm(total=self.rounds, initial=start, desc="search", disable=not self.progress, leave=False)
         for index in range(start, self.rounds):
-            if self.g_agent.done() and self.d_agent.done():
+            if self._call(self.g_agent, "G", "done()", self.g_agent.done) and \
+                    self._call(self.d_agent, "D", "done()", self.d_agent.done):
                 break
             row = self._round(index, g_peer, d_peer)
             self.rows.append(row)
-            g_peer, d_peer = self._observe(row)
             self._save()
+            try:
+                g_peer, d_peer = self._observe(row)
+            except UserError as exc:
+                bar.close()
+                raise UserError(f"search stopped at round {index}: {exc} (history kept in "
+                                f"{self.history_path or 'memory'})") from None
             bar.update(1)
             best = self.best()
             bar.set_postfix(best=f"{best['score']:.4g}" if best else "-", evals=self.evaluator.evaluations)
@@ -253,12 +350,14 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
 
 def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int = 50, out_dir=None,
            on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None,
-           fill: bool = True) -> SearchResult:
-    """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``."""
+           fill: bool = True, seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT) -> SearchResult:
+    """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``.
+    ``seed`` keys the RNG each candidate is scored under (``candidate_rng``); ``agent_timeout``: seconds one
+    agent call may take (None/0: no limit)."""
     history = os.path.join(out_dir, "history.csv") if out_dir else None
     t0 = time.perf_counter()
     result = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
-                                 on_agent_error, progress, fill).run()
+                                 on_agent_error, progress, fill, seed, agent_timeout).run()
     if out_dir and result.best:
         save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec)
     result.seconds = time.perf_counter() - t0

@@ -4,7 +4,7 @@ NNI needs a flat search space, so each prunable group becomes a key ``G/<group>`
 values are the group's allowed widths. Groups with a single allowed width (frozen) are left out: they
 are not search dimensions, and a trial puts every missing group at its full width.
 
-The NNI commands take exactly the options of ``ganprune search`` (minus ``on_agent_error``: an NNI
+The NNI commands take exactly the options of ``ganprune search`` (minus ``on_agent_error`` and ``agent_timeout``: an NNI
 tuner that fails stops the experiment) plus ``infeasible_penalty``, so one YAML file drives the plain
 search, the space export, every trial and the tuner.
 """
@@ -17,7 +17,7 @@ import os
 from ganprune.errors import UserError
 
 SEPARATOR = "/"
-NOT_FOR_NNI = ("on_agent_error",)          # search options the NNI commands do not take
+NOT_FOR_NNI = ("on_agent_error", "agent_timeout")   # search options the NNI commands do not take
 PATH_OPTIONS = ("teacher", "generator", "discriminator", "dataroot", "agent_file", "g_space", "d_space")
 
 
