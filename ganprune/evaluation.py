@@ -62,6 +62,7 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
     """
     from ganprune.data.datasets import build_dataset
     from ganprune.metrics.complexity import complexity
+    from ganprune.models.sizes import check_image_size
     from ganprune.metrics.quality import image_quality, load_feature_extractor, load_segmenter, real_features
     if not models:
         raise UserError("evaluate: no generators given")
@@ -85,6 +86,8 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
     extractor = load_feature_extractor(fid_weights) if (fid or kid) else None
     reference = real_features(data, extractor, n, batch_size, device, progress) if extractor is not None else None
     h, w = data[0]["A"].shape[-2:]
+    for name, net in nets.items():
+        check_image_size(net, h, w, f"{name!r}")
     rows, computed_on = [], None
     for name, net in nets.items():
         q = image_quality(net, data, teacher=teacher if name != "teacher" else None, fid=fid, kid=kid, n=n,

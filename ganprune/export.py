@@ -70,10 +70,25 @@ def check_runs(model: nn.Module, example: torch.Tensor, label: str = "the model"
     own train/eval state)."""
     try:
         with torch.inference_mode():
-            model(example)
+            return model(example)
     except RuntimeError as exc:
         raise UserError(f"{label} cannot run on an input of shape {tuple(example.shape)}: "
                         f"{str(exc).splitlines()[0]}") from None
+
+
+def check_finite(model: nn.Module, example: torch.Tensor, label: str = "the model") -> None:
+    """Refuse a model with NaN/inf weights, or whose output on ``example`` is not finite: its ONNX file would
+    load and run, and compute garbage. Also checks the input size (``check_image_size``) and that it runs."""
+    from ganprune.models.sizes import check_image_size
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{label} has non-finite weights (NaN or inf in {name}); refusing to export it")
+    if example.dim() == 4:
+        check_image_size(model, *example.shape[-2:], label)
+    for out in _outputs(check_runs(model, example, label)):
+        if not bool(torch.isfinite(out).all()):
+            raise UserError(f"{label} gives non-finite outputs (NaN or inf) on the example input; refusing to "
+                            "export it")
 
 
 def input_channels(model: nn.Module) -> int:
@@ -116,7 +131,8 @@ def _parity(path: str, reference: nn.Module, inputs: list[torch.Tensor]) -> floa
             got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
             want = _outputs(reference(x))
             for g, w in zip(got, want):
-                worst = max(worst, float((torch.from_numpy(g) - w).abs().max()))
+                diff = float((torch.from_numpy(g) - w).abs().max())
+                worst = max(worst, diff) if diff == diff else float("inf")   # NaN from ORT is no match
     return worst
 
 
@@ -139,7 +155,7 @@ def export_onnx(model: nn.Module, path, example_input: torch.Tensor, opset: int 
     example = example_input.detach().to("cpu", torch.float32)
     reference = copy.deepcopy(model).to("cpu", torch.float32).eval()
     net = fold_batchnorm(reference) if fold_bn else reference
-    check_runs(reference, example)
+    check_finite(reference, example)
     exporter = "dynamo" if dynamo_available() else "legacy"
     result = {"path": path, "exporter": exporter}
     with atomic_path(path) as tmp:

@@ -43,8 +43,10 @@ def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_sp
     from ganprune.scoring import CandidateEvaluator
     from ganprune.objective import LocalDensityObjective
     from ganprune.space import SearchSpace
+    from ganprune.models.sizes import check_image_size
     x = batches[0]["A"][:1]
     y = batches[0]["B"][:1]
+    check_image_size(G, *x.shape[-2:], f"generator {(g_spec or {}).get('arch') or type(G).__name__!r}")
     conditional = _first_conv_in_channels(D) == x.shape[1] + y.shape[1]
     d_x = torch.cat([x, y], 1) if conditional else y
     g_arch = (g_spec or {}).get("arch")

@@ -305,7 +305,12 @@ class CollaborativeSearch:
             if self._call(self.g_agent, "G", "done()", self.g_agent.done) and \
                     self._call(self.d_agent, "D", "done()", self.d_agent.done):
                 break
-            row = self._round(index, g_peer, d_peer)
+            try:
+                row = self._round(index, g_peer, d_peer)
+            except PluginTimeout as exc:
+                bar.close()
+                raise UserError(f"search stopped at round {index}: {exc} (history kept in "
+                                f"{self.history_path or 'memory'})") from None
             self.rows.append(row)
             self._save()
             try:

@@ -30,7 +30,7 @@ from ganprune.device import autocast, make_grad_scaler, pick_device, resolve_pre
 from ganprune.errors import UserError
 from ganprune.io import atomic_path, atomic_torch_save, atomic_write_yaml
 from ganprune.losses import GANLoss
-from ganprune.models import load_discriminator, load_generator
+from ganprune.models import check_image_size, load_discriminator, load_generator
 from ganprune.models.checkpoint import safe_torch_load
 from ganprune.models.registry import DISCRIMINATORS, GENERATORS, check_arch_allowed, is_class_path
 
@@ -218,6 +218,7 @@ def _check_args(dataroot, steps, batch_size, lr, decay_from, save_every, eval_ev
 def _check_shapes(G, item, arch):
     """A U-Net needs sides divisible by 2**downsamplings; say so instead of a deep shape error."""
     a, b = item["A"], item["B"]
+    check_image_size(G, *a.shape[-2:], f"generator {arch!r}")
     try:
         with torch.no_grad():
             G.eval()

@@ -99,3 +99,390 @@ def test_user_named_class_loads_from_a_pruned_file(tmp_path):
     assert main(["export", "--pruned", str(tmp_path / "p.pt"), "--onnx", str(tmp_path / "p.onnx"),
                  "--allow-arch", arch]) == 0
     assert (tmp_path / "p.onnx").stat().st_size > 0
+
+
+# =========================================================================== shared tiny setup
+
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+import pandas as pd  # noqa: E402
+
+from ganprune.agent import Agent, get_agent, register_agent  # noqa: E402
+from ganprune.models import load_discriminator, load_generator, save_checkpoint  # noqa: E402
+
+
+def _one_line_exit_2(argv, capsys, *needles):
+    """``ganprune ARGV`` fails with exit 2 and a single 'ganprune: error:' line holding every needle."""
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]   # progress bars aside
+    assert code == 2, (code, err)
+    assert "Traceback" not in err and sum("error" in line for line in lines) == 1, err
+    err = lines[-1]
+    assert err.startswith("ganprune: error:"), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A fresh unet_64 (ngf 8, with dropout, as pix2pix trains it) / basic (ndf 8) pair as reference
+    checkpoints, the 64² demo set, a pruned G file, and a prune config that runs in seconds."""
+    from ganprune.data.demo import make_demo
+    root = tmp_path_factory.mktemp("hostile")
+    torch.manual_seed(0)
+    G = load_generator(arch="unet_64", ngf=8, dropout=True)
+    save_checkpoint(root / "G.pth", G)
+    save_checkpoint(root / "D.pth", load_discriminator(ndf=8))
+    data = make_demo(root / "data", size=64, task="gray2color")["out"]
+    x = torch.zeros(1, 3, 64, 64)
+    widths = {"down1": 4}
+    small = ganprune.prune(G.eval(), widths, x)
+    ganprune.save_pruned(root / "P.pt", small, {"arch": "unet_64", "ngf": 8, "dropout": True}, widths)
+    config = {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64",
+              "ngf": 8, "ndf": 8, "dropout": True, "dataroot": data, "g_agent": "greedy", "d_agent": "greedy",
+              "rounds": 6, "calib_images": 4, "calib_batch": 4, "m": 2, "finetune_steps": 2, "fid": False,
+              "eval_images": 4, "latency": False}
+    return {"root": root, "data": data, "config": config, "P": root / "P.pt", "G": root / "G.pth",
+            "D": root / "D.pth"}
+
+
+def _bytes_and_mtime(path):
+    return open(path, "rb").read(), os.stat(path).st_mtime_ns
+
+
+# =========================================================================== data loss: outputs over inputs
+
+def _collisions(t, d):
+    """(argv, the input that must survive) — every command's outputs aimed at its own inputs."""
+    d.mkdir(exist_ok=True)
+    P = d / "P.pt"
+    shutil.copy(t["P"], P)
+    G_in_out = d / "G.pt"
+    shutil.copy(t["P"], G_in_out)
+    D_in_out = d / "D.pt"
+    shutil.copy(t["P"], D_in_out)
+    cfg = d / "config.yaml"
+    cfg.write_text(yaml.safe_dump({**t["config"], "out": str(d)}))
+    outside = d.parent / "outside.yaml"
+    outside.write_text(yaml.safe_dump(t["config"]))
+    link = d / "link.onnx"
+    if not link.exists():
+        link.symlink_to(P)
+    hard = d / "hard.onnx"
+    if not hard.exists():
+        os.link(P, hard)
+    gpth = d / "latest_net_G.pth"
+    shutil.copy(t["G"], gpth)
+    table = d / "search" / "latency_G.yaml"
+    table.parent.mkdir(exist_ok=True)
+    table.write_text("not touched\n")
+    space = d / "space.yaml"
+    space.write_text("groups: {}\n")
+    teacher_cfg = d / "teacher.yaml"
+    teacher_cfg.write_text(yaml.safe_dump({"dataroot": t["data"], "steps": 1}))
+    eval_cfg = d / "eval.md"
+    eval_cfg.write_text(yaml.safe_dump({"dataroot": t["data"], "pruned": str(P)}))
+    pruned_g = d / "pruned_G.pt"
+    shutil.copy(t["G"], pruned_g)
+    return [
+        (["export", "--pruned", P, "--onnx", P], P, "is the input --pruned"),
+        (["export", "--pruned", P, "--onnx", link], P, "is the input --pruned"),
+        (["export", "--pruned", P, "--onnx", hard], P, "is the input --pruned"),
+        (["export", "--generator", gpth, "--arch", "unet_64", "--ngf", "8", "--onnx", gpth], gpth, "--generator"),
+        (["finetune", "--pruned-g", G_in_out, "--generator", t["G"], "--discriminator", t["D"], "--g-arch", "unet_64",
+          "--ngf", "8", "--ndf", "8", "--dataroot", t["data"], "--out", d], G_in_out, "--pruned-g"),
+        (["finetune", "--pruned-g", t["P"], "--pruned-d", D_in_out, "--generator", t["G"], "--discriminator", t["D"],
+          "--dataroot", t["data"], "--out", d], D_in_out, "--pruned-d"),
+        (["prune", "--config", cfg, "--out", d], cfg, "--config"),
+        (["prune", "--config", cfg], cfg, "--config"),                      # out: from the config itself
+        (["prune", "--config", outside, "--generator", pruned_g, "--out", d], pruned_g, "--generator"),
+        (["prune", "--config", outside, "--latency-table", table, "--out", d], table, "--latency-table"),
+        (["search", "--generator", t["G"], "--discriminator", t["D"], "--dataroot", t["data"],
+          "--latency-table", d / "history.csv", "--out", d], None, "--latency-table"),
+        (["train-teacher", "--config", teacher_cfg, "--out", d], teacher_cfg, "--config"),
+        (["eval", "--config", eval_cfg, "--no-fid", "--out", d], eval_cfg, "--config"),
+        (["space", "--arch", "unet_64", "--space", space, "--csv", space], space, "--space"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(14))
+def test_no_output_replaces_an_input(tiny, tmp_path, capsys, index):
+    argv, survivor, needle = _collisions(tiny, tmp_path / "DIR")[index]
+    if argv[0] == "search":      # a history.csv the user keeps there as a (silly) latency table
+        survivor = tmp_path / "DIR" / "history.csv"
+        survivor.write_text("round\n")
+    before = _bytes_and_mtime(survivor)
+    listing = sorted(os.listdir(tmp_path / "DIR"))
+    _one_line_exit_2(argv, capsys, needle)
+    assert _bytes_and_mtime(survivor) == before
+    assert sorted(os.listdir(tmp_path / "DIR")) == listing      # refused before any work: nothing new written
+
+
+def test_pipeline_api_refuses_an_input_inside_its_outputs(tiny, tmp_path):
+    from ganprune.pipeline import run_pipeline
+    shutil.copy(tiny["G"], tmp_path / "pruned_G.pt")
+    before = _bytes_and_mtime(tmp_path / "pruned_G.pt")
+    with pytest.raises(UserError, match="--generator .*would be overwritten"):
+        run_pipeline({**tiny["config"], "generator": str(tmp_path / "pruned_G.pt")}, tmp_path, progress=False)
+    assert _bytes_and_mtime(tmp_path / "pruned_G.pt") == before
+
+
+# =========================================================================== output paths that cannot be written
+
+def _read_only_folder(tmp_path):
+    """A folder nobody may create entries in: chmod 555 for a normal user; root ignores modes, so /sys."""
+    if os.geteuid() != 0:
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        return ro
+    return "/sys"
+
+
+@pytest.mark.parametrize("case", ["prune-file", "finetune-file", "search-file", "eval-file", "teacher-file",
+                                  "prune-ro", "finetune-ro", "eval-ro", "export-ro", "onnx-folder", "csv-folder",
+                                  "under-a-file", "make-demo-file"])
+def test_unwritable_outputs_are_one_line(tiny, tmp_path, capsys, case):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    ro = _read_only_folder(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny["config"]))
+    pair = ["--generator", tiny["G"], "--discriminator", tiny["D"], "--g-arch", "unet_64", "--ngf", "8", "--ndf", "8"]
+    argv, needle = {
+        "prune-file": (["prune", "--config", cfg, "--out", afile], "is an existing file"),
+        "finetune-file": (["finetune", "--pruned-g", tiny["P"], *pair, "--dataroot", tiny["data"], "--out", afile],
+                          "is an existing file"),
+        "search-file": (["search", *pair, "--dataroot", tiny["data"], "--out", afile], "is an existing file"),
+        "eval-file": (["eval", "--pruned", tiny["P"], "--dataroot", tiny["data"], "--out", afile], "existing file"),
+        "teacher-file": (["train-teacher", "--dataroot", tiny["data"], "--out", afile], "is an existing file"),
+        "prune-ro": (["prune", "--config", cfg, "--out", f"{ro}/run"], "cannot write"),
+        "finetune-ro": (["finetune", "--pruned-g", tiny["P"], *pair, "--dataroot", tiny["data"], "--out",
+                         f"{ro}/ft"], "cannot write"),
+        "eval-ro": (["eval", "--pruned", tiny["P"], "--dataroot", tiny["data"], "--out", f"{ro}/ev"], "cannot write"),
+        "export-ro": (["export", "--pruned", tiny["P"], "--onnx", f"{ro}/x.onnx"], "cannot write"),
+        "onnx-folder": (["export", "--pruned", tiny["P"], "--onnx", tmp_path], "is a folder"),
+        "csv-folder": (["space", "--arch", "unet_64", "--csv", tmp_path], "is a folder"),
+        "under-a-file": (["prune", "--config", cfg, "--out", afile / "sub"], "is a file"),
+        "make-demo-file": (["data", "make-demo", afile], "is an existing file"),
+    }[case]
+    _one_line_exit_2(argv, capsys, needle)
+    assert afile.read_text() == "x"
+
+
+# =========================================================================== agents under the guard
+
+@register_agent("hostile-test")
+class HostileAgent(Agent):
+    """Misbehaves on its second ask (option ``how``), or at tell/done/construction."""
+    description = "test agent that misbehaves on purpose"
+    option_defaults = {"how": "list", "when": 1}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.options["how"] == "init-exit":
+            sys.exit(0)
+
+    def _act(self):
+        how = self.options["how"]
+        if how == "exit0":
+            sys.exit(0)
+        if how == "exit3":
+            sys.exit(3)
+        if how == "keyboard":
+            raise KeyboardInterrupt
+        if how == "hang":
+            time.sleep(30)
+        if how == "raise":
+            raise ValueError("plugin bug")
+        return {"list": [1, 2], "none": None, "str": "down1", "int": 7, "floats": {"down1": float("nan")}}.get(how)
+
+    def ask(self, peer):
+        if len(self.history) == self.options["when"] and not self.options["how"].startswith(("tell", "done")):
+            return self._act()
+        return self.fit_uniform()
+
+    def tell(self, feedback):
+        if self.options["how"] == "tell-exit":
+            sys.exit(0)
+        if self.options["how"] == "tell-raise":
+            raise RuntimeError("tell bug")
+
+    def done(self):
+        if self.options["how"] == "done-raise":
+            raise RuntimeError("done bug")
+        return False
+
+
+@pytest.fixture(scope="module")
+def evaluator(tiny):
+    from ganprune.pipeline import build_evaluator
+    from ganprune.scoring import calibration_batches
+    G = load_generator(tiny["G"], arch="unet_64", ngf=8, dropout=True).eval()
+    D = load_discriminator(tiny["D"], ndf=8).eval()
+    batches = calibration_batches(tiny["data"], n_images=4, batch_size=4)
+    return build_evaluator(G, D, batches, g_spec={"arch": "unet_64"}, d_spec={"arch": "basic"}, m=2)
+
+
+def _budgets(ev, g=0.3, d=0.5):
+    from ganprune.budget import resolve_macs
+    return (resolve_macs(g, ev.g_space.macs(ev.g_space.full_widths())),
+            resolve_macs(d, ev.d_space.macs(ev.d_space.full_widths())))
+
+
+AGENT_MISTAKES = {"list": "returned list, expected a dict", "none": "returned NoneType, expected a dict",
+                  "str": "returned str, expected a dict", "int": "returned int, expected a dict",
+                  "floats": "widths", "raise": "raised ValueError: plugin bug",
+                  "exit0": "called sys.exit(0)", "exit3": "called sys.exit(3)", "keyboard": "raised KeyboardInterrupt",
+                  "tell-raise": "tell() raised RuntimeError: tell bug", "tell-exit": "tell() called sys.exit(0)",
+                  "done-raise": "done() raised RuntimeError", "hang": "did not return within 0.5 s"}
+
+
+@pytest.mark.parametrize("how", list(AGENT_MISTAKES))
+def test_agent_mistakes_stop_the_search_in_one_line_naming_the_agent(evaluator, tmp_path, how):
+    from ganprune.search import search
+    g_max, d_max = _budgets(evaluator)
+    g = get_agent("hostile-test")(evaluator.g_space, g_max, role="G", how=how)
+    d = get_agent("greedy")(evaluator.d_space, d_max, seed=1, role="D")
+    start = time.perf_counter()
+    with pytest.raises(UserError) as info:
+        search(evaluator, g, d, g_max, d_max, rounds=4, out_dir=tmp_path, progress=False, agent_timeout=0.5)
+    message = str(info.value)
+    assert "\n" not in message and "G-agent hostile-test" in message and AGENT_MISTAKES[how] in message, message
+    assert message.startswith("search stopped at round") or how == "done-raise"
+    assert time.perf_counter() - start < 10           # a hanging ask() does not hang the search
+    if how not in ("done-raise",):
+        assert len(pd.read_csv(tmp_path / "history.csv")) >= 1     # what ran is kept
+
+
+def test_agent_constructor_exit_is_an_error(evaluator):
+    from ganprune.agent import make_agent
+    g_max, _ = _budgets(evaluator)
+    with pytest.raises(UserError, match="G-agent hostile-test: __init__ called sys.exit"):
+        make_agent("hostile-test", evaluator.g_space, g_max, role="G", how="init-exit")
+
+
+@pytest.mark.parametrize("body", ["import sys\nsys.exit(0)\n", "raise SystemExit('bye')\n",
+                                  "from ganprune.agent import Agent, register_agent\n"
+                                  "@register_agent('hostile-file-agent')\nclass A(Agent):\n"
+                                  "    '''exits'''\n    def ask(self, peer):\n        import sys; sys.exit(0)\n"])
+def test_agent_file_that_exits_fails_the_command(tiny, tmp_path, capsys, body):
+    plugin = tmp_path / "plugin.py"
+    plugin.write_text(body)
+    argv = ["search", "--generator", tiny["G"], "--discriminator", tiny["D"], "--g-arch", "unet_64", "--ngf", "8",
+            "--ndf", "8", "--dropout", "--dataroot", tiny["data"], "--calib-images", "4", "--m", "2",
+            "--agent-file", plugin, "--rounds", "2", "--out", tmp_path / "out"]
+    if "hostile-file-agent" in body:
+        argv += ["--g-agent", "hostile-file-agent"]
+    _one_line_exit_2(argv, capsys, "exit" if "hostile" not in body else "sys.exit(0)")
+
+
+def test_agent_timeout_option_and_star_import():
+    from ganprune.pipeline import resolve_config
+    assert resolve_config({})["agent_timeout"] == 600.0
+    namespace = {}
+    exec("from ganprune.agent import *", namespace)   # __all__ names only what exists
+    assert "Agent" in namespace and "make_agent" in namespace
+
+
+# =========================================================================== exports refuse non-finite models
+
+def _poisoned(kind):
+    torch.manual_seed(0)
+    net = load_generator(arch="unet_64", ngf=4).eval()
+    with torch.no_grad():
+        if kind == "nan-weight":
+            net.model.model[0].weight[0, 0, 0, 0] = float("nan")
+        elif kind == "inf-weight":
+            net.model.model[0].weight[0, 0, 0, 0] = float("inf")
+        elif kind == "inf-buffer":
+            next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean[0] = float("inf")
+        elif kind == "nan-output":
+            net = _NanOut()
+    return net
+
+
+class _NanOut(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 1)
+
+    def forward(self, x):
+        return torch.sqrt(self.conv(x) - 1e6)
+
+
+@pytest.mark.parametrize("kind", ["nan-weight", "inf-weight", "inf-buffer", "nan-output"])
+def test_export_refuses_non_finite_models(tmp_path, kind):
+    from ganprune.export import export_onnx
+    with pytest.raises(UserError, match="non-finite"):
+        export_onnx(_poisoned(kind), tmp_path / "x.onnx", torch.zeros(1, 3, 64, 64))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_cli_refuses_a_pruned_file_with_nan_weights(tmp_path, capsys):
+    net = _poisoned("nan-weight")
+    ganprune.save_pruned(tmp_path / "nan.pt", net, {"arch": "unet_64", "ngf": 4}, {}, input_shape=[1, 3, 64, 64])
+    _one_line_exit_2(["export", "--pruned", tmp_path / "nan.pt", "--onnx", tmp_path / "x.onnx"], capsys, "non-finite")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# =========================================================================== sizes a net cannot take
+
+@pytest.mark.parametrize("arch,size,valid", [("unet_128", 64, "multiples of 128"), ("unet_256", 128, "multiples of 256"),
+                                             ("unet_256", 300, "nearest: 256 or 512"), ("unet_64", 96, "64 or 128"),
+                                             ("resnet_6blocks", 66, "multiples of 4")])
+def test_eval_says_the_sizes_a_net_takes(tiny, tmp_path, capsys, arch, size, valid):
+    save_checkpoint(tmp_path / "G.pth", load_generator(arch=arch, ngf=4))
+    _one_line_exit_2(["eval", "--generator", tmp_path / "G.pth", "--arch", arch, "--ngf", "4", "--dataroot",
+                      tiny["data"], "--size", size, "--no-fid", "--n", "1"], capsys, f"cannot take {size}x{size}", valid)
+
+
+@pytest.mark.parametrize("command", ["search", "export"])
+def test_search_and_export_say_the_sizes_a_net_takes(tiny, tmp_path, capsys, command):
+    if command == "search":
+        argv = ["search", "--generator", tiny["G"], "--discriminator", tiny["D"], "--g-arch", "unet_64", "--ngf", "8",
+                "--ndf", "8", "--dropout", "--dataroot", tiny["data"], "--size", "48", "--calib-images", "2"]
+    else:
+        argv = ["export", "--generator", tiny["G"], "--arch", "unet_64", "--ngf", "8", "--dropout", "--size", "48",
+                "--onnx", tmp_path / "x.onnx"]
+    _one_line_exit_2(argv, capsys, "cannot take 48x48", "multiples of 64")
+
+
+def test_valid_sizes_pass():
+    from ganprune.models import check_image_size
+    check_image_size(load_generator(arch="unet_64", ngf=4), 64, 192)
+    check_image_size(load_generator(arch="resnet_6blocks", ngf=4), 68, 300)
+    check_image_size(TinyG(), 7, 13)                 # a class with no known rule is not second-guessed
+
+
+# =========================================================================== NNI trial parameters
+
+@pytest.mark.parametrize("content,needle", [('{"parameter_id": 1, "parameters": [1, 2]}', "got list"),
+                                            ('{"parameter_id": 1}', "'parameters' mapping"),
+                                            ('[1, 2]', "'parameters' mapping"),
+                                            ('{"parameters": {"G/nope": 8}}', "unknown group 'nope'")])
+def test_nni_trial_parameters_are_checked(tiny, tmp_path, monkeypatch, capsys, content, needle):
+    """A real parameter.cfg read through NNI's own local trial channel."""
+    import nni.runtime.trial_command_channel as channels
+    from nni.runtime.trial_command_channel.local_legacy import LocalLegacyTrialCommandChannel
+    (tmp_path / "parameter.cfg").write_text(content)
+    from nni.runtime import env_vars
+    for key, value in {"NNI_PLATFORM": "local", "NNI_SYS_DIR": str(tmp_path), "NNI_TRIAL_JOB_ID": "t1",
+                       "NNI_EXP_ID": "e1", "MULTI_PHASE": "false", "NNI_OUTPUT_DIR": str(tmp_path)}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("nni.runtime.trial_command_channel.local_legacy.trial_env_vars",
+                        env_vars._load_env_vars(env_vars._trial_env_var_names))
+    monkeypatch.setattr(channels, "_channel", LocalLegacyTrialCommandChannel())
+    try:
+        _one_line_exit_2(["nni", "trial", "--generator", tiny["G"], "--discriminator", tiny["D"], "--g-arch",
+                          "unet_64", "--ngf", "8", "--ndf", "8", "--dataroot", tiny["data"], "--calib-images", "2"],
+                         capsys, needle)
+    finally:
+        channels._channel._metric_file.close()

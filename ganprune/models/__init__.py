@@ -4,7 +4,8 @@ from ganprune.models.networks import (NLayerDiscriminator, PixelDiscriminator, R
                                       UnetGenerator, init_weights)
 from ganprune.models.registry import (DISCRIMINATORS, GENERATORS, allow_arch, build, register_discriminator,
                                       register_generator)
+from ganprune.models.sizes import check_image_size
 
-__all__ = ["load_generator", "load_discriminator", "save_checkpoint", "build", "allow_arch", "GENERATORS", "DISCRIMINATORS",
+__all__ = ["check_image_size", "load_generator", "load_discriminator", "save_checkpoint", "build", "allow_arch", "GENERATORS", "DISCRIMINATORS",
            "register_generator", "register_discriminator", "UnetGenerator", "ResnetGenerator",
            "NLayerDiscriminator", "PixelDiscriminator", "init_weights"]

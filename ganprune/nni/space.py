@@ -124,6 +124,9 @@ def to_params(g_widths: dict, d_widths: dict) -> dict:
 
 def from_params(params: dict, g_space, d_space) -> tuple[dict, dict]:
     """Validated full width dicts of both nets from an NNI parameter dict (missing groups at full width)."""
+    if params is not None and not isinstance(params, dict):
+        raise UserError(f"NNI parameters: expected a mapping of 'G/<group>'/'D/<group>' to widths, got "
+                        f"{type(params).__name__}")
     widths = {"G": {}, "D": {}}
     for key, value in (params or {}).items():
         role, _, name = str(key).partition(SEPARATOR)

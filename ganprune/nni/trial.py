@@ -19,6 +19,8 @@ from __future__ import annotations
 import sys
 import time
 
+from ganprune.errors import UserError
+
 
 def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget: float, penalty: float) -> float:
     """The value NNI minimises: the score, plus the documented penalty when a budget is exceeded."""
@@ -31,8 +33,10 @@ def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget:
 def score_candidate(setup, evaluator, params: dict) -> dict:
     """The final-result dict of one candidate given as NNI parameters."""
     from ganprune.nni.space import from_params
+    from ganprune.search import candidate_rng
     g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
-    metrics = evaluator.evaluate(g_widths, d_widths)
+    with candidate_rng(setup.args.seed, g_widths, d_widths, evaluator.device):   # as `ganprune search` scores it
+        metrics = evaluator.evaluate(g_widths, d_widths)
     g_ok, d_ok = metrics["g_macs"] <= setup.g_budget, metrics["d_macs"] <= setup.d_budget
     result = {k: v for k, v in metrics.items() if k != "seconds"}   # every evaluator metric, as plain numbers
     result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
@@ -42,13 +46,30 @@ def score_candidate(setup, evaluator, params: dict) -> dict:
     return result
 
 
+def next_parameters(nni) -> dict:
+    """NNI's parameters for this trial ({} outside an experiment); one line if its parameter file is broken."""
+    import json
+    import os
+    try:
+        params = nni.get_next_parameter()
+    except (AssertionError, KeyError, TypeError, ValueError, json.JSONDecodeError) as exc:
+        where = os.path.join(os.environ.get("NNI_SYS_DIR", "."), "parameter.cfg")
+        raise UserError(f"{where}: NNI trial parameters must be a JSON object with a 'parameters' mapping of "
+                        f"'G/<group>'/'D/<group>' to widths ({type(exc).__name__}{': ' + str(exc) if str(exc) else ''})"
+                        ) from None
+    if params is not None and not isinstance(params, dict):
+        raise UserError(f"NNI trial parameters: expected a mapping of 'G/<group>'/'D/<group>' to widths, got "
+                        f"{type(params).__name__}")
+    return params or {}
+
+
 def run_trial(args) -> dict:
     """Score NNI's next candidate (the full widths when run outside NNI) and report it to NNI."""
     import nni
 
     from ganprune.nni.space import Setup, from_params
     start = time.perf_counter()
-    params = nni.get_next_parameter() or {}
+    params = next_parameters(nni)
     setup = Setup(args)
     from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
     evaluator = setup.evaluator()
