@@ -146,8 +146,8 @@ def tiny(tmp_path_factory):
     small = ganprune.prune(G.eval(), widths, x)
     ganprune.save_pruned(root / "P.pt", small, {"arch": "unet_64", "ngf": 8, "dropout": True}, widths)
     config = {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64",
-              "ngf": 8, "ndf": 8, "dropout": True, "dataroot": data, "g_agent": "greedy", "d_agent": "greedy",
-              "rounds": 6, "calib_images": 4, "calib_batch": 4, "m": 2, "finetune_steps": 2, "fid": False,
+              "ngf": 8, "ndf": 8, "dropout": True, "dataroot": data, "g_agent": "template", "d_agent": "template",
+              "rounds": 3, "calib_images": 4, "calib_batch": 4, "m": 2, "finetune_steps": 2, "fid": False,
               "eval_images": 4, "latency": False}
     return {"root": root, "data": data, "config": config, "P": root / "P.pt", "G": root / "G.pth",
             "D": root / "D.pth"}
@@ -486,3 +486,180 @@ def test_nni_trial_parameters_are_checked(tiny, tmp_path, monkeypatch, capsys, c
                          capsys, needle)
     finally:
         channels._channel._metric_file.close()
+
+
+# =========================================================================== resume: exactly the uninterrupted run
+
+def _greedy_search(ev, rounds, out=None, seed=0, agents=("greedy", "greedy")):
+    from ganprune.search import search
+    g_max, d_max = _budgets(ev)
+    g = get_agent(agents[0])(ev.g_space, g_max, seed=seed, role="G")
+    d = get_agent(agents[1])(ev.d_space, d_max, seed=seed + 1, role="D")
+    torch.manual_seed(1234 + rounds)      # whatever the process did before must not matter
+    torch.rand(rounds)
+    return search(ev, g, d, g_max, d_max, rounds=rounds, out_dir=out, progress=False, seed=seed)
+
+
+def _rows(history):
+    """History rows as comparable records (wall-clock seconds aside)."""
+    return history.drop(columns=["seconds"]).astype(str).to_dict("records")
+
+
+@pytest.fixture(scope="module")
+def straight(evaluator):
+    runs = {n: _greedy_search(evaluator, n) for n in (12, 30)}
+    runs["rl"] = _greedy_search(evaluator, 12, agents=("rl", "random"))
+    assert runs[30].best is not None and runs["rl"].best is not None   # the comparisons include a winner
+    return runs
+
+
+@pytest.mark.parametrize("agents,stop,killed", [("greedy", 1, False), ("greedy", 5, False), ("greedy", 11, False),
+                                                ("greedy", 1, True), ("greedy", 5, True), ("greedy", 11, True),
+                                                ("rl", 3, True), ("rl", 8, False), ("rl", 8, True)])
+def test_stopped_search_resumes_to_the_uninterrupted_result(evaluator, straight, tmp_path, agents, stop, killed):
+    """A G with dropout (as pix2pix trains it): stopped after ``stop`` rounds (cleanly, or killed: no fill row),
+    then resumed from a fresh state, the history and the winner are those of the straight 12 rounds."""
+    pair = ("greedy", "greedy") if agents == "greedy" else ("rl", "random")
+    want = straight[12 if agents == "greedy" else "rl"]
+    _greedy_search(evaluator, stop, tmp_path, agents=pair)
+    if killed:
+        h = pd.read_csv(tmp_path / "history.csv")
+        h[h["phase"] == "search"].to_csv(tmp_path / "history.csv", index=False)
+        (tmp_path / "widths.yaml").unlink(missing_ok=True)
+    resumed = _greedy_search(evaluator, 12, tmp_path, agents=pair)
+    assert _rows(resumed.history) == _rows(want.history)
+    assert (resumed.best is None) == (want.best is None)
+    if want.best is not None:
+        assert resumed.best["g_widths"] == want.best["g_widths"] and resumed.best["score"] == want.best["score"]
+        assert yaml.safe_load((tmp_path / "widths.yaml").read_text())["score"] == want.best["score"]
+
+
+def test_extended_search_equals_the_longer_straight_run(evaluator, straight, tmp_path):
+    _greedy_search(evaluator, 12, tmp_path)
+    extended = _greedy_search(evaluator, 30, tmp_path)
+    assert _rows(extended.history) == _rows(straight[30].history)
+    assert extended.best["g_widths"] == straight[30].best["g_widths"]
+    winner = yaml.safe_load((tmp_path / "widths.yaml").read_text())
+    assert winner["generator"]["widths"] == straight[30].best["g_widths"]
+
+
+FOREIGN_HISTORIES = {
+    "foreign-columns": ("trial,value,params\n1,0.5,{}\n", "not a ganprune search history"),
+    "nni-like": ("round,g_widths,d_widths,score\n0,{},{},1.0\n", "missing column(s) phase"),
+    "empty": ("", "cannot resume"),
+    "not-utf8": (b"\xff\xfe\x00round\n", "cannot resume"),
+    "widths-list": (None, "g_widths is not a JSON object"),
+    "widths-not-json": (None, "row 1 is not a valid history row"),
+    "round-text": (None, "row 1 is not a valid history row"),
+    "score-text": (None, "row 1 is not a valid history row"),
+    "other-agents": (None, "does not match what the agents propose"),
+}
+
+
+@pytest.mark.parametrize("case", list(FOREIGN_HISTORIES))
+def test_resume_files_that_are_not_ours_are_one_line(evaluator, tmp_path, case):
+    content, needle = FOREIGN_HISTORIES[case]
+    if content is None:
+        _greedy_search(evaluator, 2, tmp_path)
+        h = pd.read_csv(tmp_path / "history.csv")
+        if case == "widths-list":
+            h.loc[0, "g_widths"] = "[1, 2]"
+        elif case == "widths-not-json":
+            h.loc[0, "d_widths"] = "{down1: 4"
+        elif case == "round-text":
+            h["round"] = h["round"].astype(str)
+            h.loc[0, "round"] = "first"
+        elif case == "score-text":
+            h["score"] = h["score"].astype(str)
+            h.loc[0, "score"] = "good"
+        h.to_csv(tmp_path / "history.csv", index=False)
+        agents = ("rl", "random") if case == "other-agents" else ("greedy", "greedy")
+    else:
+        mode = "wb" if isinstance(content, bytes) else "w"
+        with open(tmp_path / "history.csv", mode) as fh:
+            fh.write(content)
+        agents = ("greedy", "greedy")
+    before = (tmp_path / "history.csv").read_bytes()
+    with pytest.raises(UserError) as info:
+        _greedy_search(evaluator, 4, tmp_path, agents=agents)
+    assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
+    assert (tmp_path / "history.csv").read_bytes() == before        # the input is never modified
+
+
+WIDTHS_FILES = {
+    "no-generator": {"discriminator": {"widths": {}, "macs": 1}},
+    "widths-list": {"generator": {"widths": [8, 8], "macs": 1}, "discriminator": {"widths": {}, "macs": 1}},
+    "widths-text": {"generator": {"widths": {"down1": "eight"}, "macs": 1}, "discriminator": {"widths": {}, "macs": 1}},
+    "no-macs": {"generator": {"widths": {}}, "discriminator": {"widths": {}, "macs": 1}},
+    "a-list": [1, 2, 3],
+    "unknown-group": {"generator": {"widths": {"nope": 4}, "macs": 1}, "discriminator": {"widths": {}, "macs": 1}},
+    "not-yaml": "generator: [unclosed",
+}
+
+
+@pytest.mark.parametrize("case", list(WIDTHS_FILES))
+def test_prune_stage_checks_widths_yaml(tiny, tmp_path, case):
+    from ganprune.pipeline import run_pipeline
+    (tmp_path / "search").mkdir()
+    content = WIDTHS_FILES[case]
+    (tmp_path / "search" / "widths.yaml").write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    with pytest.raises(UserError) as info:
+        run_pipeline(tiny["config"], tmp_path, stages=["prune"], progress=False)
+    message = str(info.value)
+    assert "\n" not in message and ("widths.yaml" in message or "nope" in message), message
+    assert not (tmp_path / "pruned_G.pt").exists()
+
+
+# =========================================================================== one run per --out; trusted markers
+
+_HOLD = ("import sys, time\nfrom ganprune.outdir import run_lock\nwith run_lock(sys.argv[1]):\n"
+         "    print('held', flush=True)\n    time.sleep(60)\n")
+
+
+def test_second_run_into_a_busy_out_is_refused_and_a_dead_runs_lock_is_taken_over(tiny, tmp_path, capsys):
+    import subprocess
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(yaml.safe_dump(tiny["config"]))
+        _one_line_exit_2(["prune", "--config", cfg, "--out", out, "--stage", "search"], capsys,
+                         f"in use by another ganprune run (pid {holder.pid}")
+        assert not (out / "search").exists()
+    finally:
+        holder.kill()          # kill -9: the lock file stays behind, with a dead pid in it
+        holder.wait()
+    assert f"pid: {holder.pid}" in (out / ".lock").read_text()
+    from ganprune.pipeline import run_pipeline
+    r = run_pipeline({**tiny["config"], "rounds": 2}, out, stages=["search"], progress=False)
+    assert r["stages"] == {"search": "ran"} and not (out / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_markers_need_their_outputs_and_stage_prune_reproduces_the_runs_weights(tiny, tmp_path):
+    from ganprune.pipeline import STAGES, run_pipeline
+    from ganprune.prune import load_pruned
+    out = tmp_path / "run"
+    assert run_pipeline(tiny["config"], out, progress=False)["stages"] == {s: "ran" for s in STAGES}
+    first = {k: v.clone() for k, v in load_pruned(out / "pruned_G.pt").state_dict().items()}
+    first_d = {k: v.clone() for k, v in load_pruned(out / "pruned_D.pt").state_dict().items()}
+
+    torch.rand(100)                   # another process state
+    run_pipeline(tiny["config"], out, stages=["prune"], progress=False)
+    again = load_pruned(out / "pruned_G.pt").state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)    # bit for bit: BN stats included
+    again_d = load_pruned(out / "pruned_D.pt").state_dict()
+    assert all(torch.equal(first_d[k], again_d[k]) for k in first_d)
+
+    (out / "pruned_G.pt").unlink()    # a deleted output re-runs its stage (and those after it)
+    r = run_pipeline(tiny["config"], out, progress=False)
+    assert r["stages"]["search"] == "skipped" and r["stages"]["prune"] == "ran"
+    assert "prune: finished earlier, but pruned_G.pt is missing" in (out / "log.txt").read_text()
+    with open(out / "G.onnx", "ab") as fh:   # a changed output too
+        fh.write(b"\0")
+    r = run_pipeline(tiny["config"], out, progress=False)
+    assert [s for s, state in r["stages"].items() if state == "ran"] == ["export", "report"]
+    assert "G.onnx changed since the stage wrote it" in (out / "log.txt").read_text()
+    r = run_pipeline(tiny["config"], out, progress=False)
+    assert set(r["stages"].values()) == {"skipped"}
