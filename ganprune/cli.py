@@ -17,6 +17,7 @@ from typing import Callable
 import yaml
 
 from ganprune.errors import UserError
+from ganprune.guard import DEFAULT_TIMEOUT
 from ganprune.paths import check_paths
 
 COMMANDS: dict[str, tuple[str, Callable]] = {}
@@ -117,8 +118,8 @@ def add_search_options(p):
     p.add_argument("--d-space", help="search-space YAML for D")
     p.add_argument("--importance", default="l2", choices=["l1", "l2", "bn_scale"])
     p.add_argument("--on-agent-error", default="stop", choices=["stop", "skip"])
-    p.add_argument("--agent-timeout", type=float, default=600.0, help="seconds one agent call (ask/tell) may "
-                   "take before the search stops with an error (default 600; 0: no limit)")
+    p.add_argument("--agent-timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds one agent call (ask/"
+                   f"tell) may take before the search stops with an error (default {DEFAULT_TIMEOUT:g}; 0: no limit)")
     p.add_argument("--fill", default=True, action=argparse.BooleanOptionalAction,
                    help="grow the winner into the budget it leaves unused (default on; --no-fill keeps it as found)")
 
@@ -592,6 +593,8 @@ def _prune(p):
     p.add_argument("--recipe", default="density", help="fine-tuning recipe (default density; see `ganprune finetune`)")
     p.add_argument("--finetune-steps", type=int, default=1000, help="fine-tuning steps (default 1000)")
     p.add_argument("--batch-size", type=int, default=1, help="fine-tuning batch size (default 1)")
+    p.add_argument("--save-every", type=int, default=500, help="fine-tuning steps between resumable checkpoints "
+                   "(default 500; a killed fine-tune resumes from the last one, bit-identically)")
     p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=True,
                    help="FID/KID in the evaluation (default on; ~0.3 s per image per model on a CPU)")
     p.add_argument("--eval-images", type=int, default=None, help="evaluate on the first N val images (default all)")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ganprune.errors import UserError
+from ganprune.guard import DEFAULT_TIMEOUT
 from ganprune.outdir import one_run_at_a_time
 
 
@@ -66,7 +67,7 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
-               latency_threads=2, progress=True, agent_timeout=600.0, **evaluator_options):
+               latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
@@ -110,7 +111,9 @@ STAGE_OUTPUTS = {"search": ("search/widths.yaml", "search/history.csv", "widths.
 # data, the search) invalidates everything.
 _KEY_STAGE = {"recipe": "finetune", "finetune_steps": "finetune", "batch_size": "finetune",
               "fid": "evaluate", "eval_images": "evaluate", "latency": "evaluate"}
-_NOT_RESULTS = ("out",)   # where the outputs go is no part of what they are
+# Where the outputs go, how often fine-tuning checkpoints and how long an agent call may take are no part
+# of what the outputs are: changing them redoes nothing.
+_NOT_RESULTS = ("out", "save_every", "agent_timeout")
 
 
 def resolve_config(config: dict) -> dict:
@@ -247,6 +250,7 @@ class _Run:
             val = Subset(val, range(min(int(c["eval_images"]), len(val))))
         r = finetune(G, D, TG, TD, self.dataset(c["phase"], True), recipe=c["recipe"], steps=c["finetune_steps"],
                      out=self.path("finetune"), batch_size=c["batch_size"], seed=c["seed"], eval_dataset=val,
+                     save_every=c["save_every"],
                      progress=self.progress)
         for net in (TG, TD):   # the trainer moved the teachers to its device
             net.cpu()

@@ -18,7 +18,7 @@ import math
 import os
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import pandas as pd
@@ -31,6 +31,7 @@ from ganprune.budget import Budget
 from ganprune.errors import UserError
 from ganprune.guard import DEFAULT_TIMEOUT, PluginTimeout, guarded_call
 from ganprune.io import atomic_write_text, atomic_write_yaml
+from ganprune.outdir import run_lock
 
 # Columns a history needs to be resumed (g_ms/d_ms came later and may be missing from older histories).
 REQUIRED_COLUMNS = ("round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible",
@@ -361,9 +362,10 @@ def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int = 50, ou
     agent call may take (None/0: no limit)."""
     history = os.path.join(out_dir, "history.csv") if out_dir else None
     t0 = time.perf_counter()
-    result = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
-                                 on_agent_error, progress, fill, seed, agent_timeout).run()
-    if out_dir and result.best:
-        save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec)
+    with run_lock(out_dir) if out_dir else nullcontext():   # two searches appending to one history: refused
+        result = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
+                                     on_agent_error, progress, fill, seed, agent_timeout).run()
+        if out_dir and result.best:
+            save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec)
     result.seconds = time.perf_counter() - t0
     return result

@@ -156,7 +156,7 @@ def test_cli_export_dense_generator(tmp_path, capsys):
     (["--generator", "{tmp}/G.pth"], "missing --onnx"),
     (["--generator", "{tmp}/G.pth", "--pruned", "{tmp}/G.pth", "--onnx", "{tmp}/x.onnx"], "exactly one of"),
     (["--generator", "{tmp}/G.pth", "--arch", "unet_64", "--ngf", "8", "--size", "32", "--onnx", "{tmp}/x.onnx"],
-     "cannot run on an input"),
+     "cannot take 32x32"),
 ])
 def test_cli_export_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, message):
     save_checkpoint(tmp_path / "G.pth", load_generator(arch="unet_64", ngf=8))

@@ -435,13 +435,15 @@ def test_export_cli_refuses_a_pruned_file_with_nan_weights(tmp_path, capsys):
 
 # =========================================================================== sizes a net cannot take
 
-@pytest.mark.parametrize("arch,size,valid", [("unet_128", 64, "multiples of 128"), ("unet_256", 128, "multiples of 256"),
+@pytest.mark.parametrize("arch,size,valid", [("unet_128", 64, "multiples of 128"),
+                                             ("unet_256", 128, "multiples of 256"),
                                              ("unet_256", 300, "nearest: 256 or 512"), ("unet_64", 96, "64 or 128"),
                                              ("resnet_6blocks", 66, "multiples of 4")])
 def test_eval_says_the_sizes_a_net_takes(tiny, tmp_path, capsys, arch, size, valid):
     save_checkpoint(tmp_path / "G.pth", load_generator(arch=arch, ngf=4))
     _one_line_exit_2(["eval", "--generator", tmp_path / "G.pth", "--arch", arch, "--ngf", "4", "--dataroot",
-                      tiny["data"], "--size", size, "--no-fid", "--n", "1"], capsys, f"cannot take {size}x{size}", valid)
+                      tiny["data"], "--size", size, "--no-fid", "--n", "1"], capsys,
+                     f"cannot take {size}x{size}", valid)
 
 
 @pytest.mark.parametrize("command", ["search", "export"])
@@ -661,5 +663,16 @@ def test_markers_need_their_outputs_and_stage_prune_reproduces_the_runs_weights(
     r = run_pipeline(tiny["config"], out, progress=False)
     assert [s for s, state in r["stages"].items() if state == "ran"] == ["export", "report"]
     assert "G.onnx changed since the stage wrote it" in (out / "log.txt").read_text()
-    r = run_pipeline(tiny["config"], out, progress=False)
-    assert set(r["stages"].values()) == {"skipped"}
+    r = run_pipeline({**tiny["config"], "save_every": 1, "agent_timeout": 5}, out, progress=False)
+    assert set(r["stages"].values()) == {"skipped"}          # settings that change no result redo nothing
+    assert (out / "search" / "history.csv").exists()
+
+
+def test_two_searches_into_one_folder(evaluator, tmp_path):
+    from ganprune.outdir import run_lock
+    with run_lock(tmp_path):
+        with pytest.raises(UserError, match=f"in use by another ganprune run \\(pid {os.getpid()}"):
+            _greedy_search(evaluator, 1, tmp_path)
+    assert not (tmp_path / "history.csv").exists()
+    _greedy_search(evaluator, 1, tmp_path)         # released: the next search runs
+    assert len(pd.read_csv(tmp_path / "history.csv")) >= 1 and not (tmp_path / ".lock").exists()

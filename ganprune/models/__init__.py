@@ -6,6 +6,6 @@ from ganprune.models.registry import (DISCRIMINATORS, GENERATORS, allow_arch, bu
                                       register_generator)
 from ganprune.models.sizes import check_image_size
 
-__all__ = ["check_image_size", "load_generator", "load_discriminator", "save_checkpoint", "build", "allow_arch", "GENERATORS", "DISCRIMINATORS",
+__all__ = ["load_generator", "load_discriminator", "save_checkpoint", "build", "allow_arch", "GENERATORS", "DISCRIMINATORS",
            "register_generator", "register_discriminator", "UnetGenerator", "ResnetGenerator",
-           "NLayerDiscriminator", "PixelDiscriminator", "init_weights"]
+           "NLayerDiscriminator", "PixelDiscriminator", "init_weights", "check_image_size"]

@@ -38,6 +38,7 @@ def check_image_size(net: nn.Module, height: int, width: int, label: str = "the 
     factor, why = rule
     height, width = int(height), int(width)
     if height % factor or width % factor or height < factor or width < factor:
+        near = nearest_sizes(factor, height)
         raise UserError(f"{label} cannot take {height}x{width} images: {why} needs height and width that are "
-                        f"multiples of {factor}, at least {factor} (nearest: {' or '.join(map(str, nearest_sizes(factor, height)))}); "
+                        f"multiples of {factor}, at least {factor} (nearest: {' or '.join(map(str, near))}); "
                         "resize the images (--size) or use an arch made for this size")
