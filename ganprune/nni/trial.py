@@ -1,4 +1,4 @@
-"""One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune.nni.trial``).
+"""One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune nni trial``).
 
 The trial rebuilds the teacher pair, calibration batches, spaces and evaluator from the same options as
 ``ganprune search`` (a YAML given with ``--config``), reads the widths with ``nni.get_next_parameter()``
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Mapping
 
 
 def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget: float, penalty: float) -> float:
@@ -38,18 +39,19 @@ def score_candidate(setup, evaluator, params: dict) -> dict:
     result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
                   eval_seconds=metrics["seconds"],
                   default=penalised(metrics["score"], metrics["g_macs"], metrics["d_macs"], setup.g_budget,
-                                    setup.d_budget, setup.args.infeasible_penalty))
+                                    setup.d_budget, setup.options["infeasible_penalty"]))
     return result
 
 
-def run_trial(args) -> dict:
-    """Score NNI's next candidate (the full widths when run outside NNI) and report it to NNI."""
+def run_trial(values: Mapping | None = None, **overrides) -> dict:
+    """Score NNI's next candidate (the full widths when run outside NNI) and report it to NNI; the options
+    are ``ganprune nni``'s (``values`` such as ``load_options(path)``, and/or keywords)."""
     import nni
 
     from ganprune.nni.space import Setup, from_params
     start = time.perf_counter()
     params = nni.get_next_parameter() or {}
-    setup = Setup(args)
+    setup = Setup(values, **overrides)
     from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
     evaluator = setup.evaluator()
     result = score_candidate(setup, evaluator, params)
@@ -58,11 +60,8 @@ def run_trial(args) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """``python -m ganprune.nni.trial ARGS`` is ``ganprune nni trial ARGS``."""
-    from ganprune.cli import main as cli_main
-    return cli_main(["nni", "trial", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m ganprune.nni.trial ARGS`` (older NNI configs) is ``python -m ganprune nni trial ARGS``.
+    import runpy
+    sys.argv = ["ganprune", "nni", "trial", *sys.argv[1:]]
+    runpy.run_module("ganprune", run_name="__main__", alter_sys=True)
