@@ -40,7 +40,6 @@ def register_recipe(name: str):
 
 
 def get_recipe(name: str) -> type:
-    import ganprune.finetune.recipes  # noqa: F401  (registers the built-in recipes)
     if name not in RECIPES:
         raise UserError(f"recipe {name!r}: unknown; expected one of {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
