@@ -95,11 +95,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     return parser, leaves
 
 
+def _negative_values(argv: Sequence[str], leaves) -> list[str]:
+    """``--g-budget -1ms`` as ``--g-budget=-1ms``: argparse would take a value starting with '-' for an
+    option and fail with a usage message; the value then gets the options layer's one-line check."""
+    takes_value = {a for leaf in leaves.values() for action in leaf._actions if action.nargs is None
+                   for a in action.option_strings}
+    flags = {a for leaf in leaves.values() for action in leaf._actions for a in action.option_strings}
+    out = []
+    for token in argv:
+        if out and out[-1] in takes_value and token.startswith("-") and token not in flags:
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def parse(argv: Sequence[str]) -> tuple[SimpleNamespace | None, Callable | None]:
     """The resolved options of the subcommand in ``argv`` (config file under command line) and its run
     function; ``(None, None)`` when ``argv`` names no subcommand (help was printed)."""
-    parser, _ = build_parser()
-    ns = parser.parse_args(list(argv))
+    parser, leaves = build_parser()
+    ns = parser.parse_args(_negative_values(argv, leaves))
     if not hasattr(ns, "_leaf"):
         (getattr(ns, "_group_parser", None) or parser).print_help()
         return None, None

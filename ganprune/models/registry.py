@@ -119,6 +119,19 @@ def _import_class(arch: str):
     return obj
 
 
+SIZE_OPTIONS = ("ngf", "ndf", "input_nc", "output_nc", "n_layers")
+MAX_SIZE = 1024     # no built-in net is sensible wider than this; a typo like 6400 would allocate gigabytes
+
+
+def _check_sizes(kind: str, arch: str, kwargs: dict) -> None:
+    """Widths, channel and layer counts of a built-in arch: whole numbers from 1 to MAX_SIZE (0 builds an
+    empty net, a negative one fails deep in torch, a huge one allocates gigabytes first)."""
+    for key in SIZE_OPTIONS:
+        value = kwargs.get(key)
+        if key in kwargs and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE):
+            raise UserError(f"{kind} arch {arch!r}: {key} must be a whole number from 1 to {MAX_SIZE}, got {value!r}")
+
+
 def build(arch: str, kind: str, **kwargs) -> nn.Module:
     """Build a network by registered name or an allowed ``module:Class`` path; ``kind`` is
     "generator"/"discriminator"."""
@@ -134,6 +147,7 @@ def build(arch: str, kind: str, **kwargs) -> nn.Module:
     if arch not in table:
         raise UserError(f"unknown {kind} arch {arch!r}; choose one of {', '.join(sorted(table))} "
                         "or give 'package.module:ClassName'")
+    _check_sizes(kind, arch, kwargs)
     try:
         return table[arch](**kwargs)
     except (TypeError, ValueError) as exc:

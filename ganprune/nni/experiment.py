@@ -194,6 +194,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     from ganprune.nni.space import Setup, options, resolved_options
     from ganprune.nni.space import search_space as make_space
     from ganprune.search import save_winner
+    o = options(values, **overrides)
     if tuner not in TUNERS:
         raise UserError(f"--tuner {tuner!r}: expected one of {', '.join(TUNERS)}")
     if trials < 1 or concurrency < 1:
@@ -206,7 +207,6 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     out = os.path.abspath(os.fspath(out))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    o = options(values, **overrides)
     setup = Setup(o, calib_images=1)
     trial_config = os.path.join(out, "trial_config.yaml")
     atomic_write_yaml(trial_config, resolved_options(o))

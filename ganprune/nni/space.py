@@ -50,6 +50,8 @@ class Setup:
         from ganprune.budget import is_latency, resolve_macs
         from ganprune.pair import pair_from_options
         from ganprune.search_setup import build_spaces, calibration
+        if calib_images is not None:      # fewer images where only the spaces are needed
+            overrides["calib_images"] = calib_images
         o = self.options = options(values, **overrides)
         if not o["dataroot"]:
             raise UserError("missing --dataroot (give it on the command line or in --config)")
@@ -58,7 +60,7 @@ class Setup:
                 raise UserError(f"{name} {o[name]!r}: NNI experiments budget MACs only; use a fraction, "
                                 "a percentage or a MAC count (latency budgets work in `ganprune search` and `prune`)")
         self.G, self.D, self.g_spec, self.d_spec = pair_from_options(o)
-        self.batches = calibration(o["dataroot"], phase=o["phase"], calib_images=calib_images or o["calib_images"],
+        self.batches = calibration(o["dataroot"], phase=o["phase"], calib_images=o["calib_images"],
                                    calib_batch=o["calib_batch"], mode=o["mode"], direction=o["direction"],
                                    size=o["size"], seed=o["seed"])
         if not self.batches:
@@ -96,6 +98,9 @@ def to_params(g_widths: dict, d_widths: dict) -> dict:
 def from_params(params: dict, g_space, d_space) -> tuple[dict, dict]:
     """Validated full width dicts of both nets from an NNI parameter dict (missing groups at full width)."""
     widths = {"G": {}, "D": {}}
+    if params is not None and not isinstance(params, dict):
+        raise UserError(f"NNI parameters: expected a mapping of 'G/<group>'/'D/<group>' to widths, got "
+                        f"{type(params).__name__}")
     for key, value in (params or {}).items():
         role, _, name = str(key).partition(SEPARATOR)
         if role not in widths or not name:

@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Mapping
 
+from ganprune.errors import UserError
+
 
 def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget: float, penalty: float) -> float:
     """The value NNI minimises: the score, plus the documented penalty when a budget is exceeded."""
@@ -50,7 +52,10 @@ def run_trial(values: Mapping | None = None, **overrides) -> dict:
 
     from ganprune.nni.space import Setup, from_params
     start = time.perf_counter()
-    params = nni.get_next_parameter() or {}
+    try:
+        params = nni.get_next_parameter() or {}
+    except (AssertionError, KeyError, ValueError) as exc:   # NNI's reader asserts on a malformed parameter file
+        raise UserError(f"NNI gave this trial unreadable parameters ({type(exc).__name__}: {exc})") from None
     setup = Setup(values, **overrides)
     from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
     evaluator = setup.evaluator()
