@@ -7,6 +7,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import ganprune
 
 ROOT = pathlib.Path(ganprune.__file__).parent
@@ -123,3 +125,26 @@ def test_nni_and_pipeline_are_siblings():
               if (_in(m, ["ganprune.nni"]) and _in(i, ["ganprune.pipeline", "ganprune.demo", "ganprune.report"]))
               or (_in(m, ["ganprune.pipeline", "ganprune.demo", "ganprune.report"]) and _in(i, ["ganprune.nni"]))]
     assert across == []
+
+
+def test_no_symlinks_in_the_package():
+    assert [p.name for p in ROOT.iterdir() if p.is_symlink()] == []
+
+
+@pytest.mark.slow
+def test_a_plain_install_carries_agents_and_search_spaces(tmp_path):
+    """``pip install .`` (not editable) puts the top-level agents/ and search_spaces/ inside the package."""
+    pytest.importorskip("setuptools")
+    source = ROOT.parent
+    if not (source / "setup.cfg").exists():
+        pytest.skip("not a source checkout")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                        "--target", str(tmp_path / "site"), str(source)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    code = ("import ganprune, ganprune.agents.greedy, ganprune.search_spaces as s\n"
+            "print(ganprune.__file__, ganprune.agents.greedy.__file__, s.path_for('unet_256'))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(tmp_path / "site"), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    package = str(tmp_path / "site" / "ganprune")
+    assert all(path.startswith(package) for path in r.stdout.split()), r.stdout
