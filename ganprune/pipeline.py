@@ -32,11 +32,12 @@ def resolve_config(config: dict) -> dict:
 
 def eval_phase(dataroot, mode: str = "aligned") -> str:
     """The held-out split evaluation uses: ``val``, else ``test`` (``valA``/``testA`` for unaligned sets)."""
-    suffix = "A" if mode == "unaligned" else ""
-    for phase in ("val", "test"):
-        if os.path.isdir(os.path.join(os.fspath(dataroot), phase + suffix)):
-            return phase
-    raise UserError(f"{dataroot}: no val{suffix}/ or test{suffix}/ folder to evaluate on")
+    from ganprune.data.datasets import held_out_phase
+    phase = held_out_phase(dataroot, mode)
+    if phase is None:
+        suffix = "A" if mode == "unaligned" else ""
+        raise UserError(f"{dataroot}: no val{suffix}/ or test{suffix}/ folder to evaluate on")
+    return phase
 
 
 class _Run:

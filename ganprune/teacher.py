@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ganprune.data.datasets import AlignedDataset, held_out_phase
 from ganprune.device import autocast, make_grad_scaler, pick_device, resolve_precision, to_channels_last
 from ganprune.errors import UserError
 from ganprune.io import atomic_path, atomic_torch_save, atomic_write_yaml
@@ -98,15 +99,7 @@ class StepBatches(Sampler):
 
 
 def _aligned(dataroot, phase, **kw):
-    from ganprune.data.datasets import AlignedDataset
     return AlignedDataset(dataroot, phase=phase, **kw)
-
-
-def _val_phase(dataroot) -> str | None:
-    for phase in ("val", "test"):
-        if os.path.isdir(os.path.join(dataroot, phase)):
-            return phase
-    return None
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -259,7 +252,7 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
     if len(train_set) < batch_size:
         raise UserError(f"{dataroot}/train: {len(train_set)} image(s), fewer than batch_size {batch_size}")
     first = SeededItems(train_set)[(0, seed)]  # shapes only; leaves the global RNG alone
-    val_phase = _val_phase(dataroot)
+    val_phase = held_out_phase(dataroot)
     # Evaluation phases resize straight to crop_size (no random crop); no flip either.
     val_set = (_aligned(dataroot, val_phase, direction=direction, load_size=load_size, crop_size=crop_size,
                         flip=False, max_items=val_items) if val_phase else None)

@@ -16,7 +16,7 @@ ENTRY = ("ganprune.cli", "ganprune.__main__")   # the command line: on top, impo
 
 # Lower number = lower layer; a module may import only modules of its own layer or below.
 LAYERS = {
-    "ganprune.errors": 0, "ganprune.io": 0,
+    "ganprune.errors": 0, "ganprune.io": 0, "ganprune.plugins": 0,
     "ganprune.models": 1, "ganprune.space": 1, "ganprune.prune": 1, "ganprune.fuse": 1, "ganprune.losses": 1,
     "ganprune.device": 1, "ganprune.data": 1,
     "ganprune.nni": 3, "ganprune.pipeline": 3, "ganprune.report": 3, "ganprune.demo": 3,
@@ -148,3 +148,34 @@ def test_a_plain_install_carries_agents_and_search_spaces(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     package = str(tmp_path / "site" / "ganprune")
     assert all(path.startswith(package) for path in r.stdout.split()), r.stdout
+
+
+def test_one_registry_rule_for_recipes_archs_and_datasets():
+    """Refuse a taken name naming both sources; "did you mean" for a near miss; the same class re-imported
+    may replace itself."""
+    from torch import nn
+
+    from ganprune.data.datasets import DATASETS
+    from ganprune.errors import UserError
+    from ganprune.finetune.recipe import RECIPES, Recipe, register_recipe
+    from ganprune.models.registry import GENERATORS, register_generator
+
+    class Density(Recipe):
+        pass
+
+    with pytest.raises(UserError, match=r"recipe name 'density' from .*Density is already taken by "
+                                        r"ganprune\.finetune\.recipes\.density\.Density"):
+        register_recipe("density")(Density)
+
+    def unet_64():
+        return nn.Identity()
+
+    with pytest.raises(UserError, match="generator arch name 'unet_64' from .*unet_64 is already taken"):
+        register_generator("unet_64")(unet_64)
+    with pytest.raises(UserError, match="unknown dataset mode 'unaligend' \\(did you mean 'unaligned'\\?\\)"):
+        DATASETS.lookup("unaligend")
+    with pytest.raises(UserError, match="unknown generator arch 'unet_65' \\(did you mean 'unet_64'\\?\\)"):
+        GENERATORS.lookup("unet_65")
+    with pytest.raises(UserError, match="unknown recipe 'dgll' \\(did you mean 'dgl'\\?\\)"):
+        RECIPES.lookup("dgll")
+    assert register_recipe("density")(RECIPES["density"]) is RECIPES["density"]   # the same class: fine

@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Callable
-
 from torch import nn
 
 from ganprune.errors import UserError
+from ganprune.plugins import Registry
 from ganprune.models.networks import (NLayerDiscriminator, PixelDiscriminator, ResnetGenerator,
                                       UnetGenerator)
 
-GENERATORS: dict[str, Callable[..., nn.Module]] = {}
-DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
+GENERATORS = Registry("generator arch")
+DISCRIMINATORS = Registry("discriminator arch")
 
 
 def register_generator(name: str):
-    def deco(fn):
-        GENERATORS[name] = fn
-        return fn
-    return deco
+    return GENERATORS.register(name)
 
 
 def register_discriminator(name: str):
-    def deco(fn):
-        DISCRIMINATORS[name] = fn
-        return fn
-    return deco
+    return DISCRIMINATORS.register(name)
 
 
 def _unet(num_downs):
@@ -144,12 +137,10 @@ def build(arch: str, kind: str, **kwargs) -> nn.Module:
         except (TypeError, ValueError) as exc:
             raise UserError(f"{kind} arch {arch!r} with options {kwargs}: {exc}") from None
     table = GENERATORS if kind == "generator" else DISCRIMINATORS
-    if arch not in table:
-        raise UserError(f"unknown {kind} arch {arch!r}; choose one of {', '.join(sorted(table))} "
-                        "or give 'package.module:ClassName'")
+    factory = table.lookup(arch, hint=", or give 'package.module:ClassName'")
     _check_sizes(kind, arch, kwargs)
     try:
-        return table[arch](**kwargs)
+        return factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{kind} arch {arch!r} with options {kwargs}: {exc}") from None
 
