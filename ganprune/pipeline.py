@@ -12,7 +12,7 @@ from ganprune.options import PIPELINE, STAGES, evaluator_keywords, resolve, sear
 from ganprune.pair import load_pair, pair_from_options
 from ganprune.search_setup import build_evaluator, calibration, run_search
 
-__all__ = ["run_pipeline", "resolve_config", "eval_phase", "STAGES", "load_pair", "build_evaluator", "run_search"]
+__all__ = ["run_pipeline", "resolve_config", "eval_phase", "finetune_pruned", "STAGES", "load_pair", "build_evaluator", "run_search"]
 
 
 # --------------------------------------------------------------------------- the whole pipeline
@@ -38,6 +38,36 @@ def eval_phase(dataroot, mode: str = "aligned") -> str:
         suffix = "A" if mode == "unaligned" else ""
         raise UserError(f"{dataroot}: no val{suffix}/ or test{suffix}/ folder to evaluate on")
     return phase
+
+
+def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, out, *, mode="aligned",
+                    direction="AtoB", load_size=None, crop_size=None, train_phase="train", eval_images=None,
+                    progress=True, **trainer) -> dict:
+    """Fine-tune the pruned files ``pruned_g``/``pruned_d`` (``pruned_d`` None: a trainable copy of the
+    teacher's D, built from ``d_spec``) on ``dataroot`` into ``out``; the val L1 checks run on the held-out
+    split (its first ``eval_images``), if there is one. ``trainer``: ``ganprune.finetune.finetune``'s
+    keywords (recipe, steps, batch_size, lr, ...). What ``ganprune finetune`` and the pipeline stage run."""
+    import copy
+
+    from torch.utils.data import Subset
+
+    from ganprune.data import build_dataset
+    from ganprune.data.datasets import held_out_phase
+    from ganprune.finetune import finetune
+    from ganprune.prune import load_pruned
+    G = load_pruned(pruned_g)
+    D = load_pruned(pruned_d) if pruned_d else copy.deepcopy(teacher_D)
+    data = {"direction": direction, "load_size": load_size, "crop_size": crop_size}
+    train = build_dataset(dataroot, mode, train_phase, **data)
+    phase = held_out_phase(dataroot, mode)
+    val = build_dataset(dataroot, mode, phase, flip=False, **data) if phase else None
+    if val is not None and eval_images:   # the val L1 the trainer reports: on the images the evaluation uses
+        val = Subset(val, range(min(int(eval_images), len(val))))
+    r = finetune(G, D, teacher_G, teacher_D, train, out=out, eval_dataset=val, d_spec=None if pruned_d else d_spec,
+                 progress=progress, **trainer)
+    for net in (teacher_G, teacher_D):   # the trainer moved the teachers to its device
+        net.cpu()
+    return r
 
 
 class _Run:
@@ -70,12 +100,6 @@ class _Run:
         if self._pair is None:
             self._pair = pair_from_options(self.c)
         return self._pair
-
-    def dataset(self, phase: str, train: bool):
-        from ganprune.data import build_dataset
-        c = self.c
-        return build_dataset(c["dataroot"], c["mode"], phase, direction=c["direction"], load_size=c["size"],
-                             crop_size=c["size"], **({} if train else {"flip": False}))
 
     # -- stages ---------------------------------------------------------------------------------
     def search(self) -> dict:
@@ -115,22 +139,15 @@ class _Run:
         return {"g_macs": winner["generator"]["macs"], "d_macs": winner["discriminator"]["macs"]}
 
     def finetune(self) -> dict:
-        from torch.utils.data import Subset
-
-        from ganprune.finetune import finetune
-        from ganprune.prune import load_pruned
         self.need("pruned_G.pt", "pruned_D.pt")
-        TG, TD, _, _ = self.pair()
+        TG, TD, _, d_spec = self.pair()
         c = self.c
-        G, D = load_pruned(self.path("pruned_G.pt")), load_pruned(self.path("pruned_D.pt"))
-        val = self.dataset(eval_phase(c["dataroot"], c["mode"]), False)
-        if c["eval_images"]:   # the val L1 the trainer reports: on the images the evaluation uses
-            val = Subset(val, range(min(int(c["eval_images"]), len(val))))
-        r = finetune(G, D, TG, TD, self.dataset(c["phase"], True), recipe=c["recipe"], steps=c["finetune_steps"],
-                     out=self.path("finetune"), batch_size=c["batch_size"], seed=c["seed"], eval_dataset=val,
-                     progress=self.progress)
-        for net in (TG, TD):   # the trainer moved the teachers to its device
-            net.cpu()
+        eval_phase(c["dataroot"], c["mode"])     # the evaluation needs a held-out split: say so now
+        r = finetune_pruned(self.path("pruned_G.pt"), self.path("pruned_D.pt"), TG, TD, d_spec, c["dataroot"],
+                            self.path("finetune"), mode=c["mode"], direction=c["direction"], load_size=c["size"],
+                            crop_size=c["size"], train_phase=c["phase"], eval_images=c["eval_images"],
+                            recipe=c["recipe"], steps=c["finetune_steps"], batch_size=c["batch_size"], seed=c["seed"],
+                            progress=self.progress)
         return {k: r[k] for k in ("recipe", "steps", "steps_run", "val_L1", "val_L1_teacher", "device")}
 
     def evaluate(self) -> dict:

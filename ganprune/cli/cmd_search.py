@@ -33,30 +33,17 @@ def _search(args):
 @command("finetune", "fine-tune a pruned G/D pair with a recipe (density, pix2pix, cyclegan, dgl, dcd, gcc, selfsup)",
          FINETUNE)
 def _finetune(args):
-    import copy
-
-    from ganprune.data import build_dataset
-    from ganprune.finetune import finetune
     from ganprune.pair import pair_from_options
-    from ganprune.pipeline import eval_phase
-    from ganprune.prune import load_pruned
+    from ganprune.pipeline import finetune_pruned
     need(args, "pruned_g", "dataroot", "out")
     TG, TD, _, d_spec = pair_from_options(pick(args, FINETUNE))
-    G = load_pruned(args.pruned_g)
-    D = load_pruned(args.pruned_d) if args.pruned_d else copy.deepcopy(TD)
-    data = {"direction": args.direction, "load_size": args.load_size, "crop_size": args.crop_size}
-    train = build_dataset(args.dataroot, args.dataset_mode, "train", **data)
-    try:
-        val = build_dataset(args.dataroot, args.dataset_mode, eval_phase(args.dataroot, args.dataset_mode),
-                            flip=False, **data)
-    except UserError:      # no held-out split: train without val checks
-        val = None
-    r = finetune(G, D, TG, TD, train, recipe=args.recipe, steps=args.steps, out=args.out,
-                 batch_size=args.batch_size, lr=args.lr, beta1=args.beta1, decay_from=args.decay_from,
-                 seed=args.seed, device=args.device, precision=args.precision, save_every=args.save_every,
-                 eval_every=args.eval_every, eval_dataset=val, resume=not args.no_resume,
-                 recipe_options=args.recipe_option or {}, d_spec=None if args.pruned_d else d_spec,
-                 num_workers=args.num_workers)
+    r = finetune_pruned(args.pruned_g, args.pruned_d, TG, TD, d_spec, args.dataroot, args.out,
+                        mode=args.dataset_mode, direction=args.direction, load_size=args.load_size,
+                        crop_size=args.crop_size, recipe=args.recipe, recipe_options=args.recipe_option or {},
+                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
+                        decay_from=args.decay_from, seed=args.seed, device=args.device, precision=args.precision,
+                        save_every=args.save_every, eval_every=args.eval_every, resume=not args.no_resume,
+                        num_workers=args.num_workers)
     rate = f"{r['steps_per_s']:.2f} steps/s" if r["steps_per_s"] else "nothing to do"
     val_text = ", ".join(f"{k} {r[k]:.4f}" for k in ("val_L1", "val_L1_teacher") if r[k] is not None)
     print(f"finetune {r['recipe']}: step {r['steps']} ({r['steps_run']} run, {rate}, {r['device']} "

@@ -31,7 +31,6 @@ from ganprune.errors import UserError
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
-NOT_METRICS = ("round", "phase", "g_ms", "d_ms", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
 _log = logging.getLogger("ganprune.nni")
 
 
@@ -114,7 +113,7 @@ def actual_parameters(jobs: list) -> dict[str, int]:
 
 def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
     """NNI trial jobs → history rows in the ``ganprune search`` format, ordered by NNI's sequence id."""
-    from ganprune.nni.space import from_params
+    from ganprune.nni.space import from_params, metric_columns
     from ganprune.search import HISTORY_COLUMNS
     params_of = {}
     for job in jobs:
@@ -136,7 +135,7 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
             row["seconds"] = (job["endTime"] - job["startTime"]) / 1000
         _, metric = _final_metric(job)
         if job.get("status") == "SUCCEEDED" and isinstance(metric, dict):
-            row.update({k: metric[k] for k in HISTORY_COLUMNS if k in metric and k not in NOT_METRICS})
+            row.update({k: metric[k] for k in metric_columns() if k in metric})
             row["g_feasible"] = row["g_macs"] <= setup.g_budget
             row["d_feasible"] = row["d_macs"] <= setup.d_budget
             row["feasible"] = bool(row["g_feasible"] and row["d_feasible"])

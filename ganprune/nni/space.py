@@ -18,6 +18,16 @@ from ganprune.errors import UserError
 from ganprune.options import NNI, read_config, resolve
 
 SEPARATOR = "/"
+# History columns a trial does not report (the experiment fills them in: round, widths, feasibility,
+# timing, error); every other history column is a metric the trial's final result must carry.
+NOT_METRICS = ("round", "phase", "g_ms", "d_ms", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible",
+               "seconds", "error")
+
+
+def metric_columns() -> list[str]:
+    """The history columns an NNI trial reports (what ``search._feedback`` reads back)."""
+    from ganprune.search import HISTORY_COLUMNS
+    return [c for c in HISTORY_COLUMNS if c not in NOT_METRICS]
 PATH_OPTIONS = tuple(o.name for o in NNI if o.kind == "path")
 
 

@@ -23,12 +23,10 @@ from nni.tuner import Tuner
 
 from ganprune.agent import Feedback, get_agent
 from ganprune.errors import UserError
-from ganprune.search import HISTORY_COLUMNS
+from ganprune.nni.space import metric_columns
 
 _log = logging.getLogger("ganprune.nni.tuner")
-# every metric column of a search history: what a trial reports and ``search._feedback`` reads
-REQUIRED = set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_ms", "d_ms", "g_feasible",
-                                   "d_feasible", "feasible", "seconds", "error"}
+REQUIRED = set(metric_columns())    # every metric a trial reports; what ``search._feedback`` reads
 
 
 class GanpruneTuner(Tuner):
