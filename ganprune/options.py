@@ -258,7 +258,12 @@ SEARCH_ONLY = (
            "keeps it as found)"),
 )
 
-SEARCH = PAIR + SEARCH_DATA + SEARCH_ONLY
+ALLOW_ARCH = Option("allow_arch", None, "strings", metavar="PKG.MODULE:CLASS", help="allow this network class to "
+                    "be imported when a file (pruned model, teacher.yaml) names it; archs you give with "
+                    "--arch/--g-arch/--d-arch are allowed already (repeatable)")
+"""Taken by every command (and its config file); the search, pipeline and NNI honour it from the API too."""
+
+SEARCH = PAIR + SEARCH_DATA + SEARCH_ONLY + (ALLOW_ARCH,)
 """``ganprune search``: the pair, the data and the search."""
 
 STAGES = ("search", "prune", "finetune", "evaluate", "export", "report")
@@ -317,10 +322,6 @@ FINETUNE = (
 )
 """``ganprune finetune``: the pruned pair, its teacher, the data and the training settings."""
 
-ALLOW_ARCH = Option("allow_arch", None, "strings", metavar="PKG.MODULE:CLASS", help="allow this network class to "
-                    "be imported when a file (pruned model, teacher.yaml) names it; archs you give with "
-                    "--arch/--g-arch/--d-arch are allowed already (repeatable)")
-"""Taken by every command (and its config file)."""
 
 
 def pair_specs(o: Mapping) -> tuple[dict, dict]:

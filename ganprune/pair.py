@@ -26,5 +26,9 @@ def load_pair(teacher_dir=None, generator=None, discriminator=None, g_spec: dict
 
 
 def pair_from_options(o: Mapping) -> tuple[nn.Module, nn.Module, dict, dict]:
-    """``load_pair`` from resolved pair options (``ganprune.options.PAIR``: teacher, generator, g_arch, ...)."""
+    """``load_pair`` from resolved pair options (``ganprune.options.PAIR``: teacher, generator, g_arch, ...);
+    class-path archs listed in ``allow_arch`` may then be imported when a file names them."""
+    if o.get("allow_arch"):
+        from ganprune.models.registry import allow_arch
+        allow_arch(*o["allow_arch"])
     return load_pair(o["teacher"], o["generator"], o["discriminator"], *pair_specs(o))

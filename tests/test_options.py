@@ -202,3 +202,17 @@ def test_nni_parameters_that_are_not_a_mapping_are_refused():
     for bad in ([["G/x", 8]], "G/x=8", 5):
         with pytest.raises(UserError, match="NNI parameters: expected a mapping"):
             from_params(bad, None, None)
+
+
+def test_allow_arch_from_a_pipeline_config_is_honoured(monkeypatch):
+    """The API takes the same allow_arch as --allow-arch: a class path a file names may then be built."""
+    from ganprune.models import registry
+    from ganprune.pair import pair_from_options
+    monkeypatch.setattr(registry, "_ALLOWED_CLASS_PATHS", set())
+    c = resolve_config({"allow_arch": "torch.nn:Identity"})
+    assert c["allow_arch"] == ["torch.nn:Identity"]
+    with pytest.raises(UserError, match="give a teacher folder"):
+        pair_from_options(c)                     # no pair given; the allow-list was applied first
+    registry.check_arch_allowed("torch.nn:Identity", "a file")
+    with pytest.raises(UserError, match="refused"):
+        registry.check_arch_allowed("torch.nn:Linear", "a file")

@@ -29,7 +29,7 @@ _MODULES = ("ganprune.cli.cmd_models", "ganprune.cli.cmd_search", "ganprune.cli.
 def command(name: str, help: str, options: Sequence[Option] = ()):
     """Register ``run(args)`` as the subcommand ``name`` taking ``options`` (plus ``allow_arch``)."""
     def deco(run):
-        COMMANDS[name] = (help, (*options, ALLOW_ARCH), run)
+        COMMANDS[name] = (help, tuple(options) + ((ALLOW_ARCH,) if ALLOW_ARCH not in options else ()), run)
         return run
     return deco
 

@@ -79,8 +79,8 @@ def allow_arch(*archs: str) -> None:
     """Allow ``"package.module:ClassName"`` archs to be imported and built (the user names them).
 
     Registered names need no allowing. Called by the CLI for ``--arch/--g-arch/--d-arch`` and for
-    ``g_arch``/``d_arch``/``allow_archs`` in the user's config, and by ``load_generator``/
-    ``load_discriminator`` for the arch passed to them."""
+    ``g_arch``/``d_arch``/``allow_arch`` in the user's config, for ``allow_arch`` in the pipeline/NNI
+    options, and by ``load_generator``/``load_discriminator`` for the arch passed to them."""
     for arch in archs:
         if not is_class_path(arch):
             continue
@@ -93,7 +93,7 @@ def check_arch_allowed(arch, source: str) -> None:
     """Refuse a class-path arch that came from a file unless the user allowed it."""
     if is_class_path(arch) and arch not in _ALLOWED_CLASS_PATHS:
         raise UserError(f"{source}: arch {arch!r} names Python code, and ganprune imports a class only when you "
-                        "name it yourself (--g-arch/--d-arch/--arch, allow_archs: in your config, or "
+                        "name it yourself (--g-arch/--d-arch/--arch, --allow-arch or allow_arch: in your config, or "
                         "ganprune.allow_arch(...)); refused")
 
 
