@@ -179,7 +179,8 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
     from ganprune.io import atomic_torch_save
     from ganprune.models.checkpoint import safe_torch_load
     from ganprune.prune import channel_ranking
-    from ganprune.teacher import SeededItems, StepBatches, _mix
+    from ganprune.training import SeededItems, StepBatches
+    from ganprune.training import mix as _mix
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise UserError(f"supernet steps: expected an integer >= 0, got {steps!r}")

@@ -13,26 +13,26 @@ rerun with a larger ``steps`` simply continues the schedule towards the new end.
 from __future__ import annotations
 
 import os
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from ganprune.data.datasets import AlignedDataset, held_out_phase
 from ganprune.device import autocast, make_grad_scaler, pick_device, resolve_precision, to_channels_last
 from ganprune.errors import UserError
-from ganprune.io import atomic_path, atomic_torch_save, atomic_write_yaml
+from ganprune.io import atomic_torch_save, atomic_write_yaml
 from ganprune.losses import GANLoss
 from ganprune.models import check_image_size, load_discriminator, load_generator
 from ganprune.models.checkpoint import safe_torch_load
 from ganprune.models.registry import DISCRIMINATORS, GENERATORS, check_arch_allowed, is_class_path
+from ganprune.training import (SeededItems, StepBatches, check_schedule, check_shapes, cpu_state, l1_scores,
+                               lr_factor, step_loader, write_log)
 
 G_FILE, D_FILE, SPEC_FILE, STATE_FILE, LOG_FILE = ("latest_net_G.pth", "latest_net_D.pth", "teacher.yaml",
                                                    "train_state.pt", "log.csv")
@@ -44,108 +44,19 @@ _RESUME_MUST_MATCH = ("G", "D", "batch_size", "lr", "beta1", "lambda_l1", "gan_m
 
 # --------------------------------------------------------------------------- data
 
-def _mix(*numbers: int) -> int:
-    """A reproducible 63-bit seed from integers (Python's ``hash`` of ints is stable, but spell it out)."""
-    h = 0x2545F4914F6CDD1D
-    for n in numbers:
-        h = ((h ^ (int(n) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3) & 0x7FFFFFFFFFFFFFFF
-    return h
-
-
-class SeededItems(Dataset):
-    """Wraps a dataset so that item ``(index, seed)`` is drawn with all RNGs seeded by ``seed`` and
-    the caller's RNG states left untouched: random crops/flips become a function of the seed alone."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        index, seed = key
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            random.seed(seed)
-            np.random.seed(seed % 2**32)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)
-
-
-class StepBatches(Sampler):
-    """Batches for steps ``start..stop-1``: a fresh seeded permutation per epoch (drop-last), and a
-    seed per sample, both computed from the step number so a resumed run sees the same batches."""
-
-    def __init__(self, n_items: int, batch_size: int, seed: int, start: int, stop: int):
-        self.n, self.bs, self.seed, self.start, self.stop = n_items, batch_size, seed, start, stop
-        self.per_epoch = n_items // batch_size
-
-    def __len__(self):
-        return max(0, self.stop - self.start)
-
-    def __iter__(self):
-        epoch, perm = None, None
-        for step in range(self.start, self.stop):
-            e, j = divmod(step, self.per_epoch)
-            if e != epoch:
-                epoch = e
-                perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(_mix(self.seed, 1, e))).tolist()
-            yield [(perm[k], _mix(self.seed, 2, step, k)) for k in range(j * self.bs, (j + 1) * self.bs)]
-
-
 def _aligned(dataroot, phase, **kw):
-    from ganprune.data.datasets import AlignedDataset
     return AlignedDataset(dataroot, phase=phase, **kw)
-
-
-def _val_phase(dataroot) -> str | None:
-    for phase in ("val", "test"):
-        if os.path.isdir(os.path.join(dataroot, phase)):
-            return phase
-    return None
 
 
 # --------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
 def val_l1(G: nn.Module, dataset, device=None, precision: str = "fp32", batch_size: int = 16,
            num_workers: int = 0) -> float:
     """Mean |G(A) − B| over every pixel of ``dataset`` (values in [-1, 1]), G in eval mode."""
-    device = device or next(G.parameters()).device
-    # Own generator: an evaluation must not draw from the global RNG, or it would change the training run.
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        generator=torch.Generator().manual_seed(0))
-    was_training = G.training
-    G.eval()
-    total, count = 0.0, 0
-    try:
-        for batch in loader:
-            a = to_channels_last(batch["A"].to(device, non_blocking=True))
-            b = batch["B"].to(device, non_blocking=True)
-            with autocast(device, precision):
-                fake = G(a)
-            total += (fake.float() - b).abs().sum().item()
-            count += b.numel()
-    finally:
-        G.train(was_training)
-    return total / max(count, 1)
+    return l1_scores(G, dataset, device, precision, batch_size, num_workers=num_workers)["val_L1"]
 
 
 # --------------------------------------------------------------------------- files
-
-def _cpu_state(net: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain, contiguous CPU tensors: the reference checkpoint format, whatever layout trained it."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=LOG_COLUMNS).to_csv(tmp, index=False)
-
 
 def _read_log(path: Path, upto: int) -> list[dict]:
     """Rows of an earlier run up to the resumed step (rows after it are redone)."""
@@ -166,7 +77,7 @@ def _save(out: Path, G, D, state: dict, spec: dict, log_rows: list[dict]) -> Non
     atomic_torch_save(state["G"], out / G_FILE)
     atomic_torch_save(state["D"], out / D_FILE)
     atomic_write_yaml(out / SPEC_FILE, spec)
-    _write_log(out / LOG_FILE, log_rows)
+    write_log(out / LOG_FILE, log_rows, LOG_COLUMNS)
 
 
 def load_teacher(out, device="cpu") -> tuple[nn.Module, nn.Module, dict]:
@@ -194,43 +105,58 @@ def load_teacher(out, device="cpu") -> tuple[nn.Module, nn.Module, dict]:
 
 # --------------------------------------------------------------------------- training
 
-def _lr_factor(step: int, steps: int, decay_from: float) -> float:
-    """1 until ``decay_from·steps``, then linear towards 0 at ``steps`` (pix2pix n_epochs/n_epochs_decay)."""
-    start = int(round(decay_from * steps))
-    if step < start or steps <= start:
-        return 1.0
-    return (steps - step) / (steps - start)
-
-
-def _check_args(dataroot, steps, batch_size, lr, decay_from, save_every, eval_every, log_every):
+def _check_args(dataroot, steps, batch_size, lr, beta1, decay_from, save_every, eval_every, log_every):
     if not os.path.isdir(os.path.join(dataroot, "train")):
         raise UserError(f"{dataroot}: expected an aligned dataset folder with a train/ subfolder of A|B images")
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("save_every", save_every, 1),
-                             ("eval_every", eval_every, 0), ("log_every", log_every, 1)):
-        if int(value) != value or value < low:
-            raise UserError(f"{name}: expected an integer >= {low} (got {value!r})")
-    if not lr > 0:
-        raise UserError(f"lr: expected a positive learning rate (got {lr!r})")
-    if not 0.0 <= decay_from <= 1.0:
-        raise UserError(f"decay_from: expected a fraction in [0, 1] (got {decay_from!r})")
+    check_schedule(steps, batch_size, lr, decay_from, beta1, save_every=(save_every, 1), eval_every=(eval_every, 0),
+                   log_every=(log_every, 1))
 
 
-def _check_shapes(G, item, arch):
-    """A U-Net needs sides divisible by 2**downsamplings; say so instead of a deep shape error."""
-    a, b = item["A"], item["B"]
-    check_image_size(G, *a.shape[-2:], f"generator {arch!r}")
-    try:
-        with torch.no_grad():
-            G.eval()
-            out = G(a[None].to(next(G.parameters()).device))
-    except RuntimeError as exc:
-        raise UserError(f"generator {arch!r} cannot take {tuple(a.shape[1:])} images ({str(exc).splitlines()[0]}); "
-                        "choose an arch for this size or set load_size/crop_size") from None
-    finally:
-        G.train()
-    if tuple(out.shape[1:]) != tuple(b.shape):
-        raise UserError(f"generator {arch!r} maps {tuple(a.shape)} to {tuple(out.shape[1:])}, but B is "
-                        f"{tuple(b.shape)}; choose an arch for this image size")
+def _resume_state(out: Path, config: dict, resume: bool):
+    """The saved state to continue from (None: start afresh), refused if it is not a train-teacher state or
+    was trained with other settings."""
+    if resume and (out / STATE_FILE).is_file():
+        state = safe_torch_load(out / STATE_FILE)
+        missing = [k for k in ("step", "config", "G", "D", "opt_G", "opt_D", "rng", "train_seconds", "val_history")
+                   if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise UserError(f"{out / STATE_FILE}: not a train-teacher state (missing {', '.join(missing)}); "
+                            "use another out folder or resume=False (--no-resume)")
+        for key in _RESUME_MUST_MATCH:
+            if state["config"].get(key) != config[key]:
+                raise UserError(f"{out / STATE_FILE}: was trained with {key}={state['config'].get(key)!r}, now "
+                                f"{key}={config[key]!r}; use another out folder or resume=False (--no-resume)")
+        return state
+    if resume and (out / G_FILE).exists():
+        raise UserError(f"{out / G_FILE}: exists but no {STATE_FILE} beside it (not written by train-teacher?); "
+                        "use another out folder or resume=False (--no-resume) to overwrite it")
+    return None
+
+
+def _pix2pix_step(G, D, opt_G, opt_D, scaler, gan_loss, real_a, real_b, lambda_l1, dev, prec) -> torch.Tensor:
+    """One reference pix2pix step; returns the detached (G GAN, λ·L1, D) losses."""
+    with autocast(dev, prec):
+        fake_b = G(real_a)
+    # D: real pairs → real, generated pairs → fake (G's output detached).
+    D.requires_grad_(True)
+    opt_D.zero_grad(set_to_none=True)
+    with autocast(dev, prec):
+        loss_d_fake = gan_loss(D(torch.cat([real_a, fake_b.detach()], 1)), False)
+        loss_d_real = gan_loss(D(torch.cat([real_a, real_b], 1)), True)
+        loss_d = 0.5 * (loss_d_fake + loss_d_real)
+    scaler.scale(loss_d).backward()
+    scaler.step(opt_D)
+    # G: fool the (just updated, now frozen) D and stay close to B in L1.
+    D.requires_grad_(False)
+    opt_G.zero_grad(set_to_none=True)
+    with autocast(dev, prec):
+        loss_g_gan = gan_loss(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
+        loss_g_l1 = F.l1_loss(fake_b.float(), real_b.float()) * lambda_l1
+        loss_g = loss_g_gan + loss_g_l1
+    scaler.scale(loss_g).backward()
+    scaler.step(opt_G)
+    scaler.update()
+    return torch.stack([loss_g_gan.detach(), loss_g_l1.detach(), loss_d.detach()]).float()
 
 
 def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: str = "basic", ndf: int = 64,
@@ -251,7 +177,7 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
     ``resume`` a rerun continues from the last save; a finished run returns at once.
     """
     dataroot, out = os.fspath(dataroot), Path(out)
-    _check_args(dataroot, steps, batch_size, lr, decay_from, save_every, eval_every, log_every)
+    _check_args(dataroot, steps, batch_size, lr, beta1, decay_from, save_every, eval_every, log_every)
     dev = pick_device(device)
     prec = resolve_precision(dev, precision)
     gan_loss = GANLoss(gan_mode).to(dev)
@@ -260,7 +186,7 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
     if len(train_set) < batch_size:
         raise UserError(f"{dataroot}/train: {len(train_set)} image(s), fewer than batch_size {batch_size}")
     first = SeededItems(train_set)[(0, seed)]  # shapes only; leaves the global RNG alone
-    val_phase = _val_phase(dataroot)
+    val_phase = held_out_phase(dataroot)
     # Evaluation phases resize straight to crop_size (no random crop); no flip either.
     val_set = (_aligned(dataroot, val_phase, direction=direction, load_size=load_size, crop_size=crop_size,
                         flip=False, max_items=val_items) if val_phase else None)
@@ -273,43 +199,15 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
               "gan_mode": gan_mode, "decay_from": decay_from, "seed": seed, "direction": direction,
               "load_size": load_size, "crop_size": crop_size, "val_items": val_items}
 
-    state = None
-    if resume and (out / STATE_FILE).is_file():
-        state = safe_torch_load(out / STATE_FILE)
-        missing = [k for k in ("step", "config", "G", "D", "opt_G", "opt_D", "rng", "train_seconds", "val_history")
-                   if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise UserError(f"{out / STATE_FILE}: not a train-teacher state (missing {', '.join(missing)}); "
-                            "use another out folder or resume=False (--no-resume)")
-        for key in _RESUME_MUST_MATCH:
-            if state["config"].get(key) != config[key]:
-                raise UserError(f"{out / STATE_FILE}: was trained with {key}={state['config'].get(key)!r}, now "
-                                f"{key}={config[key]!r}; use another out folder or resume=False (--no-resume)")
-    elif resume and (out / G_FILE).exists():
-        raise UserError(f"{out / G_FILE}: exists but no {STATE_FILE} beside it (not written by train-teacher?); "
-                        "use another out folder or resume=False (--no-resume) to overwrite it")
-
+    state = _resume_state(out, config, resume)
     torch.manual_seed(seed)
-    G = load_generator(None, **g_spec).to(dev)
-    D = load_discriminator(None, **d_spec).to(dev)
-    _check_shapes(G, first, arch)
+    G, D = load_generator(None, **g_spec).to(dev), load_discriminator(None, **d_spec).to(dev)
+    check_image_size(G, *first["A"].shape[-2:], f"generator {arch!r}")
+    check_shapes(G, first, arch)
     fused = dev.type == "cuda" or None  # one kernel per step on the GPU; the default elsewhere
-    opt_G = torch.optim.Adam(G.parameters(), lr=lr, betas=(beta1, 0.999), fused=fused)
-    opt_D = torch.optim.Adam(D.parameters(), lr=lr, betas=(beta1, 0.999), fused=fused)
+    opt_G, opt_D = (torch.optim.Adam(n.parameters(), lr=lr, betas=(beta1, 0.999), fused=fused) for n in (G, D))
     scaler = make_grad_scaler(dev, prec)
-    start, train_seconds, val_history = 0, 0.0, []
-    if state is not None:
-        G.load_state_dict(state["G"])
-        D.load_state_dict(state["D"])
-        opt_G.load_state_dict(state["opt_G"])
-        opt_D.load_state_dict(state["opt_D"])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start, train_seconds = int(state["step"]), float(state["train_seconds"])
-        val_history = [list(v) for v in state["val_history"]]
-        torch.set_rng_state(state["rng"]["torch"])
-        if dev.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    start, train_seconds, val_history = _restore(state, G, D, opt_G, opt_D, scaler, dev)
     G, D = to_channels_last(G), to_channels_last(D)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -323,25 +221,18 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
         val_history.append([step, value])
         return value
 
+    data = {"root": os.path.abspath(dataroot), "direction": direction, "size": list(first["A"].shape[1:]),
+            "load_size": load_size, "crop_size": crop_size, "train_items": len(train_set), "val_phase": val_phase,
+            "val_items": len(val_set) if val_set is not None else 0}
+    training = {"steps_target": steps, "batch_size": batch_size, "lr": lr, "beta1": beta1, "lambda_l1": lambda_l1,
+                "gan_mode": gan_mode, "decay_from": decay_from, "seed": seed, "device": str(dev), "precision": prec}
+
     def summary_spec(step):
-        vals = [v for _, v in val_history]
-        return {"G": g_spec, "D": d_spec,
-                "data": {"root": os.path.abspath(dataroot), "direction": direction, "size": list(first["A"].shape[1:]),
-                         "load_size": load_size, "crop_size": crop_size, "train_items": len(train_set),
-                         "val_phase": val_phase, "val_items": len(val_set) if val_set is not None else 0},
-                "training": {"steps": step, "steps_target": steps, "batch_size": batch_size, "lr": lr, "beta1": beta1,
-                             "lambda_l1": lambda_l1, "gan_mode": gan_mode, "decay_from": decay_from, "seed": seed,
-                             "device": str(dev), "precision": prec, "train_seconds": round(train_seconds, 3)},
-                "val_L1": {"start": vals[0] if vals else None, "end": vals[-1] if vals else None,
-                           "end_step": val_history[-1][0] if val_history else None}}
+        return _summary(g_spec, d_spec, data, {"steps": step, **training, "train_seconds": round(train_seconds, 3)},
+                        val_history)
 
     def snapshot(step):
-        return {"step": step, "config": config, "G": _cpu_state(G), "D": _cpu_state(D),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else []},
-                "train_seconds": train_seconds, "val_history": val_history}
+        return _snapshot(step, config, G, D, opt_G, opt_D, scaler, dev, train_seconds, val_history)
 
     if start == 0:
         v0 = evaluate(0)
@@ -349,11 +240,8 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
 
     steps_run = max(0, steps - start)
     if steps_run:
-        loader = DataLoader(SeededItems(train_set), batch_sampler=StepBatches(len(train_set), batch_size, seed,
-                                                                             start, steps),
-                            num_workers=num_workers, pin_memory=dev.type == "cuda",
-                            # its own generator: creating the iterator must not draw from the global RNG
-                            generator=torch.Generator().manual_seed(_mix(seed, 3, start)))
+        loader = step_loader(train_set, StepBatches(len(train_set), batch_size, seed, start, steps), seed, start,
+                             num_workers, pin_memory=dev.type == "cuda")
         bar = tqdm(total=steps, initial=start, desc="teacher", unit="step", disable=not progress, dynamic_ncols=True)
         # Loss sums stay on the device between log rows: no host sync per step on a GPU.
         sums, n_sum, t_train = torch.zeros(3, device=dev), 0, 0.0
@@ -363,34 +251,12 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
         for step in range(start, steps):
             t0 = time.perf_counter()
             batch = next(batches)
-            cur_lr = lr * _lr_factor(step, steps, decay_from)
-            for opt in (opt_G, opt_D):
-                for group in opt.param_groups:
-                    group["lr"] = cur_lr
+            cur_lr = lr * lr_factor(step, steps, decay_from)
+            for group in (*opt_G.param_groups, *opt_D.param_groups):
+                group["lr"] = cur_lr
             real_a = to_channels_last(batch["A"].to(dev, non_blocking=True))
             real_b = to_channels_last(batch["B"].to(dev, non_blocking=True))
-            with autocast(dev, prec):
-                fake_b = G(real_a)
-            # D: real pairs → real, generated pairs → fake (G's output detached).
-            D.requires_grad_(True)
-            opt_D.zero_grad(set_to_none=True)
-            with autocast(dev, prec):
-                loss_d_fake = gan_loss(D(torch.cat([real_a, fake_b.detach()], 1)), False)
-                loss_d_real = gan_loss(D(torch.cat([real_a, real_b], 1)), True)
-                loss_d = 0.5 * (loss_d_fake + loss_d_real)
-            scaler.scale(loss_d).backward()
-            scaler.step(opt_D)
-            # G: fool the (just updated, now frozen) D and stay close to B in L1.
-            D.requires_grad_(False)
-            opt_G.zero_grad(set_to_none=True)
-            with autocast(dev, prec):
-                loss_g_gan = gan_loss(D(torch.cat([real_a, fake_b], 1)), True, for_discriminator=False)
-                loss_g_l1 = F.l1_loss(fake_b.float(), real_b.float()) * lambda_l1
-                loss_g = loss_g_gan + loss_g_l1
-            scaler.scale(loss_g).backward()
-            scaler.step(opt_G)
-            scaler.update()
-            sums += torch.stack([loss_g_gan.detach(), loss_g_l1.detach(), loss_d.detach()]).float()
+            sums += _pix2pix_step(G, D, opt_G, opt_D, scaler, gan_loss, real_a, real_b, lambda_l1, dev, prec)
             n_sum += 1
             done = step + 1
             eval_now = (eval_every and done % eval_every == 0) or done == steps
@@ -417,13 +283,49 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
         if not (out / SPEC_FILE).is_file():  # state without the other files (removed by hand): rewrite them
             _save(out, G, D, snapshot(start), summary_spec(start), log_rows)
 
-    spec = summary_spec(steps if steps_run else start)
-    return {"out": str(out), "steps": spec["training"]["steps"], "steps_run": steps_run,
+    return _result(out, summary_spec(steps if steps_run else start), steps_run, run_seconds)
+
+
+def _snapshot(step, config, G, D, opt_G, opt_D, scaler, dev, train_seconds, val_history) -> dict:
+    """Everything to resume at ``step``, as plain tensors/data (loads with ``weights_only=True``)."""
+    return {"step": step, "config": config, "G": cpu_state(G), "D": cpu_state(D),
+            "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else []},
+            "train_seconds": train_seconds, "val_history": val_history}
+
+
+def _restore(state, G, D, opt_G, opt_D, scaler, dev) -> tuple[int, float, list]:
+    """Load a saved state into the nets, optimizers, scaler and RNG: ``(step, train_seconds, val_history)``."""
+    if state is None:
+        return 0, 0.0, []
+    G.load_state_dict(state["G"])
+    D.load_state_dict(state["D"])
+    opt_G.load_state_dict(state["opt_G"])
+    opt_D.load_state_dict(state["opt_D"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if dev.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    return int(state["step"]), float(state["train_seconds"]), [list(v) for v in state["val_history"]]
+
+
+def _summary(g_spec, d_spec, data, training, val_history) -> dict:
+    """``teacher.yaml``: the build specs, the data, the training settings and the val L1 history ends."""
+    vals = [v for _, v in val_history]
+    return {"G": g_spec, "D": d_spec, "data": data, "training": training,
+            "val_L1": {"start": vals[0] if vals else None, "end": vals[-1] if vals else None,
+                       "end_step": val_history[-1][0] if val_history else None}}
+
+
+def _result(out: Path, spec: dict, steps_run: int, run_seconds: float) -> dict:
+    t = spec["training"]
+    return {"out": str(out), "steps": t["steps"], "steps_run": steps_run,
             "steps_per_s": steps_run / run_seconds if steps_run and run_seconds > 0 else None,
-            "s_per_step": run_seconds / steps_run if steps_run else None,
-            "train_seconds": spec["training"]["train_seconds"], "device": str(dev), "precision": prec,
-            "val_L1_start": spec["val_L1"]["start"], "val_L1_end": spec["val_L1"]["end"],
-            "G": g_spec, "D": d_spec,
+            "s_per_step": run_seconds / steps_run if steps_run else None, "train_seconds": t["train_seconds"],
+            "device": t["device"], "precision": t["precision"], "val_L1_start": spec["val_L1"]["start"],
+            "val_L1_end": spec["val_L1"]["end"], "G": spec["G"], "D": spec["D"],
             "paths": {name: str(out / f) for name, f in (("G", G_FILE), ("D", D_FILE), ("spec", SPEC_FILE),
                                                          ("state", STATE_FILE), ("log", LOG_FILE))}}
 

@@ -133,7 +133,7 @@ def test_unaligned_pairing(tmp_path):
 def test_build_dataset_registry(tmp_path):
     _write_aligned(tmp_path, "val")
     assert isinstance(build_dataset(tmp_path, "aligned", phase="val", load_size=16), AlignedDataset)
-    with pytest.raises(UserError, match="dataset mode: expected one of aligned, unaligned"):
+    with pytest.raises(UserError, match="unknown dataset mode 'paired' .*; expected one of aligned, unaligned"):
         build_dataset(tmp_path, "paired", phase="val")
     with pytest.raises(UserError, match="'serial' is not known to mode 'aligned'"):
         build_dataset(tmp_path, "aligned", phase="val", serial=True)

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 import yaml
 
-import ganprune.pipeline as pipeline
+import ganprune.demo as demo
 import ganprune.teacher as teacher
-from ganprune.cli import build_parser, main
+from ganprune.cli import main
 from ganprune.pipeline import resolve_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -34,10 +34,9 @@ def test_example_configs_are_valid_prune_configs(name, tmp_path):
     c = resolve_config(values)   # every key is a `ganprune prune` option
     assert c["g_budget"] == 0.25 and c["d_budget"] == 0.5 and c["phase"] == "train"
     assert c["recipe"] == ("cyclegan" if name.startswith("cyclegan") else "density")
-    from ganprune.cli import _apply_config
-    leaf = build_parser()[1]["prune"]
-    _apply_config(leaf, path)      # and the command's --config loader accepts the file as it is
-    args = leaf.parse_args(["--out", str(tmp_path)])
+    from ganprune.cli import parse
+    args, _ = parse(["prune", "--config", path, "--out", str(tmp_path)])  # and the command's --config loader
+    #                                                                       accepts the file as it is
     assert args.g_arch == values["g_arch"] and args.out == str(tmp_path)
     if name.startswith("cyclegan"):
         assert args.unconditional_d and args.mode == "unaligned" and args.norm == "instance"
@@ -91,9 +90,9 @@ def test_demo_quick_prints_before_after_table(tmp_path, monkeypatch, capsys):
     # The real quick demo takes 1-2 minutes; the same command with a 10-step teacher and one-shot uniform
     # agents instead of the greedy ones (their search is tested in test_search/test_agents).
     monkeypatch.setitem(teacher.DEMO_TEACHERS, "quick", {**teacher.DEMO_TEACHERS["quick"], "steps": 10})
-    monkeypatch.setitem(pipeline.DEMO_PRUNE, "quick", {**pipeline.DEMO_PRUNE["quick"], "g_agent": "template",
-                                                       "d_agent": "template", "rounds": 2, "finetune_steps": 3,
-                                                       "eval_images": 8})
+    monkeypatch.setitem(demo.DEMO_PRUNE, "quick", {**demo.DEMO_PRUNE["quick"], "g_agent": "template",
+                                                   "d_agent": "template", "rounds": 2, "finetune_steps": 3,
+                                                   "eval_images": 8})
     assert main(["demo", "--quick"]) == 0
     printed = capsys.readouterr().out
     for text in ("| teacher", "pruned, before fine-tuning", "pruned + fine-tuned", "ms torch", "ms onnxruntime",

@@ -144,7 +144,7 @@ def test_persistent_nan_stops_with_user_error(tiny):
 
 
 def test_bad_options_and_mismatched_resume(tiny, tmp_path):
-    with pytest.raises(UserError, match="unknown; expected one of"):
+    with pytest.raises(UserError, match="unknown recipe 'nope'.*; expected one of"):
         run(tiny, recipe="nope")
     with pytest.raises(UserError, match="unknown option"):
         run(tiny, recipe_options={"lambda_L1": 10})

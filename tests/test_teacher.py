@@ -12,7 +12,8 @@ from ganprune.data.demo import make_demo
 from ganprune.errors import UserError
 from ganprune.models import load_discriminator, load_generator
 from ganprune.models.checkpoint import safe_torch_load
-from ganprune.teacher import StepBatches, load_teacher, train_teacher, val_l1
+from ganprune.teacher import load_teacher, train_teacher, val_l1
+from ganprune.training import StepBatches
 
 TINY = dict(arch="unet_64", ngf=8, ndf=8, progress=False)
 
@@ -117,7 +118,7 @@ def test_step_batches_are_a_function_of_the_step():
 
 
 def test_lr_schedule():
-    f = teacher._lr_factor
+    from ganprune.training import lr_factor as f
     assert [f(s, 10, 0.5) for s in (0, 4, 5, 6, 9)] == [1.0, 1.0, 1.0, 0.8, 0.2]
     assert f(9, 10, 1.0) == 1.0 and f(0, 10, 0.0) == 1.0 and f(5, 10, 0.0) == 0.5
 

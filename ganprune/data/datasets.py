@@ -19,6 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ganprune.errors import UserError
+from ganprune.plugins import Registry
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DIRECTIONS = ("AtoB", "BtoA")
@@ -235,14 +236,24 @@ class UnalignedDataset(Dataset):
         return out
 
 
-DATASETS = {"aligned": AlignedDataset, "unaligned": UnalignedDataset}
+DATASETS = Registry("dataset mode")
+DATASETS.add("aligned", AlignedDataset)
+DATASETS.add("unaligned", UnalignedDataset)
+
+
+def held_out_phase(root, mode: str = "aligned") -> str | None:
+    """The held-out split of a dataset folder: ``val``, else ``test`` (``valA``/``testA`` for unaligned
+    sets); None when there is neither."""
+    suffix = "A" if mode == "unaligned" else ""
+    for phase in ("val", "test"):
+        if os.path.isdir(os.path.join(os.fspath(root), phase + suffix)):
+            return phase
+    return None
 
 
 def build_dataset(root, mode: str = "aligned", phase: str = "train", **kw) -> Dataset:
     """The dataset class registered as ``mode``, with option names checked against it."""
-    if mode not in DATASETS:
-        raise UserError(f"dataset mode: expected one of {', '.join(DATASETS)}, got {mode!r}")
-    cls = DATASETS[mode]
+    cls = DATASETS.lookup(mode)
     known = inspect.signature(cls).parameters
     for key in kw:
         if key not in known or key in ("root", "phase"):

@@ -16,16 +16,16 @@ Each loss returns ``(scalar tensor, {name: float-able tensor})``; the logs go to
 from __future__ import annotations
 
 import copy
-import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ganprune.errors import UserError
+from ganprune.plugins import Registry, check_options
 from ganprune.losses import GAN_MODES, GANLoss
 
-RECIPES: dict[str, type] = {}
+RECIPES = Registry("recipe")
 
 
 def register_recipe(name: str):
@@ -34,16 +34,12 @@ def register_recipe(name: str):
         if not (isinstance(cls, type) and issubclass(cls, Recipe)):
             raise TypeError(f"@register_recipe({name!r}) expects a Recipe subclass")
         cls.name = name
-        RECIPES[name] = cls
-        return cls
+        return RECIPES.add(name, cls)
     return deco
 
 
 def get_recipe(name: str) -> type:
-    import ganprune.finetune.recipes  # noqa: F401  (registers the built-in recipes)
-    if name not in RECIPES:
-        raise UserError(f"recipe {name!r}: unknown; expected one of {', '.join(sorted(RECIPES))}")
-    return RECIPES[name]
+    return RECIPES.lookup(name)
 
 
 def first_conv(net: nn.Module) -> nn.Conv2d:
@@ -79,30 +75,7 @@ class Recipe:
 
     @classmethod
     def check_options(cls, options: dict) -> dict:
-        if not isinstance(options, dict):
-            raise UserError(f"recipe {cls.name!r} options: expected a mapping, got {type(options).__name__}")
-        unknown = sorted(set(options) - set(cls.OPTIONS))
-        if unknown:
-            raise UserError(f"recipe {cls.name!r}: unknown option(s) {', '.join(map(str, unknown))}; "
-                            f"it takes: {', '.join(cls.OPTIONS) or 'none'}")
-        merged = dict(cls.OPTIONS)
-        for key, value in options.items():
-            default = cls.OPTIONS[key]
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, numbers.Real):
-                ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-                value = type(default)(value) if ok and (isinstance(default, float) or value == int(value)) else value
-                ok = ok and isinstance(value, type(default))
-            elif isinstance(default, (list, tuple)):
-                ok = isinstance(value, (list, tuple))
-                value = tuple(value) if ok else value
-            else:
-                ok = isinstance(value, type(default))
-            if not ok:
-                raise UserError(f"recipe {cls.name!r} option {key}: expected {type(default).__name__} "
-                                f"(default {default!r}), got {value!r}")
-            merged[key] = value
+        merged = check_options(f"recipe {cls.name!r}", options, cls.OPTIONS)
         cls.validate(merged)
         return merged
 

@@ -7,7 +7,7 @@ for every recipe, so a comparison between recipes differs only in the losses:
   CUDA, fp32 on the CPU (``ganprune.device``);
 * Adam(lr, β1, 0.999) for G and D (+ recipe optimizers), constant LR then linear decay to 0 from
   ``decay_from·steps`` (pix2pix);
-* data order and augmentation are functions of (seed, step) (``ganprune.teacher.StepBatches``), and the
+* data order and augmentation are functions of (seed, step) (``ganprune.training.StepBatches``), and the
   state file carries weights, every optimizer, the scaler, the recipe's state and the RNG, so a resumed
   run gives the same weights as an uninterrupted one (exactly, on the CPU);
 * ``torchrun --nproc_per_node N`` runs the same call data-parallel (NCCL on GPUs, gloo on the CPU):
@@ -25,18 +25,18 @@ import os
 import time
 from pathlib import Path
 
-import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 from tqdm.auto import tqdm
 
 from ganprune.device import autocast, make_grad_scaler, pick_device, resolve_precision, to_channels_last
 from ganprune.errors import UserError
 from ganprune.finetune.recipe import Recipe, first_conv, get_recipe
-from ganprune.io import atomic_path, atomic_torch_save
+from ganprune.io import atomic_torch_save
 from ganprune.models.checkpoint import safe_torch_load
-from ganprune.teacher import SeededItems, StepBatches, _check_shapes, _cpu_state, _lr_factor, _mix
+from ganprune.training import (StepBatches, check_schedule, check_shapes, cpu_state, l1_scores, lr_factor,
+                               step_loader, write_log)
 
 G_FILE, D_FILE, STATE_FILE, LOG_FILE = "G.pt", "D.pt", "state.pt", "log.csv"
 # Changing these between a run and its resumption would silently mix two different trainings.
@@ -125,19 +125,6 @@ class _Dist:
 
 # --------------------------------------------------------------------------- helpers
 
-def _check_args(steps, batch_size, lr, beta1, decay_from, save_every, eval_every, max_retries):
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("save_every", save_every, 1),
-                             ("eval_every", eval_every, 0), ("max_retries", max_retries, 0)):
-        if isinstance(value, bool) or int(value) != value or value < low:
-            raise UserError(f"{name}: expected an integer >= {low} (got {value!r})")
-    if not lr > 0:
-        raise UserError(f"lr: expected a positive learning rate (got {lr!r})")
-    if not 0.0 <= beta1 < 1.0:
-        raise UserError(f"beta1: expected a value in [0, 1) (got {beta1!r})")
-    if not 0.0 <= decay_from <= 1.0:
-        raise UserError(f"decay_from: expected a fraction in [0, 1] (got {decay_from!r})")
-
-
 def _save_info(net: nn.Module, spec, example: torch.Tensor, what: str) -> tuple[dict, dict, list]:
     """(spec, widths, input_shape) that ``save_pruned`` needs; a dense net gets its full widths."""
     spec = spec or getattr(net, "ganprune_spec", None)
@@ -152,37 +139,11 @@ def _save_info(net: nn.Module, spec, example: torch.Tensor, what: str) -> tuple[
     return dict(spec), dict(widths), list(shape)
 
 
-@torch.no_grad()
 def evaluate(G: nn.Module, teacher_G: nn.Module, dataset, device, precision="fp32", paired=True,
              batch_size=16) -> dict:
     """Mean |G(A) − B| (``val_L1``, paired data) and |G(A) − teacher(A)| (``val_L1_teacher``) over every
     pixel of ``dataset``, G in eval mode; reported only, never used to choose weights."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    was = G.training
-    G.eval()
-    sums, count = [0.0, 0.0], 0
-    try:
-        for batch in loader:
-            a = to_channels_last(batch["A"].to(device))
-            with autocast(device, precision):
-                fake = G(a).float()
-                ref = teacher_G(a).float()
-            if paired:
-                sums[0] += (fake - batch["B"].to(device)).abs().sum().item()
-            sums[1] += (fake - ref).abs().sum().item()
-            count += fake.numel()
-    finally:
-        G.train(was)
-    out = {"val_L1_teacher": sums[1] / max(count, 1)}
-    if paired:
-        out["val_L1"] = sums[0] / max(count, 1)
-    return out
-
-
-def _write_log(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with atomic_path(path) as tmp:
-        pd.DataFrame(rows, columns=columns).to_csv(tmp, index=False)
+    return l1_scores(G, dataset, device, precision, batch_size, reference=teacher_G, paired=paired)
 
 
 class _Phase:
@@ -261,7 +222,8 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module, t
     given). With ``resume`` a rerun continues from ``state.pt``; a larger ``steps`` continues the
     schedule towards the new end.
     """
-    _check_args(steps, batch_size, lr, beta1, decay_from, save_every, eval_every, max_retries)
+    check_schedule(steps, batch_size, lr, decay_from, beta1, save_every=(save_every, 1), eval_every=(eval_every, 0),
+                   max_retries=(max_retries, 0))
     cls = get_recipe(recipe)
     options = cls.check_options(dict(recipe_options or {}))
     ddp = _Dist(device)
@@ -292,7 +254,7 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
         T.to(dev).eval().requires_grad_(False)
     G.to(dev).train()
     D.to(dev).train()
-    _check_shapes(G, first, type(G).__name__)
+    check_shapes(G, first, type(G).__name__)
     if writer:
         g_info = _save_info(G, g_spec, first["A"][None], "student_G")
         d_example = torch.zeros(1, first_conv(D).in_channels, *first["B"].shape[1:])
@@ -310,37 +272,12 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
               "batch_size": batch_size, "lr": lr, "beta1": beta1, "decay_from": decay_from, "seed": seed,
               "world_size": ddp.world, "paired": paired}
 
-    def snapshot(step, log_rows, train_seconds):
-        return {"step": step, "config": config, "nets": {k: _cpu_state(m) for k, m in nets.items()},
-                # deep copies: optimizer state tensors are updated in place by later steps
-                "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in all_opts.items()},
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "recipe": copy.deepcopy(rec.state_dict()),
-                "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if dev.type == "cuda" else []},
-                "train_seconds": train_seconds, "log": [dict(r) for r in log_rows]}
-
-    def restore(state):
-        for k, m in nets.items():
-            m.load_state_dict(state["nets"][k])
-        for k, o in all_opts.items():
-            o.load_state_dict(state["optimizers"][k])
-        if scaler.is_enabled() and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        rec.load_state_dict(state["recipe"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if dev.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        return int(state["step"]), [dict(r) for r in state["log"]], float(state["train_seconds"])
+    checkpoint = _Checkpoint(config, nets, all_opts, scaler, rec, dev)
+    snapshot, restore = checkpoint.snapshot, checkpoint.restore
 
     start, log_rows, train_seconds, resumed_from = 0, [], 0.0, None
     if resume and out is not None and (out / STATE_FILE).is_file():
-        state = safe_torch_load(out / STATE_FILE)
-        for key in _RESUME_MUST_MATCH:
-            if state["config"].get(key) != config[key]:
-                raise UserError(f"{out / STATE_FILE}: was trained with {key}={state['config'].get(key)!r}, now "
-                                f"{key}={config[key]!r}; use another out folder or resume=False (--no-resume)")
-        start, log_rows, train_seconds = restore(state)
+        start, log_rows, train_seconds = restore(checkpoint.load(out / STATE_FILE))
         resumed_from = start
     for m in [*nets.values(), T_G, T_D]:
         to_channels_last(m)
@@ -366,13 +303,11 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
                disable=not progress or ddp.rank != 0, dynamic_ncols=True)
     while step < steps:
         sampler = _RankSlice(StepBatches(len(dataset), global_batch, seed, step, steps), ddp.rank, batch_size)
-        loader = DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=num_workers,
-                            pin_memory=dev.type == "cuda",
-                            generator=torch.Generator().manual_seed(_mix(seed, 3, step)))
+        loader = step_loader(dataset, sampler, seed, step, num_workers, pin_memory=dev.type == "cuda")
         try:
             for batch in loader:
                 t0 = time.perf_counter()
-                factor = _lr_factor(step, steps, decay_from)
+                factor = lr_factor(step, steps, decay_from)
                 for opt in all_opts.values():
                     for group in opt.param_groups:
                         group["lr"] = group["base_lr"] * factor
@@ -426,8 +361,52 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
             "steps_per_s": steps_run / run_seconds if steps_run and run_seconds > 0 else None,
             "device": str(dev), "precision": prec, "world_size": ddp.world, "paired": paired,
             "val_L1": last.get("val_L1"), "val_L1_teacher": last.get("val_L1_teacher"), "last": last,
-            "paths": ({name: str(out / f) for name, f in (("G", G_FILE), ("D", D_FILE), ("state", STATE_FILE),
-                                                          ("log", LOG_FILE))} if out is not None else {})}
+            "paths": _paths(out)}
+
+
+def _paths(out: Path | None) -> dict:
+    files = (("G", G_FILE), ("D", D_FILE), ("state", STATE_FILE), ("log", LOG_FILE))
+    return {name: str(out / f) for name, f in files} if out is not None else {}
+
+
+class _Checkpoint:
+    """Everything a resumed run needs (nets, optimizers, scaler, recipe state, RNG, log), in and out."""
+
+    def __init__(self, config: dict, nets: dict, optimizers: dict, scaler, rec: Recipe, dev: torch.device):
+        self.config, self.nets, self.optimizers, self.scaler, self.rec, self.dev = \
+            config, nets, optimizers, scaler, rec, dev
+
+    def snapshot(self, step: int, log_rows: list[dict], train_seconds: float) -> dict:
+        return {"step": step, "config": self.config, "nets": {k: cpu_state(m) for k, m in self.nets.items()},
+                # deep copies: optimizer state tensors are updated in place by later steps
+                "optimizers": {k: copy.deepcopy(o.state_dict()) for k, o in self.optimizers.items()},
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "recipe": copy.deepcopy(self.rec.state_dict()),
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if self.dev.type == "cuda" else []},
+                "train_seconds": train_seconds, "log": [dict(r) for r in log_rows]}
+
+    def restore(self, state: dict) -> tuple[int, list[dict], float]:
+        for k, m in self.nets.items():
+            m.load_state_dict(state["nets"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.rec.load_state_dict(state["recipe"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.dev.type == "cuda" and len(state["rng"]["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return int(state["step"]), [dict(r) for r in state["log"]], float(state["train_seconds"])
+
+    def load(self, path: Path) -> dict:
+        """A saved state, refused if it was trained with other settings."""
+        state = safe_torch_load(path)
+        for key in _RESUME_MUST_MATCH:
+            if state["config"].get(key) != self.config[key]:
+                raise UserError(f"{path}: was trained with {key}={state['config'].get(key)!r}, now "
+                                f"{key}={self.config[key]!r}; use another out folder or resume=False (--no-resume)")
+        return state
 
 
 def _save_all(out: Path, state: dict, G, D, g_info, d_info, log_rows) -> None:
@@ -436,4 +415,4 @@ def _save_all(out: Path, state: dict, G, D, g_info, d_info, log_rows) -> None:
     atomic_torch_save(state, out / STATE_FILE)
     save_pruned(out / G_FILE, G, g_info[0], g_info[1], g_info[2])
     save_pruned(out / D_FILE, D, d_info[0], d_info[1], d_info[2])
-    _write_log(out / LOG_FILE, log_rows)
+    write_log(out / LOG_FILE, log_rows)

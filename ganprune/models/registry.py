@@ -10,30 +10,23 @@ from __future__ import annotations
 
 import importlib
 import re
-from typing import Callable
-
 from torch import nn
 
 from ganprune.errors import UserError
+from ganprune.plugins import Registry
 from ganprune.models.networks import (NLayerDiscriminator, PixelDiscriminator, ResnetGenerator,
                                       UnetGenerator)
 
-GENERATORS: dict[str, Callable[..., nn.Module]] = {}
-DISCRIMINATORS: dict[str, Callable[..., nn.Module]] = {}
+GENERATORS = Registry("generator arch")
+DISCRIMINATORS = Registry("discriminator arch")
 
 
 def register_generator(name: str):
-    def deco(fn):
-        GENERATORS[name] = fn
-        return fn
-    return deco
+    return GENERATORS.register(name)
 
 
 def register_discriminator(name: str):
-    def deco(fn):
-        DISCRIMINATORS[name] = fn
-        return fn
-    return deco
+    return DISCRIMINATORS.register(name)
 
 
 def _unet(num_downs):
@@ -86,8 +79,8 @@ def allow_arch(*archs: str) -> None:
     """Allow ``"package.module:ClassName"`` archs to be imported and built (the user names them).
 
     Registered names need no allowing. Called by the CLI for ``--arch/--g-arch/--d-arch`` and for
-    ``g_arch``/``d_arch``/``allow_archs`` in the user's config, and by ``load_generator``/
-    ``load_discriminator`` for the arch passed to them."""
+    ``g_arch``/``d_arch``/``allow_arch`` in the user's config, for ``allow_arch`` in the pipeline/NNI
+    options, and by ``load_generator``/``load_discriminator`` for the arch passed to them."""
     for arch in archs:
         if not is_class_path(arch):
             continue
@@ -100,7 +93,7 @@ def check_arch_allowed(arch, source: str) -> None:
     """Refuse a class-path arch that came from a file unless the user allowed it."""
     if is_class_path(arch) and arch not in _ALLOWED_CLASS_PATHS:
         raise UserError(f"{source}: arch {arch!r} names Python code, and ganprune imports a class only when you "
-                        "name it yourself (--g-arch/--d-arch/--arch, allow_archs: in your config, or "
+                        "name it yourself (--g-arch/--d-arch/--arch, --allow-arch or allow_arch: in your config, or "
                         "ganprune.allow_arch(...)); refused")
 
 
@@ -119,6 +112,19 @@ def _import_class(arch: str):
     return obj
 
 
+SIZE_OPTIONS = ("ngf", "ndf", "input_nc", "output_nc", "n_layers")
+MAX_SIZE = 1024     # no built-in net is sensible wider than this; a typo like 6400 would allocate gigabytes
+
+
+def _check_sizes(kind: str, arch: str, kwargs: dict) -> None:
+    """Widths, channel and layer counts of a built-in arch: whole numbers from 1 to MAX_SIZE (0 builds an
+    empty net, a negative one fails deep in torch, a huge one allocates gigabytes first)."""
+    for key in SIZE_OPTIONS:
+        value = kwargs.get(key)
+        if key in kwargs and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE):
+            raise UserError(f"{kind} arch {arch!r}: {key} must be a whole number from 1 to {MAX_SIZE}, got {value!r}")
+
+
 def build(arch: str, kind: str, **kwargs) -> nn.Module:
     """Build a network by registered name or an allowed ``module:Class`` path; ``kind`` is
     "generator"/"discriminator"."""
@@ -131,11 +137,10 @@ def build(arch: str, kind: str, **kwargs) -> nn.Module:
         except (TypeError, ValueError) as exc:
             raise UserError(f"{kind} arch {arch!r} with options {kwargs}: {exc}") from None
     table = GENERATORS if kind == "generator" else DISCRIMINATORS
-    if arch not in table:
-        raise UserError(f"unknown {kind} arch {arch!r}; choose one of {', '.join(sorted(table))} "
-                        "or give 'package.module:ClassName'")
+    factory = table.lookup(arch, hint=", or give 'package.module:ClassName'")
+    _check_sizes(kind, arch, kwargs)
     try:
-        return table[arch](**kwargs)
+        return factory(**kwargs)
     except (TypeError, ValueError) as exc:
         raise UserError(f"{kind} arch {arch!r} with options {kwargs}: {exc}") from None
 

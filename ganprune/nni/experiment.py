@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import pandas as pd
 
@@ -30,7 +31,6 @@ from ganprune.errors import UserError
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
-NOT_METRICS = ("round", "phase", "g_ms", "d_ms", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible", "seconds", "error")
 _log = logging.getLogger("ganprune.nni")
 
 
@@ -113,7 +113,7 @@ def actual_parameters(jobs: list) -> dict[str, int]:
 
 def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
     """NNI trial jobs → history rows in the ``ganprune search`` format, ordered by NNI's sequence id."""
-    from ganprune.nni.space import from_params
+    from ganprune.nni.space import from_params, metric_columns
     from ganprune.search import HISTORY_COLUMNS
     params_of = {}
     for job in jobs:
@@ -135,7 +135,7 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
             row["seconds"] = (job["endTime"] - job["startTime"]) / 1000
         _, metric = _final_metric(job)
         if job.get("status") == "SUCCEEDED" and isinstance(metric, dict):
-            row.update({k: metric[k] for k in HISTORY_COLUMNS if k in metric and k not in NOT_METRICS})
+            row.update({k: metric[k] for k in metric_columns() if k in metric})
             row["g_feasible"] = row["g_macs"] <= setup.g_budget
             row["d_feasible"] = row["d_macs"] <= setup.d_budget
             row["feasible"] = bool(row["g_feasible"] and row["d_feasible"])
@@ -178,20 +178,22 @@ def _start(config, port: int, attempts: int = 3):
             time.sleep(2)
 
 
-def run_experiment(args, out, tuner: str = "ours", trials: int = 10, port: int = 8080, timeout: float = 3600,
-                   concurrency: int = 1, search_space: dict | None = None, tuner_options: dict | None = None,
-                   poll: float = 1.0) -> ExperimentResult:
-    """Start a local NNI experiment for the search described by ``args`` (the ``ganprune nni`` options),
-    wait for ``trials`` trials (at most ``timeout`` seconds), stop it, and write history + winner to ``out``.
+def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int = 10, port: int = 8080,
+                   timeout: float = 3600, concurrency: int = 1, search_space: dict | None = None,
+                   tuner_options: dict | None = None, poll: float = 1.0, **overrides) -> ExperimentResult:
+    """Start a local NNI experiment for the search described by the ``ganprune nni`` options (``values``,
+    e.g. ``load_options(path)``, and/or keyword ``overrides``), wait for ``trials`` trials (at most
+    ``timeout`` seconds), stop it, and write history + winner to ``out``.
 
-    ``tuner``: "ours" (GanpruneTuner with ``args.g_agent``/``args.d_agent``) or an NNI built-in tuner name.
+    ``tuner``: "ours" (GanpruneTuner with the options' g_agent/d_agent) or an NNI built-in tuner name.
     ``search_space``: replaces the exported space (NNI tuners only; e.g. a restricted or edited space)."""
     from nni.experiment import ExperimentConfig
 
     from ganprune.io import atomic_write_text, atomic_write_yaml
-    from ganprune.nni.space import Setup, resolved_options
+    from ganprune.nni.space import Setup, options, resolved_options
     from ganprune.nni.space import search_space as make_space
     from ganprune.search import save_winner
+    o = options(values, **overrides)
     if tuner not in TUNERS:
         raise UserError(f"--tuner {tuner!r}: expected one of {', '.join(TUNERS)}")
     if trials < 1 or concurrency < 1:
@@ -204,26 +206,25 @@ def run_experiment(args, out, tuner: str = "ours", trials: int = 10, port: int =
     out = os.path.abspath(os.fspath(out))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    setup = Setup(args, calib_images=1)
-    options = resolved_options(args)
+    setup = Setup(o, calib_images=1)
     trial_config = os.path.join(out, "trial_config.yaml")
-    atomic_write_yaml(trial_config, options)
+    atomic_write_yaml(trial_config, resolved_options(o))
     space = search_space if search_space is not None else make_space(setup.g_space, setup.d_space)
     atomic_write_text(os.path.join(out, "search_space.json"), json.dumps(space, indent=2) + "\n")
     if tuner_options is None:
-        tuner_options = {"g_agent": args.g_agent, "d_agent": args.d_agent, "agent_file": options["agent-file"],
-                         "seed": args.seed}
+        tuner_options = {"g_agent": o["g_agent"], "d_agent": o["d_agent"],
+                         "agent_file": os.path.abspath(o["agent_file"]) if o["agent_file"] else None, "seed": o["seed"]}
 
     config = ExperimentConfig("local")
     config.experiment_name = f"ganprune-{tuner}"
     config.search_space = space
-    config.trial_command = (f"{shlex.quote(sys.executable)} -m ganprune.nni.trial "
+    config.trial_command = (f"{shlex.quote(sys.executable)} -m ganprune nni trial "
                             f"--config {shlex.quote(trial_config)}")
     config.trial_code_directory = out
     config.trial_concurrency = concurrency
     config.max_trial_number = trials
     config.experiment_working_directory = os.path.join(out, "nni-experiments")
-    config.tuner = _tuner_config(tuner, trials, args.seed, trial_config, tuner_options)
+    config.tuner = _tuner_config(tuner, trials, o["seed"], trial_config, tuner_options)
     exp = _start(config, port)
     exp_dir = os.path.join(config.experiment_working_directory, exp.id)
     status, jobs, timings = "NOT STARTED", [], {}

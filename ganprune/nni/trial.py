@@ -1,4 +1,4 @@
-"""One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune.nni.trial``).
+"""One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune nni trial``).
 
 The trial rebuilds the teacher pair, calibration batches, spaces and evaluator from the same options as
 ``ganprune search`` (a YAML given with ``--config``), reads the widths with ``nni.get_next_parameter()``
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Mapping
 
 from ganprune.errors import UserError
 
@@ -35,14 +36,14 @@ def score_candidate(setup, evaluator, params: dict) -> dict:
     from ganprune.nni.space import from_params
     from ganprune.search import candidate_rng
     g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
-    with candidate_rng(setup.args.seed, g_widths, d_widths, evaluator.device):   # as `ganprune search` scores it
+    with candidate_rng(setup.options["seed"], g_widths, d_widths, evaluator.device):   # as `ganprune search` scores it
         metrics = evaluator.evaluate(g_widths, d_widths)
     g_ok, d_ok = metrics["g_macs"] <= setup.g_budget, metrics["d_macs"] <= setup.d_budget
     result = {k: v for k, v in metrics.items() if k != "seconds"}   # every evaluator metric, as plain numbers
     result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
                   eval_seconds=metrics["seconds"],
                   default=penalised(metrics["score"], metrics["g_macs"], metrics["d_macs"], setup.g_budget,
-                                    setup.d_budget, setup.args.infeasible_penalty))
+                                    setup.d_budget, setup.options["infeasible_penalty"]))
     return result
 
 
@@ -63,14 +64,15 @@ def next_parameters(nni) -> dict:
     return params or {}
 
 
-def run_trial(args) -> dict:
-    """Score NNI's next candidate (the full widths when run outside NNI) and report it to NNI."""
+def run_trial(values: Mapping | None = None, **overrides) -> dict:
+    """Score NNI's next candidate (the full widths when run outside NNI) and report it to NNI; the options
+    are ``ganprune nni``'s (``values`` such as ``load_options(path)``, and/or keywords)."""
     import nni
 
     from ganprune.nni.space import Setup, from_params
     start = time.perf_counter()
     params = next_parameters(nni)
-    setup = Setup(args)
+    setup = Setup(values, **overrides)
     from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
     evaluator = setup.evaluator()
     result = score_candidate(setup, evaluator, params)
@@ -79,11 +81,8 @@ def run_trial(args) -> dict:
     return result
 
 
-def main(argv=None) -> int:
-    """``python -m ganprune.nni.trial ARGS`` is ``ganprune nni trial ARGS``."""
-    from ganprune.cli import main as cli_main
-    return cli_main(["nni", "trial", *(sys.argv[1:] if argv is None else argv)])
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # ``python -m ganprune.nni.trial ARGS`` (older NNI configs) is ``python -m ganprune nni trial ARGS``.
+    import runpy
+    sys.argv = ["ganprune", "nni", "trial", *sys.argv[1:]]
+    runpy.run_module("ganprune", run_name="__main__", alter_sys=True)

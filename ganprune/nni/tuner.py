@@ -23,12 +23,10 @@ from nni.tuner import Tuner
 
 from ganprune.agent import Feedback, get_agent
 from ganprune.errors import UserError
-from ganprune.search import HISTORY_COLUMNS
+from ganprune.nni.space import metric_columns
 
 _log = logging.getLogger("ganprune.nni.tuner")
-# every metric column of a search history: what a trial reports and ``search._feedback`` reads
-REQUIRED = set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_ms", "d_ms", "g_feasible",
-                                   "d_feasible", "feasible", "seconds", "error"}
+REQUIRED = set(metric_columns())    # every metric a trial reports; what ``search._feedback`` reads
 
 
 class GanpruneTuner(Tuner):
@@ -37,13 +35,13 @@ class GanpruneTuner(Tuner):
     def __init__(self, config: str, g_agent: str = "greedy", d_agent: str = "greedy", agent_file: str | None = None,
                  seed: int | None = None, g_agent_options: dict | None = None, d_agent_options: dict | None = None):
         from ganprune.nni.space import Setup, load_options, search_space
-        args = load_options(config)
-        setup = Setup(args, calib_images=1)     # spaces and budgets only: no evaluator in the tuner
+        o = load_options(config)
+        setup = Setup(o, calib_images=1)     # spaces and budgets only: no evaluator in the tuner
         self.g_space, self.d_space = setup.g_space, setup.d_space
         self.g_budget, self.d_budget = setup.g_budget, setup.d_budget
         self.expected_space = search_space(self.g_space, self.d_space)
-        seed = args.seed if seed is None else int(seed)
-        agent_file = agent_file or args.agent_file
+        seed = o["seed"] if seed is None else int(seed)
+        agent_file = agent_file or o["agent_file"]
         self.g_agent = get_agent(g_agent, agent_file)(self.g_space, self.g_budget, seed=seed, role="G",
                                                       **(g_agent_options or {}))
         self.d_agent = get_agent(d_agent, agent_file)(self.d_space, self.d_budget, seed=seed + 1, role="D",

@@ -1,0 +1,171 @@
+"""Commands about single networks: ``archs``, ``space``, ``export``, ``eval``."""
+from __future__ import annotations
+
+from ganprune.cli import command, need
+from ganprune.errors import UserError
+from ganprune.options import MAX_OPSET, NORMS, Option
+
+KINDS = ("generator", "discriminator")
+
+
+@command("archs", "list the built-in generator and discriminator architectures with params and MACs", [
+    Option("size", 256, "int", min=1, help="image size for MACs (default 256; a U-Net needs at least "
+           "2**downsamplings, so unet_64 and unet_128 are counted at their own size if larger)"),
+])
+def _archs(args):
+    import pandas as pd
+    import torch
+    import torch_pruning as tp
+
+    from ganprune.models.registry import DISCRIMINATORS, GENERATORS, build
+    rows = []
+    for kind, table in (("generator", GENERATORS), ("discriminator", DISCRIMINATORS)):
+        for name in table:
+            net = build(name, kind)
+            size = max(args.size, int(name[5:])) if name.startswith("unet_") else args.size
+            x = torch.zeros(1, 6 if kind == "discriminator" else 3, size, size)
+            macs, params = tp.utils.count_ops_and_params(net, x)
+            rows.append({"arch": name, "kind": kind, "params": int(params), "size": size,
+                         "GMACs": round(macs / 1e9, 3)})
+    print(pd.DataFrame(rows).to_markdown(index=False))
+
+
+@command("space", "show the prunable channel groups of an arch: full width, allowed widths, MACs/params share", [
+    Option("arch", help="built-in arch (unet_256, resnet_9blocks, basic, ...) or package.module:Class"),
+    Option("kind", choices=KINDS, help="needed for package.module:Class archs (built-in names are unique "
+           "across kinds)"),
+    Option("ngf", None, "int", min=1, help="base width (ngf of G, ndf of D; default 64)"),
+    Option("norm", None, choices=NORMS, help="norm layers (default batch)"),
+    Option("input_nc", None, "int", min=1, help="input channels (default 3 for G, 6 for a conditional D)"),
+    Option("size", 256, "int", min=1, help="image size for MACs (default 256; a U-Net needs at least "
+           "2**downsamplings)"),
+    Option("space", kind="path", help="search-space YAML (default: search_spaces/<arch>.yaml)"),
+    Option("csv", kind="path", help="also write the table to this CSV file"),
+])
+def _space(args):
+    import torch
+
+    from ganprune.io import atomic_write_text
+    from ganprune.models.registry import build, kind_of
+    from ganprune.space import SearchSpace
+    need(args, "arch")
+    if ":" in args.arch:
+        need(args, "kind")
+    kind = args.kind or kind_of(args.arch)
+    options = {}
+    if ":" not in args.arch:
+        options = {k: v for k, v in (("ngf" if kind == "generator" else "ndf", args.ngf), ("norm", args.norm),
+                                     ("input_nc", args.input_nc)) if v is not None}
+    net = build(args.arch, kind, **options)
+    channels = args.input_nc or (3 if kind == "generator" else 6)
+    space = SearchSpace.from_model(net, torch.zeros(1, channels, args.size, args.size), arch=args.arch,
+                                   config=args.space)
+    table = space.table()
+    print(table.to_markdown(index=False))
+    full = space.full_widths()
+    print(f"{args.arch} at {args.size}x{args.size}: {space.macs(full) / 1e9:.4g} GMACs, "
+          f"{space.params(full) / 1e6:.4g} M params, {len(space.groups)} groups (choices: {space.source})")
+    if args.csv:
+        atomic_write_text(args.csv, table.to_csv(index=False))
+
+
+@command("export", "export a pruned model or a dense checkpoint to ONNX (BN folded, dynamic batch, checked)", [
+    Option("pruned", kind="path", help="pruned model file written by ganprune (state dict + widths)"),
+    Option("generator", kind="path", help="dense reference-format generator checkpoint (latest_net_G.pth)"),
+    Option("discriminator", kind="path", help="dense reference-format discriminator checkpoint (latest_net_D.pth)"),
+    Option("arch", help="arch of the dense checkpoint (default unet_256 for G, basic for D)"),
+    Option("ngf", 64, "int", min=1, help="generator base width (default 64)"),
+    Option("ndf", 64, "int", min=1, help="discriminator base width (default 64)"),
+    Option("norm", "batch", choices=NORMS),
+    Option("dropout", False, "flag", help="the generator was built with dropout"),
+    Option("n_layers_d", 3, "int", min=1, help="layers of the n_layers discriminator"),
+    Option("input_nc", None, "int", min=1, help="input channels of a dense checkpoint (default 3 for G, 6 for a "
+           "conditional D)"),
+    Option("output_nc", 3, "int", min=1, help="generator output channels (default 3)"),
+    Option("onnx", kind="path", help="ONNX file to write"),
+    Option("size", None, "int", min=1, help="image size the graph is built for (default: the size a pruned "
+           "model was pruned at, else 256)"),
+    Option("opset", 17, "int", min=7, max=MAX_OPSET, help="ONNX opset (default 17)"),
+    Option("no_fold_bn", False, "flag", help="keep BatchNorm layers instead of folding them"),
+    Option("static_batch", False, "flag", help="fix the batch size at 1 instead of dynamic"),
+])
+def _export(args):
+    import torch
+
+    from ganprune.export import export_onnx, input_channels
+    need(args, "onnx")
+    sources = [o for o in ("pruned", "generator", "discriminator") if getattr(args, o)]
+    if len(sources) != 1:
+        raise UserError("give exactly one of --pruned, --generator, --discriminator "
+                        f"(got {', '.join('--' + s for s in sources) or 'none'})")
+    size = args.size or 256
+    if args.pruned:
+        from ganprune.prune import load_pruned
+        net = load_pruned(args.pruned)
+        size = args.size or getattr(net, "ganprune_input_shape", [256])[-1]
+    elif args.generator:
+        from ganprune.models import load_generator
+        net = load_generator(args.generator, arch=args.arch or "unet_256", ngf=args.ngf, norm=args.norm,
+                             input_nc=args.input_nc or 3, output_nc=args.output_nc, dropout=args.dropout)
+    else:
+        from ganprune.models import load_discriminator
+        net = load_discriminator(args.discriminator, arch=args.arch or "basic", ndf=args.ndf, norm=args.norm,
+                                 input_nc=args.input_nc or 6, n_layers=args.n_layers_d)
+    x = torch.randn(1, input_channels(net), size, size, generator=torch.Generator().manual_seed(0))
+    r = export_onnx(net, args.onnx, x, opset=args.opset, dynamic_batch=not args.static_batch,
+                    fold_bn=not args.no_fold_bn)
+    diff = "not checked (onnxruntime missing)" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"
+    batches = "1 and 2" if r["dynamic_batch"] else "1"
+    print(f"exporter: {r['exporter']} (opset {r['opset']}), BatchNorm folded: {r['batchnorm_folded']}\n"
+          f"onnx checker: ok\nmax |onnxruntime - torch| at batch {batches}: {diff}\n"
+          f"size: {r['bytes'] / 2**20:.2f} MiB -> {r['path']} ({r['seconds']:.1f} s)")
+
+
+@command("eval", "evaluate a generator on a split: MACs, params, PSNR/SSIM (vs GT and teacher), FID, KID", [
+    Option("generator", kind="path", help="dense reference-format generator checkpoint (latest_net_G.pth)"),
+    Option("arch", "unet_256", help="arch of --generator (default unet_256)"),
+    Option("ngf", 64, "int", min=1, help="base width of --generator (default 64)"),
+    Option("norm", "batch", choices=NORMS),
+    Option("dropout", False, "flag", help="--generator was built with dropout"),
+    Option("input_nc", 3, "int", min=1, help="input channels of --generator (default 3)"),
+    Option("output_nc", 3, "int", min=1, help="output channels of --generator (default 3)"),
+    Option("pruned", kind="path", help="pruned generator file written by ganprune"),
+    Option("teacher", kind="path", help="evaluate the generator of a `ganprune train-teacher` folder"),
+    Option("teacher_for_reference", kind="path", help="train-teacher folder: adds PSNR/SSIM vs its outputs and "
+           "its own row"),
+    Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
+    Option("phase", "val", help="split to evaluate on (default val)"),
+    Option("mode", "aligned", choices=("aligned", "unaligned")),
+    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
+    Option("size", None, "int", min=1, help="resize images to this square (default: their own size)"),
+    Option("n", None, "int", min=1, help="evaluate the first N images only (default: all)"),
+    Option("batch_size", 8, "int", min=1),
+    Option("no_fid", False, "flag", help="skip FID and KID (the slow part: ~0.3 s per image on a CPU)"),
+    Option("fid_weights", kind="path", help="FID weights: a TorchScript feature network or pytorch-fid's "
+           "pt_inception-2015-12-05 state dict (default: the bundled FID Inception)"),
+    Option("segmenter", kind="path", help="TorchScript segmentation model ([N,3,H,W] in [0,1] -> logits): adds mIoU"),
+    Option("num_classes", None, "int", min=1, help="classes of --segmenter (default: from its logits)"),
+    Option("latency", False, "flag", help="also time CPU inference (torch and onnxruntime, batch 1)"),
+    Option("latency_repeats", 20, "int", min=1, help="timed calls per backend (default 20)"),
+    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
+    Option("out", kind="path", help="folder for eval.csv and eval.md"),
+])
+def _eval(args):
+    from ganprune.evaluation import evaluate, load_model, report_markdown, write_report
+    need(args, "dataroot")
+    label, G = load_model(args.generator, args.pruned, args.teacher, arch=args.arch, ngf=args.ngf,
+                          norm=args.norm, dropout=args.dropout, input_nc=args.input_nc, output_nc=args.output_nc)
+    teacher = None
+    if args.teacher_for_reference:
+        from ganprune.teacher import load_teacher
+        teacher = load_teacher(args.teacher_for_reference)[0]
+    table, computed_on = evaluate({label: G}, args.dataroot, phase=args.phase, mode=args.mode,
+                                  direction=args.direction, size=args.size, n=args.n, fid=not args.no_fid,
+                                  kid=not args.no_fid, fid_weights=args.fid_weights, teacher=teacher,
+                                  latency=args.latency, latency_repeats=args.latency_repeats,
+                                  segmenter=args.segmenter, num_classes=args.num_classes,
+                                  batch_size=args.batch_size, device=args.device)
+    print(report_markdown(table, computed_on), end="")
+    if args.out:
+        paths = write_report(table, computed_on, args.out)
+        print(f"-> {paths['csv']}, {paths['md']}")

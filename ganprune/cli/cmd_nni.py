@@ -1,0 +1,60 @@
+"""``ganprune nni space|trial|run``: the search as NNI search space, trial and local experiment."""
+from __future__ import annotations
+
+import os
+
+from ganprune.cli import command, need, pick
+from ganprune.errors import UserError
+from ganprune.nni.experiment import TUNERS
+from ganprune.options import NNI, Option
+
+
+@command("nni space", "write the NNI search space (one choice per prunable G and D group) for a search config", NNI)
+def _nni_space(args):
+    import json
+
+    from ganprune.nni.space import export_search_space
+    out = args.out       # a .json file, or a folder that receives search_space.json (default: print)
+    if out and not out.endswith(".json"):
+        out = os.path.join(out, "search_space.json")
+    space = export_search_space(pick(args, NNI), out)
+    if out:
+        print(f"{len(space)} choices ({sum(k.startswith('G/') for k in space)} G, "
+              f"{sum(k.startswith('D/') for k in space)} D groups) -> {out}")
+    else:
+        print(json.dumps(space, indent=2))
+
+
+@command("nni trial", "one NNI trial: score NNI's next candidate and report it (what `nni run` starts)", NNI)
+def _nni_trial(args):
+    from ganprune.nni.trial import run_trial
+    r = run_trial(pick(args, NNI))
+    print(f"score {r['score']:.5g} (NNI default {r['default']:.5g}), feasible {r['feasible']}, "
+          f"G MACs {r['g_macs']:,}, D MACs {r['d_macs']:,}, {r['trial_seconds']:.1f} s")
+
+
+@command("nni run", "run the search as a real local NNI experiment (our agents or an NNI tuner), collect history",
+         NNI + (
+             Option("tuner", "ours", choices=TUNERS, help="ours (the --g-agent/--d-agent pair as an NNI tuner) or an "
+                    "NNI built-in tuner"),
+             Option("trials", None, "int", min=1, help="NNI trials (default: --rounds)"),
+             Option("concurrency", 1, "int", min=1, help="trials at once (NNI tuners; ours runs one at a time)"),
+             Option("port", 8080, "int", min=1, max=65535, help="NNI web UI / REST port (default 8080)"),
+             Option("timeout", 3600.0, "float", min=0, help="seconds to wait for the trials (default 3600)"),
+         ))
+def _nni_run(args):
+    from ganprune.nni.experiment import run_experiment
+    need(args, "out", "dataroot")
+    r = run_experiment(pick(args, NNI), args.out, tuner=args.tuner, trials=args.trials or args.rounds,
+                       port=args.port, timeout=args.timeout, concurrency=args.concurrency)
+    cols = ["round", "g_macs", "d_macs", "score_g", "score_d", "score", "feasible", "seconds", "error"]
+    print(r.history[cols].to_markdown(index=False, floatfmt=".4g"))
+    t = r.timings
+    print(f"experiment {r.experiment_id} {r.status}: startup {t['startup_s']:.1f} s, trials {t['wait_s']:.1f} s"
+          + (f" (median trial {t['trial_wall_s']:.1f} s)" if "trial_wall_s" in t else ""))
+    if r.best is None:
+        raise UserError(f"no trial met both budgets in {len(r.history)} trials; raise --trials or loosen "
+                        "--g-budget/--d-budget")
+    b = r.best
+    print(f"best: trial {b['round']} score {b['score']:.4g} G MACs {int(b['g_macs']):,} "
+          f"D MACs {int(b['d_macs']):,} -> {args.out}/widths.yaml")

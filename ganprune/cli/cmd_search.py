@@ -1,0 +1,66 @@
+"""The pruning commands: ``search`` (widths only), ``finetune`` (a pruned pair), ``prune`` (everything)."""
+from __future__ import annotations
+
+import os
+
+from ganprune.cli import command, need, pick
+from ganprune.errors import UserError
+from ganprune.options import FINETUNE, PIPELINE, SEARCH, STAGES, Option, search_keywords
+
+
+@command("search", "collaborative G/D width search scored by the local-density objective (no fine-tuning)", SEARCH)
+def _search(args):
+    from ganprune.io import atomic_write_text
+    from ganprune.pair import pair_from_options
+    from ganprune.search_setup import run_search
+    need(args, "dataroot")
+    o = pick(args, SEARCH)
+    G, D, g_spec, d_spec = pair_from_options(o)
+    result = run_search(G, D, g_spec, d_spec, args.dataroot, args.out, **search_keywords(o))
+    front = result.pareto()
+    cols = ["round", "g_macs", "d_macs", "density", "balance", "score_g", "score", "feasible"]
+    print(front[cols].to_markdown(index=False, floatfmt=".4g"))
+    if args.out:
+        atomic_write_text(os.path.join(args.out, "pareto.csv"), front.to_csv(index=False))
+    if result.best is None:
+        raise UserError(f"no candidate pair met both budgets in {len(result.history)} rounds; "
+                        "raise --rounds or loosen --g-budget/--d-budget")
+    best = result.best
+    print(f"best: round {best['round']} score {best['score']:.4g} G MACs {best['g_macs']:,} "
+          f"D MACs {best['d_macs']:,}" + (f" -> {os.path.join(args.out, 'widths.yaml')}" if args.out else ""))
+
+
+@command("finetune", "fine-tune a pruned G/D pair with a recipe (density, pix2pix, cyclegan, dgl, dcd, gcc, selfsup)",
+         FINETUNE)
+def _finetune(args):
+    from ganprune.pair import pair_from_options
+    from ganprune.pipeline import finetune_pruned
+    need(args, "pruned_g", "dataroot", "out")
+    TG, TD, _, d_spec = pair_from_options(pick(args, FINETUNE))
+    r = finetune_pruned(args.pruned_g, args.pruned_d, TG, TD, d_spec, args.dataroot, args.out,
+                        mode=args.dataset_mode, direction=args.direction, load_size=args.load_size,
+                        crop_size=args.crop_size, recipe=args.recipe, recipe_options=args.recipe_option or {},
+                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
+                        decay_from=args.decay_from, seed=args.seed, device=args.device, precision=args.precision,
+                        save_every=args.save_every, eval_every=args.eval_every, resume=not args.no_resume,
+                        num_workers=args.num_workers)
+    rate = f"{r['steps_per_s']:.2f} steps/s" if r["steps_per_s"] else "nothing to do"
+    val_text = ", ".join(f"{k} {r[k]:.4f}" for k in ("val_L1", "val_L1_teacher") if r[k] is not None)
+    print(f"finetune {r['recipe']}: step {r['steps']} ({r['steps_run']} run, {rate}, {r['device']} "
+          f"{r['precision']}, {r['world_size']} process(es)){'; ' + val_text if val_text else ''}")
+    for name, path in r["paths"].items():
+        print(f"  {name}: {path}")
+
+
+@command("prune", "the whole pipeline: search -> prune -> fine-tune -> evaluate -> export -> report (resumable)",
+         PIPELINE + (Option("stage", choices=STAGES, help="run only this stage (its inputs must exist), finished "
+                                                          "or not"),))
+def _prune(args):
+    from ganprune.pipeline import run_pipeline
+    need(args, "dataroot", "out")
+    r = run_pipeline(pick(args, PIPELINE), args.out, stages=[args.stage] if args.stage else None)
+    if r["table"] is not None:
+        print(r["table"].to_markdown(index=False, floatfmt=".4g"))
+    print(", ".join(f"{name} {state}" for name, state in r["stages"].items()) + f" in {r['seconds']:.1f} s")
+    for name, path in r["paths"].items():
+        print(f"  {name:12s} {path}")

@@ -1,0 +1,357 @@
+"""Every option a user sets, declared once: name, default, type, allowed range, help.
+
+The command line, config files, NNI's trial config and the Python API all go through ``resolve``: a
+value of the wrong type, out of range, not finite, or not one of the choices is refused in one line
+that names the option, before any heavy work starts. Config files are read by ``read_config`` (UTF-8
+text, YAML without aliases, a mapping at the top level; unknown keys refused by ``resolve``).
+
+This module knows nothing of argparse or of the command line: ``ganprune.cli`` builds its parsers
+from these declarations, and the pipeline and NNI code resolve plain dicts with them.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from ganprune.errors import UserError
+from ganprune.guard import DEFAULT_TIMEOUT
+
+NORMS = ("batch", "instance", "none")
+MAX_OPSET = 23          # the newest ONNX opset torch 2.x's exporter writes
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option. ``kind``: str, path, int, float, budget, flag (off unless given), toggle (--x/--no-x),
+    strings (a list of text, repeatable on the command line) or pairs (KEY=VALUE items or a mapping).
+    ``None`` is accepted only where it is the default (it means "not given" / "automatic")."""
+    name: str
+    default: Any = None
+    kind: str = "str"
+    help: str | None = None
+    choices: tuple | None = None
+    min: float | None = None
+    max: float | None = None
+    metavar: str | None = None
+    positional: bool = False
+
+    @property
+    def flag(self) -> str:
+        return self.name if self.positional else "--" + self.name.replace("_", "-")
+
+
+def _where(option: Option, source: str | None) -> str:
+    if source == "cli":
+        return option.flag if not option.positional else option.name.upper()
+    return f"{source}: {option.name}" if source else option.name
+
+
+def _number(option: Option, value, source, integer: bool):
+    what = "an integer" if integer else "a number"
+    if isinstance(value, str):
+        try:
+            value = int(value.strip()) if integer else float(value.strip())
+        except ValueError:
+            raise UserError(f"{_where(option, source)}: expected {what}, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
+        raise UserError(f"{_where(option, source)}: expected {what}, got {value!r}")
+    if not math.isfinite(value):
+        raise UserError(f"{_where(option, source)}: expected a finite number, got {value!r}")
+    low, high = option.min, option.max
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = (f">= {low:g}" if high is None else f"<= {high:g}" if low is None else f"between {low:g} and {high:g}")
+        raise UserError(f"{_where(option, source)} must be {span} (got {value!r})")
+    return value
+
+
+def check_budget(value, name: str = "budget"):
+    """A budget spelling (see ``ganprune.budget``), checked without building anything: a positive finite
+    number, ``"25%"`` (at most 100%), ``"12ms"`` or a number as text."""
+    bad = f"{name}: expected a fraction like 0.25, a percentage like '25%', a MAC count or milliseconds like " \
+          f"'12ms', got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UserError(bad)
+    text = str(value).strip().lower()
+    unit = "ms" if text.endswith("ms") else "%" if text.endswith("%") else ""
+    try:
+        number = float(text[:len(text) - len(unit)])
+    except ValueError:
+        raise UserError(bad) from None
+    if not math.isfinite(number) or number <= 0 or (unit == "%" and number > 100):
+        raise UserError(f"{name}: {value!r} must be positive and finite" + (", at most 100%" if unit == "%" else ""))
+    return value
+
+
+def check(option: Option, value, source: str | None = None):
+    """``value`` checked (and text numbers converted) for ``option``; ``source`` names where it came from:
+    None (the Python API), "cli" (the command line) or a config file's path."""
+    if value is None and option.default is None:
+        return None
+    where = _where(option, source)
+    kind = option.kind
+    if kind == "int":
+        value = _number(option, value, source, integer=True)
+    elif kind == "float":
+        value = float(_number(option, value, source, integer=False))
+    elif kind in ("flag", "toggle"):
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+    elif kind == "budget":
+        value = check_budget(value, where)
+    elif kind == "path":
+        if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+            raise UserError(f"{where}: expected a path (text), got {value!r}")
+        value = os.fspath(value)
+    elif kind == "strings":
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not all(isinstance(v, str) and v for v in items):
+            raise UserError(f"{where}: expected text or a list of text, got {value!r}")
+        value = list(items)
+    elif kind == "pairs":
+        value = _pairs(value, where)
+    elif not isinstance(value, str):
+        raise UserError(f"{where}: expected text, got {value!r}")
+    if option.choices is not None and value not in option.choices:
+        raise UserError(f"{where}: expected one of {', '.join(map(str, option.choices))}, got {value!r}")
+    return value
+
+
+def _pairs(value, where: str) -> dict:
+    """KEY=VALUE items (values read as YAML: 0.3, true, [a, b]) or a mapping, as a dict."""
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise UserError(f"{where}: expected a mapping of option names to values, got {value!r}")
+        return dict(value)
+    if not isinstance(value, list):
+        raise UserError(f"{where}: expected a mapping of option names to values, got {value!r}")
+    parsed = {}
+    for item in value:
+        key, sep, text = str(item).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{where} {item!r}: expected KEY=VALUE")
+        try:
+            parsed[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise UserError(f"{where} {item!r}: value is not valid YAML") from None
+    return parsed
+
+
+def defaults(schema: Iterable[Option]) -> dict:
+    return {o.name: o.default for o in schema}
+
+
+def resolve(schema: Iterable[Option], values: Mapping | None = None, *, source: str | None = None,
+            base: Mapping | None = None) -> dict:
+    """Every option of ``schema``: ``base`` (default: the declared defaults) overlaid by ``values``, each
+    checked. Keys may use dashes or underscores; unknown keys are refused, naming the known ones."""
+    known = {o.name: o for o in schema}
+    out = dict(base) if base is not None else defaults(known.values())
+    if values is not None and not isinstance(values, Mapping):
+        raise UserError(f"{source or 'options'}: expected a mapping of option names to values, got "
+                        f"{type(values).__name__}")
+    for key, value in (values or {}).items():
+        name = str(key).replace("-", "_")
+        if name not in known:
+            prefix = f"{source}: " if source and source != "cli" else ""
+            raise UserError(f"{prefix}unknown option {key!r}; known options: {', '.join(sorted(known))}")
+        out[name] = check(known[name], value, source)
+    return out
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML without anchors/aliases: a config never needs them, and nested aliases blow up in memory."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"aliases (*{event.anchor}) are not allowed",
+                                              event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path, what: str = "file"):
+    """The YAML document in ``path`` (UTF-8, no aliases); any failure is one line naming the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read {what} ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: {what} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+
+
+def read_config(path) -> dict:
+    """A config file's option values (not yet checked: ``resolve`` does that against a schema)."""
+    values = read_yaml(path, "config")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{os.fspath(path)}: expected a mapping of option names to values at the top level")
+    return values
+
+
+# --------------------------------------------------------------------------- the shared option groups
+
+PAIR = (
+    Option("teacher", kind="path", help="folder written by `ganprune train-teacher` (holds both checkpoints and "
+           "their options)"),
+    Option("generator", kind="path", help="reference-format generator checkpoint (latest_net_G.pth)"),
+    Option("g_arch", "unet_256", help="generator arch (default unet_256) or pkg.module:Class"),
+    Option("ngf", 64, "int", min=1),
+    Option("norm", "batch", choices=NORMS),
+    Option("dropout", False, "flag", help="the generator was built with dropout"),
+    Option("discriminator", kind="path", help="reference-format discriminator checkpoint (latest_net_D.pth)"),
+    Option("d_arch", "basic", help="discriminator arch (default basic)"),
+    Option("ndf", 64, "int", min=1),
+    Option("d_norm", None, choices=NORMS, help="discriminator norm (default: same as --norm)"),
+    Option("n_layers_d", 3, "int", min=1),
+    Option("input_nc", 3, "int", min=1),
+    Option("output_nc", 3, "int", min=1),
+    Option("unconditional_d", False, "flag", help="D sees only images (CycleGAN), not cat(A, B)"),
+)
+
+SEARCH_DATA = (
+    Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
+    Option("mode", "aligned", choices=("aligned", "unaligned")),
+    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
+    Option("size", None, "int", min=1, help="image size (default: the images' own)"),
+    Option("phase", "train", help="search split (never val/test; default train)"),
+    Option("calib_images", 16, "int", min=1, help="calibration images (default 16)"),
+    Option("calib_batch", 8, "int", min=1),
+    Option("out", kind="path", help="output folder: history.csv (resumable), widths.yaml, pareto.csv"),
+)
+
+SEARCH_ONLY = (
+    Option("g_budget", "0.25", "budget", help="G budget: MACs as a fraction, percentage or absolute count, "
+           "or predicted latency like '12ms' (default 0.25)"),
+    Option("d_budget", "0.5", "budget", help="D budget, same spellings (default 0.5)"),
+    Option("latency_table", kind="path", help="a saved latency table (YAML) for a G budget in ms (default: time G "
+           "once and keep the table in --out)"),
+    Option("latency_backend", "torch+fold", help="what a ms budget is timed on: torch[+fold][+cl] or onnxruntime "
+           "(default torch+fold)"),
+    Option("latency_threads", 2, "int", min=1, help="CPU threads a ms budget is timed with (default 2)"),
+    Option("g_agent", "greedy", help="agent for G (see `ganprune agents`)"),
+    Option("d_agent", "greedy", help="agent for D"),
+    Option("agent_file", kind="path", help="a .py file that registers extra agents"),
+    Option("rounds", 60, "int", min=1, help="candidate pairs to evaluate (default 60)"),
+    Option("seed", 0, "int", min=0),
+    Option("embedding", "pixels", help="density feature space: pixels, teacher_d, inception"),
+    Option("m", 8, "int", min=1, help="samples per local neighbourhood"),
+    Option("discrepancy", "mmd", choices=("mmd", "nll", "both")),
+    Option("l1_weight", 0.0, "float", min=0, help="weight of L1 to the teacher output in the G score"),
+    Option("balance_weight", 1.0, "float", min=0, help="weight of the G/D balance in the G score"),
+    Option("g_space", kind="path", help="search-space YAML for G (default: search_spaces/<g-arch>.yaml)"),
+    Option("d_space", kind="path", help="search-space YAML for D"),
+    Option("importance", "l2", choices=("l1", "l2", "bn_scale")),
+    Option("on_agent_error", "stop", choices=("stop", "skip")),
+    Option("agent_timeout", DEFAULT_TIMEOUT, "float", min=0, help="seconds one agent call (ask/tell) may take "
+           f"before the search stops with an error (default {DEFAULT_TIMEOUT:g}; 0: no limit)"),
+    Option("fill", True, "toggle", help="grow the winner into the budget it leaves unused (default on; --no-fill "
+           "keeps it as found)"),
+)
+
+ALLOW_ARCH = Option("allow_arch", None, "strings", metavar="PKG.MODULE:CLASS", help="allow this network class to "
+                    "be imported when a file (pruned model, teacher.yaml) names it; archs you give with "
+                    "--arch/--g-arch/--d-arch are allowed already (repeatable)")
+"""Taken by every command (and its config file); the search, pipeline and NNI honour it from the API too."""
+
+SEARCH = PAIR + SEARCH_DATA + SEARCH_ONLY + (ALLOW_ARCH,)
+"""``ganprune search``: the pair, the data and the search."""
+
+STAGES = ("search", "prune", "finetune", "evaluate", "export", "report")
+
+PIPELINE = SEARCH + (
+    Option("recipe", "density", help="fine-tuning recipe (default density; see `ganprune finetune`)"),
+    Option("finetune_steps", 1000, "int", min=0, help="fine-tuning steps (default 1000)"),
+    Option("batch_size", 1, "int", min=1, help="fine-tuning batch size (default 1)"),
+    Option("save_every", 500, "int", min=1, help="fine-tuning steps between resumable checkpoints (default 500; a "
+           "killed fine-tune resumes from the last one, bit-identically)"),
+    Option("fid", True, "toggle", help="FID/KID in the evaluation (default on; ~0.3 s per image per model on a CPU)"),
+    Option("eval_images", None, "int", min=1, help="evaluate on the first N val images (default all)"),
+    Option("latency", True, "toggle", help="CPU latency, torch and onnxruntime, batch 1 (default on)"),
+)
+"""``ganprune prune`` (``run_pipeline``'s config): the search options plus fine-tuning and evaluation."""
+
+NOT_FOR_NNI = ("on_agent_error", "agent_timeout")
+"""Search options the NNI commands do not take: an NNI tuner that fails stops the experiment."""
+
+NNI = tuple(o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
+    Option("infeasible_penalty", 1.0, "float", min=0, help="added to the objective (NNI 'default') of an "
+           "over-budget candidate, scaled by 1 + its relative excess over each budget (default 1.0)"),
+)
+"""Every ``ganprune nni`` command: the search options (an NNI tuner that fails stops the experiment, so
+no ``on_agent_error`` or ``agent_timeout``) plus the penalty of over-budget candidates; one YAML drives them all."""
+
+DEVICE = (
+    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
+    Option("precision", "auto", help="auto, fp32, bf16, fp16 (auto: bf16/fp16 on CUDA, fp32 on CPU)"),
+)
+
+TRAINING = (
+    Option("batch_size", 1, "int", min=1, help="per process (default 1)"),
+    Option("lr", 2e-4, "float", min=0),
+    Option("beta1", 0.5, "float", min=0, max=1),
+    Option("decay_from", 0.5, "float", min=0, max=1,
+           help="fraction of steps after which the LR decays linearly to 0 (default 0.5)"),
+    Option("seed", 0, "int", min=0),
+    *DEVICE,
+    Option("num_workers", 0, "int", min=0, help="DataLoader worker processes (default 0)"),
+    Option("no_resume", False, "flag", help="start over even if --out holds a resumable run"),
+)
+
+FINETUNE = (
+    Option("pruned_g", kind="path", help="pruned generator file (written by `ganprune prune`/save_pruned)"),
+    Option("pruned_d", kind="path", help="pruned discriminator file (default: a trainable copy of the teacher's D)"),
+    *PAIR,
+    Option("dataroot", kind="path", help="dataset folder (aligned: train/ val/; unaligned: trainA trainB testA testB)"),
+    Option("dataset_mode", "aligned", choices=("aligned", "unaligned")),
+    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
+    Option("load_size", None, "int", min=1, help="resize images to this square (default: keep)"),
+    Option("crop_size", None, "int", min=1, help="random crop for training, resize for val"),
+    Option("recipe", "density", help="fine-tuning recipe (default density)"),
+    Option("recipe_option", None, "pairs", metavar="KEY=VALUE", help="recipe option, repeatable (values are YAML: "
+           "0.3, true, [noise, jitter]); in --config a mapping recipe_option: {key: value}"),
+    Option("out", kind="path", help="output folder: G.pt, D.pt (pruned format), state.pt, log.csv"),
+    Option("steps", 10000, "int", min=0, help="total training steps (default 10000)"),
+    *TRAINING,
+    Option("save_every", 500, "int", min=1, help="steps between checkpoints (default 500)"),
+    Option("eval_every", 1000, "int", min=0, help="steps between val L1 checks (0: start and end)"),
+)
+"""``ganprune finetune``: the pruned pair, its teacher, the data and the training settings."""
+
+
+
+def pair_specs(o: Mapping) -> tuple[dict, dict]:
+    """The G and D build options (``load_generator``/``load_discriminator`` keywords) of resolved pair options."""
+    g_spec = {"arch": o["g_arch"], "ngf": o["ngf"], "norm": o["norm"], "input_nc": o["input_nc"],
+              "output_nc": o["output_nc"], "dropout": bool(o["dropout"])}
+    d_in = o["output_nc"] if o["unconditional_d"] else o["input_nc"] + o["output_nc"]
+    d_spec = {"arch": o["d_arch"], "ndf": o["ndf"], "norm": o["d_norm"] or o["norm"], "input_nc": d_in,
+              "n_layers": o["n_layers_d"]}
+    return g_spec, d_spec
+
+
+def search_keywords(o: Mapping) -> dict:
+    """``run_search`` keyword arguments from resolved search options (shared by ``search`` and ``prune``)."""
+    names = ("mode", "direction", "size", "phase", "calib_images", "calib_batch", "g_budget", "d_budget", "g_agent",
+             "d_agent", "agent_file", "rounds", "seed", "on_agent_error", "agent_timeout", "fill", "latency_table",
+             "latency_backend", "latency_threads")
+    return {**{k: o[k] for k in names}, **evaluator_keywords(o)}
+
+
+def evaluator_keywords(o: Mapping) -> dict:
+    """``build_evaluator`` keyword arguments from resolved search options."""
+    return dict(embedding=o["embedding"], m=o["m"], discrepancy=o["discrepancy"], l1_weight=o["l1_weight"],
+                balance_weight=o["balance_weight"], g_space_file=o["g_space"], d_space_file=o["d_space"],
+                importance=o["importance"])

@@ -1,0 +1,97 @@
+"""From a teacher pair and a dataset to a running search: calibration batches → search spaces →
+objective and candidate evaluator → budgets and agents. The pipeline, ``ganprune search`` and every NNI
+step build these the same way, here."""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ganprune.errors import UserError
+from ganprune.guard import DEFAULT_TIMEOUT
+
+
+def _first_conv_in_channels(net: nn.Module) -> int:
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+    raise UserError(f"{type(net).__name__}: discriminator has no Conv2d layer")
+
+
+def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_space_file=None,
+                 g_space=None, d_space=None):
+    """``(g_space, d_space, conditional)``: the search spaces of both nets (given ones pass through) and
+    whether D sees cat(A, B) (conditional) or B alone, read from the calibration images."""
+    from ganprune.models.sizes import check_image_size
+    from ganprune.space import SearchSpace
+    x, y = batches[0]["A"][:1], batches[0]["B"][:1]
+    check_image_size(G, *x.shape[-2:], f"generator {(g_spec or {}).get('arch') or type(G).__name__!r}")
+    conditional = _first_conv_in_channels(D) == x.shape[1] + y.shape[1]
+    d_x = torch.cat([x, y], 1) if conditional else y
+    g_arch, d_arch = (g_spec or {}).get("arch"), (d_spec or {}).get("arch")
+    g_space = g_space or SearchSpace.from_model(G, x, arch=g_arch if g_arch and ":" not in g_arch else None,
+                                                config=g_space_file)
+    d_space = d_space or SearchSpace.from_model(D, d_x, arch=d_arch if d_arch and ":" not in d_arch else None,
+                                                config=d_space_file)
+    return g_space, d_space, conditional
+
+
+def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_spec=None, *, embedding="pixels",
+                    m=8, discrepancy="mmd", perturbations=("noise",), l1_weight=0.0, balance_weight=1.0,
+                    g_space_file=None, d_space_file=None, importance="l2", recalibrate_bn=True, seed=0):
+    """Search spaces (from the dependency graph + search_spaces YAML), objective and evaluator."""
+    from ganprune.objective import LocalDensityObjective
+    from ganprune.scoring import CandidateEvaluator
+    g_space, d_space, conditional = build_spaces(G, D, batches, g_spec, d_spec, g_space_file, d_space_file,
+                                                 g_space, d_space)
+    objective = LocalDensityObjective(G, embedding=embedding, m=m, perturbations=tuple(perturbations),
+                                      discrepancy=discrepancy, teacher_D=D, seed=seed)
+    return CandidateEvaluator(G, D, g_space, d_space, batches, objective, conditional_D=conditional,
+                              l1_weight=l1_weight, balance_weight=balance_weight, recalibrate_bn=recalibrate_bn,
+                              importance=importance)
+
+
+def calibration(dataroot, *, phase="train", calib_images=16, calib_batch=8, mode="aligned", direction="AtoB",
+                size=None, seed=0):
+    """The seeded calibration batches every search step scores candidates on."""
+    from ganprune.scoring import calibration_batches
+    torch.manual_seed(seed)
+    return calibration_batches(dataroot, phase=phase, n_images=calib_images, batch_size=calib_batch, mode=mode,
+                               direction=direction, size=size)
+
+
+def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
+               phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
+               d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
+               on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
+               latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, **evaluator_options):
+    """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
+
+    Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
+    ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
+    reused by reruns; ``latency_table`` names a saved table to use for G instead; ``agent_timeout``: seconds
+    one agent call may take (0: no limit)."""
+    from ganprune.agent import make_agent
+    from ganprune.budget import latency_table as build_table
+    from ganprune.budget import parse_budget
+    from ganprune.search import search
+    batches = calibration(dataroot, phase=phase, calib_images=calib_images, calib_batch=calib_batch, mode=mode,
+                          direction=direction, size=size, seed=seed)
+    evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=seed, **evaluator_options)
+
+    def table(net, space, example, name, given=None):
+        path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)
+        return lambda: build_table(net, space, example, path, latency_backend, latency_threads, progress)
+
+    g_max = parse_budget(g_budget, evaluator.g_space,
+                         table(G, evaluator.g_space, evaluator.g_example.cpu(), "G", latency_table))
+    d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, evaluator.d_example.cpu(), "D"))
+    g = make_agent(g_agent, evaluator.g_space, g_max, seed, "G", agent_file, **(g_agent_options or {}))
+    d = make_agent(d_agent, evaluator.d_space, d_max, seed + 1, "D", agent_file, **(d_agent_options or {}))
+    if out:
+        os.makedirs(out, exist_ok=True)
+    result = search(evaluator, g, d, g_max, d_max, rounds=rounds, out_dir=out, on_agent_error=on_agent_error,
+                    progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill, seed=seed, agent_timeout=agent_timeout)
+    result.evaluator = evaluator
+    return result
