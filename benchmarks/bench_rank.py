@@ -201,14 +201,17 @@ def score_all(evs, T_G, train, cands, d_widths, supernet):
     return scores, cost
 
 
-def rank_table(scores, cost, fidelity, kid=None):
+def rank_table(scores, cost, fidelity, kid=None, slice_fidelity=None):
+    """τ/ρ of each scorer against the fidelity after fine-tuning from the inherited channels; supernet
+    scorers also against the fine-tune from their slices (what the pipeline does with a supernet)."""
     rows = []
-    fid = np.array(fidelity)
     for name, s in scores.items():
+        fid = np.array(slice_fidelity if slice_fidelity is not None and name.startswith("supernet") else fidelity)
         s = np.array(s)
         tau = kendalltau(-s, fid).statistic
         rho = spearmanr(-s, fid).statistic
-        row = {"scorer": name, "Kendall τ": tau, "Spearman ρ": rho, "pick PSNR": fid[int(np.argmin(s))],
+        row = {"scorer": name, "fine-tuned from": "slice" if slice_fidelity is not None
+               and name.startswith("supernet") else "teacher channels", "Kendall τ": tau, "Spearman ρ": rho, "pick PSNR": fid[int(np.argmin(s))],
                "s / candidate": cost[name]}
         if kid is not None:
             row["τ vs KID"] = kendalltau(-s, -np.array(kid)).statistic
@@ -230,20 +233,20 @@ def searched(ev, budget, d_widths, agent, rounds, seed):
     return result.best["g_widths"], result.best["d_widths"]
 
 
-def winners(ev, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame:
+def winners(evs, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame:
+    """Each method's pick at ``budget``, fine-tuned like the rank-study candidates, per seed."""
+    ev, ev_l1 = evs
     full = ev.g_space.macs(ev.g_space.full_widths())
     rows = []
     for seed in range(s["seeds"]):
         picks = {}
-        ev.supernet = None
-        picks["greedy agents, old default score"] = searched(ev, budget, d_widths, "greedy", s["rounds"], seed) + (None,)
-        picks["random search, old default score"] = searched(ev, budget, d_widths, "random", s["rounds"], seed) + (None,)
+        picks["greedy agents, density score"] = searched(ev, budget, d_widths, "greedy", s["rounds"], seed) + (None,)
+        picks["greedy agents, density + 10·L1 score"] = searched(ev_l1, budget, d_widths, "greedy", s["rounds"], seed) + (None,)
+        picks["random search, density score"] = searched(ev, budget, d_widths, "random", s["rounds"], seed) + (None,)
         ev.use_supernet(supernet)
         gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed)
         ev.supernet = None
-        picks["greedy agents, supernet score, from slice"] = (gw, dw, supernet)
-        picks["greedy agents, supernet score, from teacher"] = (gw, dw, None)
-        picks["random search, supernet score, from slice"] = searched_random_supernet(ev, supernet, budget, d_widths, s, seed)
+        picks["greedy agents, supernet slice density, from slice"] = (gw, dw, supernet)
         picks["uniform (filled to budget)"] = (uniform_at_budget(ev.g_space, budget), d_widths, None)
         for method, (gw, dw, start) in picks.items():
             r = judge(gw, dw, seed=seed, supernet=start)
@@ -257,14 +260,7 @@ def winners(ev, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame:
     agg.loc[len(agg)] = {"method": f"median of {len(fidelity)} random (rank study, seed 0)", "G MACs %": 100 * budget,
                          "PSNR to teacher": float(np.median(fidelity)), "± std": float("nan")}
     agg.insert(0, "G budget", f"{budget:.0%}")
-    return agg
-
-
-def searched_random_supernet(ev, supernet, budget, d_widths, s, seed):
-    ev.use_supernet(supernet)
-    gw, dw = searched(ev, budget, d_widths, "random", s["rounds"], seed)
-    ev.supernet = None
-    return gw, dw, supernet
+    return agg, df
 
 
 # --------------------------------------------------------------------------- main
@@ -296,6 +292,8 @@ def main(argv=None):
     ev = build_evaluator(T_G, T_D, batches, **common)
     ev_teacher_bn = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space, recalibrate_bn=False,
                                     **common)
+    ev_l1 = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space,
+                            **{**common, "l1_weight": 10.0})
     judge = Judge(args.out, T_G, T_D, train, val, ev, s["steps"], args.kid)
     val_set_psnr = psnr_to(judge.teacher_val, torch.stack([val[i]["B"] for i in range(len(val))]))
     print(f"teacher: PSNR to ground truth on {len(val)} val images {val_set_psnr:.2f} dB")
@@ -316,16 +314,20 @@ def main(argv=None):
         judged = [judge(w, d_widths) for w in cands]
         fidelity = [j["psnr_teacher"] for j in judged]
         kid = [j["kid_teacher"] for j in judged] if args.kid else None
+        slice_fidelity = [judge(w, d_widths, supernet=supernet)["psnr_teacher"] for w in cands]
         scores, cost = score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet)
-        table = rank_table(scores, cost, fidelity, kid)
+        table = rank_table(scores, cost, fidelity, kid, slice_fidelity)
         table.insert(0, "G budget", f"{budget:.0%}")
         tables.append(table)
         print(f"\n{budget:.0%} G MACs: {len(cands)} candidates after {s['steps']} fine-tuning steps: PSNR to teacher "
-              f"best {max(fidelity):.2f}, median {np.median(fidelity):.2f}, worst {min(fidelity):.2f}")
+              f"best {max(fidelity):.2f}, median {np.median(fidelity):.2f}, worst {min(fidelity):.2f} from the teacher's "
+              f"channels; best {max(slice_fidelity):.2f}, median {np.median(slice_fidelity):.2f}, worst "
+              f"{min(slice_fidelity):.2f} from supernet slices")
         print(table.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
         if not args.skip_winners:
-            win = winners(ev, supernet, judge, budget, d_widths, s, fidelity)
+            win, per_seed = winners((ev, ev_l1), supernet, judge, budget, d_widths, s, fidelity)
             wins.append(win)
+            per_seed.to_csv(os.path.join(args.out, f"winners_per_seed_{int(budget * 100)}.csv"), index=False)
             print(f"\nwinners at {budget:.0%} G MACs, {s['steps']} fine-tuning steps, {s['seeds']} seed(s):")
             print(win.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
     pd.concat(tables).to_csv(os.path.join(args.out, "rank.csv"), index=False)

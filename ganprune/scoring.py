@@ -54,7 +54,10 @@ def calibration_batches(dataroot, phase="train", n_images=16, batch_size=8, mode
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, inputs: list[torch.Tensor]) -> nn.Module:
-    """Re-estimate BatchNorm running statistics as a cumulative average over ``inputs``."""
+    """Re-estimate BatchNorm running statistics as a cumulative average over ``inputs``.
+
+    Dropout stays off meanwhile: the statistics are those of the deterministic net that is scored, and
+    the global RNG is not drawn from (a score must not depend on how many candidates came before it)."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not norms:
         return model
@@ -62,13 +65,18 @@ def recalibrate_batchnorm(model: nn.Module, inputs: list[torch.Tensor]) -> nn.Mo
     for m in norms:
         m.reset_running_stats()
         m.momentum = None
-    was_training = model.training
+    saved_modes = [(m, m.training) for m in model.modules()]
     model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
     for x in inputs:
         model(x)
     for m, momentum in saved.items():
         m.momentum = momentum
-    return model.train(was_training)
+    for m, mode in saved_modes:
+        m.training = mode
+    return model
 
 
 def _d_input(a, b, conditional: bool):
