@@ -47,6 +47,8 @@ def main(argv=None) -> None:
     p.add_argument("--g-budget", default="0.25", help="G MACs budget (fraction of the dense G)")
     p.add_argument("--d-budget", default="0.5")
     p.add_argument("--rounds", type=int, default=60, help="candidate pairs to evaluate")
+    p.add_argument("--supernet-steps", type=int, default=300, help="supernet training steps before the search "
+                   "(0: score weights inherited from the teacher)")
     p.add_argument("--selftest", action="store_true", help="make tiny checkpoints and demo data, few rounds")
     args = p.parse_args(argv)
 
@@ -56,6 +58,7 @@ def main(argv=None) -> None:
         args.out = args.out or tmp.name
         args.generator, args.discriminator, args.dataroot = selftest_inputs(args.out)
         args.g_arch, args.ngf, args.ndf, args.rounds = "unet_64", 8, 8, min(args.rounds, 24)
+        args.supernet_steps = min(args.supernet_steps, 10)
     if not (args.generator and args.discriminator and args.dataroot and args.out):
         p.error("give --generator, --discriminator, --dataroot and --out (or --selftest)")
 
@@ -65,11 +68,13 @@ def main(argv=None) -> None:
     agent_options = {"rounds": 1} if args.selftest else None
     result = run_search(G, D, g_spec, d_spec, args.dataroot, os.path.join(args.out, "search"),
                         g_budget=args.g_budget, d_budget=args.d_budget, rounds=args.rounds, calib_images=8,
-                        g_agent_options=agent_options, d_agent_options=agent_options, progress=False)
+                        g_agent_options=agent_options, d_agent_options=agent_options,
+                        supernet_steps=args.supernet_steps, progress=False)
     if result.best is None:
         raise SystemExit(f"no pair within both budgets after {args.rounds} rounds; raise --rounds")
     best = result.best
-    g, d = result.evaluator.build_pair(best["g_widths"], best["d_widths"])   # as scored: BN re-estimated
+    # As scored: the winner's supernet slice (or the teacher's channels), BatchNorm re-estimated.
+    g, d = result.evaluator.build_pair(best["g_widths"], best["d_widths"])
     save_pruned(os.path.join(args.out, "pruned_G.pt"), g.cpu(), g_spec, g.ganprune_widths)
     save_pruned(os.path.join(args.out, "pruned_D.pt"), d.cpu(), d_spec, d.ganprune_widths)
     x = torch.zeros(g.ganprune_input_shape)

@@ -13,8 +13,10 @@ from ganprune.pipeline import run_pipeline
 # density objective and recipe. Sized so that the full demo (teacher included) stays under ~10 minutes on
 # 2 CPU cores and --quick under ~2 (measured figures in the README).
 DEMO_PRUNE = {
-    "quick": {"rounds": 30, "calib_images": 8, "finetune_steps": 60, "fid": False, "eval_images": None},
-    "default": {"rounds": 60, "calib_images": 16, "finetune_steps": 1000, "fid": True, "eval_images": None},
+    "quick": {"rounds": 30, "calib_images": 8, "finetune_steps": 60, "fid": False, "eval_images": None,
+              "supernet_steps": 40},
+    "default": {"rounds": 60, "calib_images": 16, "finetune_steps": 1000, "fid": True, "eval_images": None,
+                "supernet_steps": 300},
 }
 
 

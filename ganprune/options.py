@@ -259,6 +259,9 @@ SEARCH_ONLY = (
            f"before the search stops with an error (default {DEFAULT_TIMEOUT:g}; 0: no limit)"),
     Option("fill", True, "toggle", help="grow the winner into the budget it leaves unused (default on; --no-fill "
            "keeps it as found)"),
+    Option("supernet_steps", 300, "int", min=0, help="train a weight-sharing supernet of G for this many steps "
+           "before the search, score candidates as its slices and fine-tune the winner from its slice (default "
+           "300; 0: score weights inherited from the teacher)"),
 )
 
 ALLOW_ARCH = Option("allow_arch", None, "strings", metavar="PKG.MODULE:CLASS", help="allow this network class to "
@@ -283,8 +286,9 @@ PIPELINE = SEARCH + (
 )
 """``ganprune prune`` (``run_pipeline``'s config): the search options plus fine-tuning and evaluation."""
 
-NOT_FOR_NNI = ("on_agent_error", "agent_timeout")
-"""Search options the NNI commands do not take: an NNI tuner that fails stops the experiment."""
+NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps")
+"""Search options the NNI commands do not take: an NNI tuner that fails stops the experiment; trials score
+weights inherited from the teacher (each trial is its own process: a supernet would be trained per trial)."""
 
 NNI = tuple(o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
     Option("infeasible_penalty", 1.0, "float", min=0, help="added to the objective (NNI 'default') of an "
@@ -346,7 +350,7 @@ def search_keywords(o: Mapping) -> dict:
     """``run_search`` keyword arguments from resolved search options (shared by ``search`` and ``prune``)."""
     names = ("mode", "direction", "size", "phase", "calib_images", "calib_batch", "g_budget", "d_budget", "g_agent",
              "d_agent", "agent_file", "rounds", "seed", "on_agent_error", "agent_timeout", "fill", "latency_table",
-             "latency_backend", "latency_threads")
+             "latency_backend", "latency_threads", "supernet_steps")
     return {**{k: o[k] for k in names}, **evaluator_keywords(o)}
 
 

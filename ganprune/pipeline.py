@@ -11,7 +11,7 @@ from ganprune.errors import UserError
 from ganprune.outdir import one_run_at_a_time
 from ganprune.options import PIPELINE, STAGES, evaluator_keywords, resolve, search_keywords
 from ganprune.pair import load_pair, pair_from_options
-from ganprune.search_setup import build_evaluator, calibration, run_search
+from ganprune.search_setup import attach_supernet, build_evaluator, calibration, run_search
 
 __all__ = ["run_pipeline", "resolve_config", "eval_phase", "finetune_pruned", "STAGES", "load_pair", "build_evaluator", "run_search"]
 
@@ -139,6 +139,9 @@ class _Run:
                               seed=c["seed"])
         evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=c["seed"],
                                     **evaluator_keywords(c))
+        attach_supernet(evaluator, G, c["dataroot"], self.path("search"), steps=c["supernet_steps"],
+                        g_budget=c["g_budget"], mode=c["mode"], direction=c["direction"], size=c["size"],
+                        phase=c["phase"], seed=c["seed"], progress=self.progress)   # the winner starts from its slice
         g_w, d_w = evaluator.g_space.validate(winner["generator"]["widths"]), evaluator.d_space.validate(
             winner["discriminator"]["widths"])
         with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it

@@ -61,17 +61,41 @@ def calibration(dataroot, *, phase="train", calib_images=16, calib_batch=8, mode
                                direction=direction, size=size)
 
 
+def attach_supernet(evaluator, G, dataroot, out=None, *, steps=0, g_budget=0.25, mode="aligned", direction="AtoB",
+                    size=None, phase="train", seed=0, progress=True):
+    """Train (or, from ``out/supernet``, reload) the supernet whose slices the evaluator then scores; nothing
+    when ``steps`` is 0. Random slices are capped at 1.2× a MACs budget (capacity goes where the search
+    looks); a latency budget leaves them uncapped. Returns the supernet or None."""
+    if not steps:
+        return None
+    from ganprune.budget import is_latency, resolve_macs
+    from ganprune.data.datasets import build_dataset
+    from ganprune.supernet import train_supernet
+    cap = None
+    if not is_latency(g_budget):
+        full = evaluator.g_space.macs(evaluator.g_space.full_widths())
+        cap = min(1.0, round(1.2 * resolve_macs(g_budget, full) / full, 4))
+    data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size)
+    supernet = train_supernet(G, evaluator.g_space, data, os.path.join(out, "supernet") if out else None,
+                              steps=steps, ranking=evaluator.g_ranking, max_macs=cap, seed=seed,
+                              device=evaluator.device, progress=progress)
+    evaluator.use_supernet(supernet)
+    return supernet
+
+
 def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
-               latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, **evaluator_options):
+               latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
+               **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
     ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
     reused by reruns; ``latency_table`` names a saved table to use for G instead; ``agent_timeout``: seconds
-    one agent call may take (0: no limit)."""
+    one agent call may take (0: no limit); ``supernet_steps`` > 0 first trains a weight-sharing supernet
+    (``attach_supernet``, kept in ``out/supernet``) and scores G candidates as its slices."""
     from ganprune.agent import make_agent
     from ganprune.budget import latency_table as build_table
     from ganprune.budget import parse_budget
@@ -79,6 +103,8 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     batches = calibration(dataroot, phase=phase, calib_images=calib_images, calib_batch=calib_batch, mode=mode,
                           direction=direction, size=size, seed=seed)
     evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=seed, **evaluator_options)
+    attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
+                    direction=direction, size=size, phase=phase, seed=seed, progress=progress)
 
     def table(net, space, example, name, given=None):
         path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)

@@ -40,7 +40,7 @@ from torch.func import functional_call
 from ganprune.errors import UserError
 
 STATE_FILE, WEIGHTS_FILE = "supernet_state.pt", "supernet_G.pt"
-_RESUME_MUST_MATCH = ("batch_size", "lr", "lambda_l1", "lambda_density", "sandwich", "seed", "max_macs", "widths_key")
+_RESUME_MUST_MATCH = ("batch_size", "lr", "lambda_l1", "lambda_density", "sandwich", "seed", "max_macs", "pool", "widths_key")
 
 
 class Supernet:
@@ -159,21 +159,24 @@ class _SliceView(nn.Module):
 
 # --------------------------------------------------------------------------- training
 
-def _step_rng(seed: int, step: int) -> random.Random:
-    return random.Random(int(np.random.SeedSequence([seed, step, 17]).generate_state(1)[0]))
+def _rng(*keys: int) -> random.Random:
+    """A Python RNG seeded from non-negative integers (a step's slices are a function of seed and step)."""
+    return random.Random(int(np.random.SeedSequence([*keys, 17]).generate_state(1)[0]))
 
 
 def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int = 1000, batch_size: int = 4,
                    lr: float = 2e-4, lambda_l1: float = 1.0, lambda_density: float = 0.0, objective=None,
                    sandwich: tuple[str, ...] = ("largest", "smallest", "random", "random"),
-                   max_macs: float | None = None, ranking: dict | None = None, seed: int = 0, device="auto", save_every: int = 200,
+                   max_macs: float | None = None, pool: int = 64, ranking: dict | None = None, seed: int = 0, device="auto", save_every: int = 200,
                    progress: bool = True) -> Supernet:
     """Distil ``teacher_G`` into a supernet over ``space`` on ``dataset`` (items with ``"A"``, a search split).
 
     Every step draws one batch and, for each entry of ``sandwich``, a width set; the loss of each slice is
     ``lambda_l1·|slice(A) − T(A)|₁ + lambda_density·objective(slice)`` (the density objective with the
     teacher's neighbourhoods; off by default: see the README's rank benchmark), gradients summed over the
-    slices, one Adam step. ``max_macs`` (a fraction of G's MACs) caps the random slices. With ``out``, the run is resumable and writes ``supernet_G.pt`` (the shared
+    slices, one Adam step. ``max_macs`` (a fraction of G's MACs) caps the random slices, which are drawn from
+    a seeded pool of ``pool`` width sets (each slice's gather indices are built once; 0: a fresh draw every
+    step). With ``out``, the run is resumable and writes ``supernet_G.pt`` (the shared
     weights as a plain state dict) and ``supernet_state.pt``."""
     from ganprune.device import pick_device
     from ganprune.io import atomic_torch_save
@@ -196,7 +199,7 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
     supernet.net.to(dev).train()
     opt = torch.optim.Adam(supernet.net.parameters(), lr=lr, betas=(0.5, 0.999))
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "lambda_l1": lambda_l1,
-                "lambda_density": lambda_density, "sandwich": list(sandwich), "seed": seed, "max_macs": max_macs,
+                "lambda_density": lambda_density, "sandwich": list(sandwich), "seed": seed, "max_macs": max_macs, "pool": pool,
                 "widths_key": [[g.name, list(g.choices)] for g in space.groups]}
     start_step = 0
     out = Path(out) if out is not None else None
@@ -222,6 +225,8 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
         raise UserError(f"supernet: {len(dataset)} training image(s), fewer than batch_size {batch_size}")
     items = SeededItems(dataset)   # each item's augmentation is a function of its own seed
     batches = iter(StepBatches(len(dataset), batch_size, _mix(seed, 1), start_step, steps))
+    pool_rng = _rng(seed, 1, 0)
+    random_pool = [supernet.sample(pool_rng, "random", max_macs) for _ in range(pool)]
     began = time.perf_counter()
     bar = range(start_step, steps)
     if progress:
@@ -231,11 +236,12 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
         a = torch.stack([items[(i, s)]["A"] for i, s in next(batches)]).to(dev)
         with torch.no_grad():
             target = teacher(a)
-        rng = _step_rng(seed, step)
+        rng = _rng(seed, 0, step)
         opt.zero_grad(set_to_none=True)
         total = 0.0
         for which in sandwich:
-            widths = supernet.sample(rng, which, max_macs)
+            widths = (rng.choice(random_pool) if which == "random" and random_pool
+                      else supernet.sample(rng, which, max_macs))
             loss = lambda_l1 * (supernet.forward(widths, a) - target).abs().mean()
             if lambda_density:
                 view = supernet.module(widths, batch_stats=True)

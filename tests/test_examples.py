@@ -46,7 +46,7 @@ def test_example_configs_are_valid_prune_configs(name, tmp_path):
 def test_unet_config_runs_end_to_end_tiny(tiny, tmp_path, capsys):
     values = yaml.safe_load(open(os.path.join(EXAMPLES, "configs", "pix2pix_unet.yaml")))
     values.update(tiny, g_arch="unet_64", ngf=8, ndf=8, size=64, direction="AtoB", rounds=2, calib_images=4,
-                  g_agent="template", d_agent="template", finetune_steps=2, fid=False, eval_images=4,
+                  g_agent="template", d_agent="template", finetune_steps=2, supernet_steps=3, fid=False, eval_images=4,
                   latency=False, out=str(tmp_path / "run"))
     cfg = tmp_path / "unet.yaml"
     cfg.write_text(yaml.safe_dump(values))
@@ -77,7 +77,7 @@ def test_custom_agent_through_the_cli(tiny, tmp_path, capsys):
     assert main(["search", "--generator", tiny["generator"], "--discriminator", tiny["discriminator"],
                  "--g-arch", "unet_64", "--ngf", "8", "--ndf", "8", "--dataroot", tiny["dataroot"],
                  "--calib-images", "4", "--m", "2", "--rounds", "4", "--g-agent", "local_search",
-                 "--d-agent", "template", "--agent-file", agent_file, "--out", str(out)]) == 0
+                 "--d-agent", "template", "--agent-file", agent_file, "--supernet-steps", "0", "--out", str(out)]) == 0
     assert "best: round" in capsys.readouterr().out
     h = pd.read_csv(out / "history.csv")
     assert (h["phase"] == "search").sum() == 4 and h["g_feasible"].all() and (h["error"].isna() | (h["error"] == "")).all()
@@ -91,7 +91,7 @@ def test_demo_quick_prints_before_after_table(tmp_path, monkeypatch, capsys):
     # agents instead of the greedy ones (their search is tested in test_search/test_agents).
     monkeypatch.setitem(teacher.DEMO_TEACHERS, "quick", {**teacher.DEMO_TEACHERS["quick"], "steps": 10})
     monkeypatch.setitem(demo.DEMO_PRUNE, "quick", {**demo.DEMO_PRUNE["quick"], "g_agent": "template",
-                                                   "d_agent": "template", "rounds": 2, "finetune_steps": 3,
+                                                   "d_agent": "template", "rounds": 2, "finetune_steps": 3, "supernet_steps": 3,
                                                    "eval_images": 8})
     assert main(["demo", "--quick"]) == 0
     printed = capsys.readouterr().out

@@ -147,7 +147,7 @@ def tiny(tmp_path_factory):
     ganprune.save_pruned(root / "P.pt", small, {"arch": "unet_64", "ngf": 8, "dropout": True}, widths)
     config = {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64",
               "ngf": 8, "ndf": 8, "dropout": True, "dataroot": data, "g_agent": "template", "d_agent": "template",
-              "rounds": 3, "calib_images": 4, "calib_batch": 4, "m": 2, "finetune_steps": 2, "fid": False,
+              "rounds": 3, "calib_images": 4, "calib_batch": 4, "m": 2, "finetune_steps": 2, "fid": False, "supernet_steps": 0,
               "eval_images": 4, "latency": False}
     return {"root": root, "data": data, "config": config, "P": root / "P.pt", "G": root / "G.pth",
             "D": root / "D.pth"}
@@ -378,7 +378,7 @@ def test_agent_file_that_exits_fails_the_command(tiny, tmp_path, capsys, body):
     plugin.write_text(body)
     argv = ["search", "--generator", tiny["G"], "--discriminator", tiny["D"], "--g-arch", "unet_64", "--ngf", "8",
             "--ndf", "8", "--dropout", "--dataroot", tiny["data"], "--calib-images", "4", "--m", "2",
-            "--agent-file", plugin, "--rounds", "2", "--out", tmp_path / "out"]
+            "--agent-file", plugin, "--rounds", "2", "--supernet-steps", "0", "--out", tmp_path / "out"]
     if "hostile-file-agent" in body:
         argv += ["--g-agent", "hostile-file-agent"]
     _one_line_exit_2(argv, capsys, "exit" if "hostile" not in body else "sys.exit(0)")

@@ -25,7 +25,7 @@ def tiny(tmp_path_factory):
     save_checkpoint(root / "D.pth", load_discriminator(ndf=8))
     data = make_demo(root / "data", size=64, task="gray2color")["out"]
     return {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64", "ngf": 8,
-            "ndf": 8, "dataroot": data, "g_agent": "template", "d_agent": "template", "rounds": 4, "calib_images": 8, "finetune_steps": 3, "fid": False,
+            "ndf": 8, "dataroot": data, "g_agent": "template", "d_agent": "template", "rounds": 4, "calib_images": 8, "finetune_steps": 3, "supernet_steps": 4, "fid": False,
             "eval_images": 8, "latency": False}
 
 
@@ -114,3 +114,29 @@ def test_config_is_checked(tiny, tmp_path, capsys):
 def test_search_split_must_not_be_val(tiny, tmp_path):
     with pytest.raises(UserError, match="evaluation split"):
         run_pipeline({**tiny, "phase": "val"}, tmp_path / "o", progress=False)
+
+
+def test_winner_starts_from_its_supernet_slice(tiny, tmp_path):
+    """With a supernet the search scores slices, and the pruned G handed to fine-tuning is the winner's slice
+    (the supernet's shared weights, not the teacher's), BatchNorm re-estimated."""
+    from ganprune.prune import load_pruned
+    out = str(tmp_path / "run")
+    config = {**tiny, "supernet_steps": 6}
+    run_pipeline(config, out, stages=["search", "prune"], progress=False)
+    state = torch.load(os.path.join(out, "search", "supernet", "supernet_G.pt"), weights_only=True)
+    teacher = torch.load(tiny["generator"], weights_only=True)
+    G = load_pruned(os.path.join(out, "pruned_G.pt"))
+    shared = load_generator(arch="unet_64", ngf=8)
+    shared.load_state_dict(state)
+    from ganprune.prune import channel_ranking, prune
+    x = torch.zeros(1, 3, 64, 64)
+    ranking = channel_ranking(load_generator(tiny["generator"], arch="unet_64", ngf=8), x)
+    sliced = prune(shared, G.ganprune_widths, x, ranking=ranking)
+    for (name, a), (_, b) in zip(G.named_parameters(), sliced.named_parameters()):
+        assert torch.equal(a, b), name
+    moved = [k for k in state if k.endswith("weight") and not torch.equal(state[k], teacher[k])]
+    assert moved, "the supernet's weights should differ from the teacher's after training"
+    # Without a supernet the same stage prunes the teacher's own weights.
+    out0 = str(tmp_path / "run0")
+    run_pipeline({**tiny, "supernet_steps": 0}, out0, stages=["search", "prune"], progress=False)
+    assert not os.path.exists(os.path.join(out0, "search", "supernet"))
