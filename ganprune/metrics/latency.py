@@ -114,7 +114,7 @@ def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_s
                         runners.append((name, backend, _torch_runner(model, x, mods)))
                     elif base == "onnxruntime":
                         runners.append((name, backend, _ort_runner(model, x, mods, threads, workdir, name)))
-            times = _interleaved(runners, warmup, repeats, progress)
+            times = interleaved(runners, warmup, repeats, progress)
     finally:
         torch.set_num_threads(previous_threads)
     rows = []
@@ -128,7 +128,7 @@ def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_s
     return df
 
 
-def _interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
+def interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
     """Round-robin timing, starting each round one runner later so none always runs first."""
     times: list[list[float]] = [[] for _ in runners]
     n = len(runners)
@@ -378,5 +378,5 @@ def _time_layers(layers, backend: str, threads: int, warmup: int, repeats: int, 
             fn = (_torch_runner(conv, x, mods) if base == "torch"
                   else _ort_runner(conv, x, mods, threads, workdir, str(key)))
             runners.append((key, backend, fn))
-        times = _interleaved(runners, warmup, repeats, progress)
+        times = interleaved(runners, warmup, repeats, progress)
     return {key: float(np.min(t)) * 1e3 for (key, _, _), t in zip(runners, times)}
