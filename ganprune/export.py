@@ -367,7 +367,8 @@ def export_model(model: nn.Module, path, example_input: torch.Tensor, fmt: str |
         if result["dynamic_hw"]:
             other = next(s for s in result["checked_sizes"] if s != tuple(example.shape[-2:]))
             inputs.append(torch.nn.functional.interpolate(inputs[0], size=other, mode="bilinear", align_corners=False))
-        result.update(max_abs_diff=_max_diff(load_runner(tmp, 1, fmt), reference, inputs), parity_input=source,
+        run = load_runner(tmp, result["threads"] or 1, fmt)  # the shipped count: ExecuTorch's pool is process-wide
+        result.update(max_abs_diff=_max_diff(run, reference, inputs), parity_input=source,
                       metadata=meta, path=path, format=fmt)
         if fmt == "openvino":
             _move(os.path.splitext(tmp)[0] + ".bin", os.path.splitext(path)[0] + ".bin")

@@ -232,7 +232,8 @@ def test_dynamic_height_and_width_where_the_net_allows(tmp_path):
     result = export_onnx(net, tmp_path / "g.onnx", torch.randn(1, 3, 64, 64))
     assert result["dynamic_hw"] and result["checked_sizes"] == [(64, 64), (32, 32)]
     session = ort_session(tmp_path / "g.onnx", threads=1)
-    assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    shape = session.get_inputs()[0].shape   # symbolic names: the legacy exporter's, or dynamo's own
+    assert shape[:2] == ["batch", 3] and all(isinstance(d, str) for d in shape[2:])
     x = torch.randn(1, 3, 48, 80)   # a size never traced nor checked
     with torch.no_grad():
         want = net(x).numpy()
