@@ -406,6 +406,7 @@ def _time_layers(layers, backend: str, threads: int, warmup: int, repeats: int, 
                        padding=tuple(layer["padding"]), dilation=tuple(layer["dilation"]), bias=True, **extra)
             x = torch.randn(1, cin, *layer["in_hw"])
             fn = (_torch_runner(conv, x, mods) if base == "torch"
+                  else _file_runner(conv, x, base, threads, workdir, str(key)) if base in FILE_BACKENDS
                   else _ort_runner(conv, x, mods, threads, workdir, str(key)))
             runners.append((key, backend, fn))
         times = interleaved(runners, warmup, repeats, progress)
