@@ -302,3 +302,5 @@ def test_cli_export_format_choice_and_missing_runtime(tmp_path, capsys, monkeypa
     assert main([*argv, "--out", str(tmp_path / "g.onnx"), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "format: onnx" in printed and "input: batchx3xheightxwidth" in printed and "threads: 1" in printed
+    assert main([*argv, "--out", str(tmp_path / "G.pth")]) == 2   # never over an input, whichever option names it
+    assert "is the input --generator" in capsys.readouterr().err
