@@ -374,7 +374,9 @@ def export_model(model: nn.Module, path, example_input: torch.Tensor, fmt: str |
             _move(os.path.splitext(tmp)[0] + ".bin", os.path.splitext(path)[0] + ".bin")
         _move(tmp, path)
         atomic_write_text(path + ".json", json.dumps(meta, indent=1, sort_keys=True) + "\n")
-    result.update(bytes=os.path.getsize(path), seconds=time.perf_counter() - start)
+    extra = os.path.splitext(path)[0] + ".bin" if fmt == "openvino" else None   # the IR's weights
+    result.update(bytes=os.path.getsize(path) + (os.path.getsize(extra) if extra else 0),
+                  seconds=time.perf_counter() - start)
     return result
 
 
