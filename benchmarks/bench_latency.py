@@ -1,27 +1,29 @@
-"""Does pruning turn fewer MACs into lower CPU latency? Dense vs ≈4× and ≈15× magnitude-pruned nets.
+"""Does pruning turn fewer MACs into lower CPU latency, and on which runtime? Dense vs 1/4- and 1/8-width nets.
 
-For unet_256, resnet_9blocks and the basic PatchGAN (6-channel input), every group is pruned to the
-same fraction of its width (``SearchSpace.uniform``, widths in multiples of 8), the fraction chosen
-to come closest to each target MACs reduction. All variants of one arch run interleaved (one call
-each per round, rotating order) on each backend, batch 1, fixed threads, after warm-up; the table
-shows the median per call.
+For unet_256 and resnet_9blocks (256², batch 1), every group is pruned to the same fraction of its width
+(``SearchSpace.uniform``: multiples of 8, ≈15× and ≈54× fewer MACs), magnitude (L2) pruning. For each
+thread count, all variants on all runtimes run interleaved in this one process (one call each per round,
+rotating order), so a noisy neighbour hits every candidate alike. Printed per row: the median ms with its
+10th–90th percentile spread, and
 
     efficiency = (dense latency / pruned latency) / (dense MACs / pruned MACs)
 
-on the same backend: 1.0 means latency falls exactly as fast as MACs, which is the practical ceiling.
+with the speedup taken round by round (dense and pruned timed within one rotation) and reported as the
+median with its 10th–90th percentile. "vs best dense" divides by the fastest runtime's dense time instead
+of the same runtime's. Then, per arch, where the time goes: ONNX Runtime's and torch's profilers, dense
+vs the smallest variant per op type (``ganprune.metrics.op_profile``).
 
-    python benchmarks/bench_latency.py --quick            # 128², 5 rounds: a few minutes
-    python benchmarks/bench_latency.py --threads 2 --out latency.csv
+    python benchmarks/bench_latency.py --quick             # 128² (unet_128, resnet_9blocks): a few minutes
+    python benchmarks/bench_latency.py --out latency.csv   # 256², 15 rounds, 1 and 2 threads
+    python benchmarks/bench_latency.py --round-to 8,16,32  # also widths rounded to 16 and 32
 
-Run it on quiet cores: other processes competing for the CPU inflate and scatter the numbers. Both
-runtimes are told not to spin while idle (ONNX Runtime's allow_spinning=0, and OMP_WAIT_POLICY=PASSIVE
-for torch's OpenMP unless --omp-spin): with spinning on, a busy machine makes torch's numbers several
-times worse and erratic, and torch's idle spinning threads slow ONNX Runtime running beside it.
+Runtimes: torch (BN folded), ONNX Runtime, and OpenVINO / ExecuTorch-XNNPACK when installed
+(``pip install 'ganprune[openvino,executorch]'``). Threads do not spin while idle (ONNX Runtime's
+allow_spinning=0, OMP_WAIT_POLICY=PASSIVE for torch unless --omp-spin).
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -34,13 +36,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ganprune.metrics.latency import measure_latency, parse_backend  # noqa: E402
+from ganprune.metrics.latency import available_backends, measure_latency, parse_backend  # noqa: E402
 from ganprune.models import load_discriminator, load_generator  # noqa: E402
 from ganprune.prune import prune  # noqa: E402
 from ganprune.space import SearchSpace  # noqa: E402
 
-TARGETS = (4.0, 15.0)
-BACKENDS = ("torch", "torch+fold", "torch+fold+cl", "onnxruntime")
+FRACTIONS = (0.25, 0.125)
 ARCHS = {  # name: (builder, input channels)
     "unet_256": (lambda: load_generator(arch="unet_256"), 3),
     "unet_128": (lambda: load_generator(arch="unet_128"), 3),
@@ -49,83 +50,131 @@ ARCHS = {  # name: (builder, input channels)
 }
 
 
-def closest_widths(space: SearchSpace, target: float) -> dict:
-    """Uniform widths (one fraction for every group) whose MACs reduction is nearest ``target`` (log scale)."""
-    dense = space.macs(space.full_widths())
-    candidates = [space.uniform(float(f)) for f in np.arange(0.05, 1.0001, 0.005)]
-    return min(candidates, key=lambda w: abs(math.log(dense / space.macs(w) / target)))
+def rounded_widths(space: SearchSpace, fraction: float, multiple: int) -> dict:
+    """Every group at ``fraction`` of its width rounded to a multiple of ``multiple`` (at least one multiple)."""
+    return {g.name: min(g.full, max(multiple, int(round(fraction * g.full / multiple)) * multiple))
+            for g in space.groups}
 
 
-def bench_arch(arch: str, size: int, threads: int, warmup: int, repeats: int, backends, stat: str) -> list[dict]:
+def build_variants(arch: str, size: int, fractions, round_to) -> tuple:
     build, channels = ARCHS[arch]
     torch.manual_seed(0)
     dense = build().eval()
-    x = torch.zeros(1, channels, size, size)
+    x = torch.randn(1, channels, size, size, generator=torch.Generator().manual_seed(0))
     space = SearchSpace.from_model(dense, x, arch=arch)
-    dense_macs = space.macs(space.full_widths())
-    variants = {"dense": (dense, space.full_widths())}
-    for target in TARGETS:
-        widths = closest_widths(space, target)
-        variants[f"≈{target:g}×"] = (prune(dense, widths, x, importance="l2").eval(), widths)
-    print(f"{arch}: measuring {len(variants)} variants × {len(backends)} backends at {size}²", file=sys.stderr)
-    lat = measure_latency({name: v[0] for name, v in variants.items()}, tuple(x.shape), threads=threads,
-                          warmup=warmup, repeats=repeats, backends=backends)
-    ms = {(r.model, r.backend): getattr(r, f"{stat}_ms") for r in lat.itertuples()}
+    variants = {"dense": (dense, space.macs(space.full_widths()))}
+    for f in fractions:
+        for r in round_to:
+            widths = space.uniform(f) if r == 8 else rounded_widths(space, f, r)
+            name = f"1/{round(1 / f)}" + ("" if r == 8 else f" r{r}")
+            variants[name] = (prune(dense, widths, x, importance="l2").eval(), space.macs(widths))
+    return variants, x
+
+
+def _spread(values) -> str:
+    lo, hi = np.percentile(values, [10, 90])
+    return f"{lo:.3g}–{hi:.3g}"
+
+
+def time_arch(arch: str, variants: dict, x: torch.Tensor, threads: int, backends, warmup: int, repeats: int) -> list:
+    lat = measure_latency({k: v[0] for k, v in variants.items()}, tuple(x.shape), threads=threads, warmup=warmup,
+                          repeats=repeats, backends=backends, progress=False)
+    times = {k: np.asarray(v) for k, v in lat.attrs["times_ms"].items()}
+    best_dense = min(backends, key=lambda b: np.median(times[("dense", b)]))
+    dense_macs = variants["dense"][1]
     rows = []
-    for name, (_, widths) in variants.items():
-        macs = space.macs(widths)
+    for name, (_, macs) in variants.items():
         reduction = dense_macs / macs
-        kept = np.mean([widths[g.name] / g.full for g in space.groups])
-        row = {"arch": arch, "variant": name, "mean width": round(float(kept), 3), "GMACs": macs / 1e9,
-               "params (M)": space.params(widths) / 1e6, "MACs ×": reduction}
         for b in backends:
-            speedup = ms[("dense", b)] / ms[(name, b)]
-            row[f"{b} ms"] = ms[(name, b)]
-            row[f"{b} speedup ×"] = speedup
-            row[f"{b} eff"] = speedup / reduction
-        best = min(backends, key=lambda b: ms[(name, b)])
-        row["fastest"] = best
-        row["fastest eff"] = row[f"{best} eff"]
-        rows.append(row)
+            t = times[(name, b)]
+            eff = times[("dense", b)] / t / reduction          # round by round: paired within one rotation
+            vs_best = times[("dense", best_dense)] / t / reduction
+            rows.append({"arch": arch, "threads": threads, "variant": name, "MACs ×": reduction, "runtime": b,
+                         "ms": float(np.median(t)), "ms p10–p90": _spread(t),
+                         "speedup ×": float(np.median(times[("dense", b)] / t)),
+                         "eff": float(np.median(eff)), "eff p10–p90": _spread(eff),
+                         "eff vs best dense": float(np.median(vs_best))})
     return rows
+
+
+def profile_arch(arch: str, variants: dict, x: torch.Tensor) -> list[str]:
+    """Per-op-type tables, dense vs the smallest variant, ONNX Runtime and torch at 1 thread."""
+    import tempfile
+
+    from ganprune.export import export_onnx
+    from ganprune.fuse import fold_batchnorm
+    from ganprune.metrics.op_profile import op_breakdown, ort_op_times, torch_op_times
+    small = min(variants, key=lambda k: variants[k][1])
+    reduction = variants["dense"][1] / variants[small][1]
+    out = []
+    with tempfile.TemporaryDirectory(prefix="ganprune-bench-") as workdir:
+        ort, tch = {}, {}
+        for name in ("dense", small):
+            path = os.path.join(workdir, f"{len(ort)}.onnx")
+            export_onnx(variants[name][0], path, x, check=False, parity=False)
+            ort[name] = ort_op_times(path, x, threads=1)
+            tch[name] = torch_op_times(fold_batchnorm(variants[name][0]), x, threads=1, runs=3 if name == "dense" else 10)
+    for label, prof in (("ONNX Runtime", ort), ("torch (BN folded)", tch)):
+        table = op_breakdown(prof["dense"], prof[small], reduction)
+        out.append(f"\n{arch}, {label}, 1 thread: per op type, dense vs {small} ({reduction:.1f}× fewer MACs); "
+                   f"eff = op speedup ÷ MACs reduction\n\n" + table.to_markdown(index=False, floatfmt=".3g"))
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="128² images (unet_128 instead of unet_256), 5 rounds")
-    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 20, quick 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 3, quick 2)")
-    p.add_argument("--backends", default=",".join(BACKENDS), help=f"comma-separated (default {','.join(BACKENDS)})")
-    p.add_argument("--archs", default=None, help="comma-separated subset (default: unet_256,resnet_9blocks,basic; "
-                   "quick: unet_128 for unet_256)")
-    p.add_argument("--stat", default="median", choices=["median", "min"], help="per-call statistic (default median)")
+    p.add_argument("--quick", action="store_true", help="128² images (unet_128 for unet_256), 5 rounds")
+    p.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts (default 1,2)")
+    p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 15, quick 5)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed rounds first (default 2)")
+    p.add_argument("--backends", default=None, help="comma-separated runtimes (default: torch+fold, onnxruntime "
+                   "and every optional runtime installed: " + ", ".join(available_backends()[2:]) + ")")
+    p.add_argument("--archs", default=None, help="comma-separated (default unet_256,resnet_9blocks; quick: unet_128 "
+                   "for unet_256); also basic (the PatchGAN D)")
+    p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)), help="width fractions (default 0.25,0.125)")
+    p.add_argument("--round-to", default="8", help="comma-separated width multiples to compare (default 8)")
+    p.add_argument("--no-profile", action="store_true", help="skip the per-op-type profile")
     p.add_argument("--omp-spin", action="store_true", help="leave OMP_WAIT_POLICY unset (OpenMP threads spin when idle)")
     p.add_argument("--out", help="also write the table as CSV here")
     args = p.parse_args(argv)
-    # The legacy ONNX exporter's note about ResNet's reflection padding, once per export: not news here.
     warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
-    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    warnings.filterwarnings("ignore", category=FutureWarning)   # ExecuTorch's lowering, once per export
+    backends = tuple(b.strip() for b in (args.backends or ",".join(["torch+fold", "onnxruntime",
+                                                                     *available_backends()[2:]])).split(","))
     for b in backends:
         parse_backend(b)
     size = 128 if args.quick else 256
-    archs = (args.archs.split(",") if args.archs else
-             ["unet_128" if args.quick else "unet_256", "resnet_9blocks", "basic"])
+    archs = args.archs.split(",") if args.archs else ["unet_128" if args.quick else "unet_256", "resnet_9blocks"]
     unknown = [a for a in archs if a not in ARCHS]
     if unknown:
         p.error(f"unknown arch {unknown[0]!r}; choose from {', '.join(ARCHS)}")
-    repeats = args.repeats or (5 if args.quick else 20)
-    warmup = args.warmup if args.warmup is not None else (2 if args.quick else 3)
+    threads = [int(t) for t in args.threads.split(",")]
+    repeats = args.repeats or (5 if args.quick else 15)
+    warmup = args.warmup if args.warmup is not None else 2
+    fractions = [float(f) for f in args.fractions.split(",")]
+    round_to = [int(r) for r in args.round_to.split(",")]
     start = time.perf_counter()
-    rows = []
+    rows, profiles = [], []
     for arch in archs:
-        rows += bench_arch(arch, size, args.threads, warmup, repeats, backends, args.stat)
+        variants, x = build_variants(arch, size, fractions, round_to)
+        for t in threads:
+            print(f"{arch}: {len(variants)} variants × {len(backends)} runtimes, {t} thread(s), {size}²", file=sys.stderr)
+            rows += time_arch(arch, variants, x, t, backends, warmup, repeats)
+        if not args.no_profile:
+            profiles += profile_arch(arch, variants, x)
     table = pd.DataFrame(rows)
-    print(f"\nbatch 1, {size}×{size}, {args.threads} threads (torch and ONNX Runtime), {args.stat} of {repeats} "
-          f"interleaved rounds after {warmup} warm-up; efficiency = latency speedup ÷ MACs reduction, same backend; "
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nbatch 1, {size}×{size}; median of {repeats} interleaved rounds after {warmup} warm-up, 10th–90th "
+          f"percentile beside; eff = latency speedup ÷ MACs reduction, same runtime, round by round; "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, torch {torch.__version__}, "
-          f"{os.cpu_count()} CPUs, {time.perf_counter() - start:.0f} s\n")
+          f"{os.cpu_count()} CPUs, load average {load:.1f} at the end, {time.perf_counter() - start:.0f} s\n")
     print(table.to_markdown(index=False, floatfmt=".3g"))
+    best = table[table.variant != "dense"].loc[lambda d: d.groupby(["arch", "threads", "variant"]).ms.idxmin()]
+    print("\nFastest runtime per pruned variant:\n")
+    print(best[["arch", "threads", "variant", "MACs ×", "runtime", "ms", "eff", "eff p10–p90",
+                "eff vs best dense"]].to_markdown(index=False, floatfmt=".3g"))
+    for text in profiles:
+        print(text)
     if args.out:
         from ganprune.io import atomic_write_text
         atomic_write_text(args.out, table.to_csv(index=False))

@@ -18,8 +18,8 @@ from ganprune.errors import UserError
 INPUT_OPTIONS = ("config", "teacher", "generator", "discriminator", "pruned", "pruned_g", "pruned_d", "dataroot",
                  "agent_file", "g_space", "d_space", "space", "latency_table", "fid_weights", "segmenter",
                  "teacher_for_reference")
-# Commands whose output is one file: command -> option.
-FILE_OUTPUTS = {"export": "onnx", "space": "csv"}
+# Commands whose output is one file: command -> the options that can name it.
+FILE_OUTPUTS = {"export": ("onnx", "out"), "space": ("csv",)}
 # What each command writes inside its output folder ("name/": a folder it fills). Commands not listed write
 # only names no input can have (their own new folder) and get the folder checks alone.
 WRITES = {
@@ -84,9 +84,9 @@ def check_paths(command: str, options: dict) -> None:
     written; ``options`` are the command's option values by name (unset or non-path values are skipped)."""
     inputs = {k: os.fspath(options[k]) for k in INPUT_OPTIONS if _is_path(options.get(k))}
     if command in FILE_OUTPUTS:
-        option = FILE_OUTPUTS[command]
-        if _is_path(options.get(option)):
-            _check_file_output(_flag(option), os.fspath(options[option]), inputs)
+        for option in FILE_OUTPUTS[command]:
+            if _is_path(options.get(option)):
+                _check_file_output(_flag(option), os.fspath(options[option]), inputs)
         return
     out = options.get("out")
     if not _is_path(out):

@@ -193,8 +193,17 @@ class _Run:
         from ganprune.prune import load_pruned
         self.need("finetune/G.pt")
         G = load_pruned(self.path("finetune", "G.pt"))
-        r = export_onnx(G, self.path("G.onnx"), torch.zeros(G.ganprune_input_shape))
-        return {k: r[k] for k in ("exporter", "opset", "bytes", "max_abs_diff", "batchnorm_folded")}
+        # Parity on real validation images: on a constant input InstanceNorm is degenerate (false alarms).
+        from ganprune.data import build_dataset
+        c = self.c
+        val = build_dataset(c["dataroot"], c["mode"], eval_phase(c["dataroot"], c["mode"]), flip=False,
+                            direction=c["direction"], load_size=c["size"], crop_size=c["size"])
+        images = torch.stack([val[i]["A"] for i in range(min(2, len(val)))])
+        r = export_onnx(G, self.path("G.onnx"), images[:1], images=images, threads="auto",
+                        metadata={"stage": "finetune (the fine-tuned pruned G, finetune/G.pt)",
+                                  "teacher": self.c.get("teacher") or self.c.get("generator") or ""})
+        return {k: r[k] for k in ("exporter", "opset", "bytes", "max_abs_diff", "parity_input", "dynamic_hw",
+                                  "threads", "batchnorm_folded")}
 
     def report(self) -> dict:
         from ganprune.report import write_run_report

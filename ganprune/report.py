@@ -22,7 +22,9 @@ def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
     text = report_markdown(table, computed_on)
     text += (f"\nSearch winner: round {winner['round']}, score {winner['score']:.4g}, G {winner['generator']['macs']:,}"
              f" MACs, D {winner['discriminator']['macs']:,} MACs (widths.yaml); fine-tuned with recipe "
-             f"{config['recipe']} for {config['finetune_steps']} steps; ONNX: G.onnx\n")
+             f"{config['recipe']} for {config['finetune_steps']} steps.\nFiles: pruned_G.pt / pruned_D.pt = the pruned "
+             "pair before fine-tuning; finetune/G.pt / finetune/D.pt = after fine-tuning (what ships); G.onnx = "
+             "finetune/G.pt exported (BN folded; its metadata_props name the stage, widths and threads)\n")
     atomic_write_text(os.path.join(out, "metrics.md"), text)
     return {"pareto_png": pareto_png(os.path.join(out, "history.csv"), winner, os.path.join(out, "pareto.png"), log)}
 

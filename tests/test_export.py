@@ -1,4 +1,6 @@
 import copy
+import json
+import os
 import sys
 
 import numpy as np
@@ -145,7 +147,7 @@ def test_cli_export_dense_generator(tmp_path, capsys):
                  "--onnx", str(out)]) == 0
     printed = capsys.readouterr().out
     assert out.is_file() and "onnx checker: ok" in printed and "exporter: " in printed
-    diff = float(printed.split("at batch 1 and 2: ")[1].split()[0])
+    diff = float(printed.split("at batch 1 and 2, 64x64 (")[1].split("): ")[1].split()[0])
     assert diff < 1e-4
 
 
@@ -153,7 +155,11 @@ def test_cli_export_dense_generator(tmp_path, capsys):
     (["--generator", "{tmp}/missing.pth", "--onnx", "{tmp}/x.onnx"], "checkpoint file not found"),
     (["--generator", "{tmp}/G.pth", "--arch", "unet_65", "--onnx", "{tmp}/x.onnx"], "unknown generator arch"),
     (["--generator", "{tmp}/G.pth", "--arch", "resnet_6blocks", "--ngf", "8", "--onnx", "{tmp}/x.onnx"], "missing key"),
-    (["--generator", "{tmp}/G.pth"], "missing --onnx"),
+    (["--generator", "{tmp}/G.pth"], "give the file to write as --out"),
+    (["--generator", "{tmp}/G.pth", "--arch", "unet_64", "--ngf", "8", "--out", "{tmp}/x.onnx", "--format", "pte"],
+     "a pte file must end in .pte"),
+    (["--generator", "{tmp}/G.pth", "--arch", "unet_64", "--ngf", "8", "--onnx", "{tmp}/x.onnx", "--threads", "0"],
+     "--threads '0'"),
     (["--generator", "{tmp}/G.pth", "--pruned", "{tmp}/G.pth", "--onnx", "{tmp}/x.onnx"], "exactly one of"),
     (["--generator", "{tmp}/G.pth", "--arch", "unet_64", "--ngf", "8", "--size", "32", "--onnx", "{tmp}/x.onnx"],
      "cannot take 32x32"),
@@ -203,3 +209,98 @@ def test_cli_export_pruned_rejects_a_dense_checkpoint(tmp_path, capsys):
     assert main(["export", "--pruned", str(tmp_path / "G.pth"), "--onnx", str(tmp_path / "x.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert "not a pruned-model file" in err and len(err.splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- exports you can trust
+
+def _instance_resnet():
+    return load_generator(arch="resnet_6blocks", ngf=8, norm="instance").eval()
+
+
+def test_parity_on_a_constant_example_uses_image_like_inputs(tmp_path):
+    """All-zero input: InstanceNorm is degenerate there, so parity must not be measured on it."""
+    result = export_onnx(_instance_resnet(), tmp_path / "g.onnx", torch.zeros(1, 3, 64, 64))
+    assert result["parity_input"].startswith("synthetic image-like")
+    assert result["max_abs_diff"] < 1e-4
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    given = export_onnx(_instance_resnet(), tmp_path / "h.onnx", torch.zeros(1, 3, 64, 64), images=images)
+    assert given["parity_input"] == "given images" and given["max_abs_diff"] < 1e-4
+
+
+def test_dynamic_height_and_width_where_the_net_allows(tmp_path):
+    net = _instance_resnet()
+    result = export_onnx(net, tmp_path / "g.onnx", torch.randn(1, 3, 64, 64))
+    assert result["dynamic_hw"] and result["checked_sizes"] == [(64, 64), (32, 32)]
+    session = ort_session(tmp_path / "g.onnx", threads=1)
+    shape = session.get_inputs()[0].shape   # symbolic names: the legacy exporter's, or dynamo's own
+    assert shape[:2] == ["batch", 3] and all(isinstance(d, str) for d in shape[2:])
+    x = torch.randn(1, 3, 48, 80)   # a size never traced nor checked
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(session.run(None, {"input": x.numpy()})[0] - want).max() < 1e-4
+    fixed = export_onnx(net, tmp_path / "f.onnx", torch.randn(1, 3, 64, 64), dynamic_hw=False)
+    assert not fixed["dynamic_hw"] and ort_session(tmp_path / "f.onnx").get_inputs()[0].shape[2:] == [64, 64]
+
+
+def test_unet_keeps_its_fixed_size_and_records_it(tmp_path):
+    result = export_onnx(load_generator(arch="unet_64", ngf=8), tmp_path / "u.onnx", torch.randn(1, 3, 64, 64))
+    assert not result["dynamic_hw"] and result["metadata"]["input_shape"] == "batchx3x64x64"
+    with pytest.raises(UserError, match="runs only at"):
+        export_onnx(load_generator(arch="unet_64", ngf=8), tmp_path / "v.onnx", torch.randn(1, 3, 64, 64),
+                    dynamic_hw=True)
+
+
+def test_metadata_props_say_what_the_file_holds(tmp_path):
+    from ganprune import __version__
+    from ganprune.export import read_metadata, recorded_threads
+    pruned, _, _ = _pruned_unet(tmp_path)
+    pruned.ganprune_spec = {"arch": "unet_64", "ngf": 8}
+    export_onnx(pruned, tmp_path / "p.onnx", torch.randn(1, 3, 64, 64), threads=3,
+                metadata={"stage": "finetune", "source": "teacher/G.pth"})
+    meta = read_metadata(tmp_path / "p.onnx")
+    assert meta["ganprune_version"] == __version__ and meta["stage"] == "finetune"
+    assert meta["source"] == "teacher/G.pth" and json.loads(meta["spec"]) == {"arch": "unet_64", "ngf": 8}
+    assert json.loads(meta["widths"]) == pruned.ganprune_widths
+    assert recorded_threads(tmp_path / "p.onnx") == 3
+
+
+def test_thread_count_timed_and_recorded(tmp_path):
+    from ganprune.export import recorded_threads, thread_candidates
+    result = export_onnx(load_discriminator(ndf=8), tmp_path / "d.onnx", torch.randn(1, 6, 64, 64), threads="auto")
+    assert set(result["latency_ms_by_threads"]) == set(thread_candidates())
+    assert all(ms > 0 for ms in result["latency_ms_by_threads"].values())
+    best = min(result["latency_ms_by_threads"].values())
+    assert result["latency_ms_by_threads"][result["threads"]] <= best * 1.05 + 1e-9
+    assert recorded_threads(tmp_path / "d.onnx") == result["threads"]
+
+
+@pytest.mark.parametrize("fmt, ext", [("openvino", "xml"), ("pte", "pte")])
+def test_other_runtime_formats_match_torch(fmt, ext, tmp_path):
+    from ganprune.export import export_model, read_metadata
+    from ganprune.runtimes import available, load_runner
+    if not available(fmt):
+        pytest.skip(f"{fmt} runtime not installed")
+    net = _random_bn_stats(load_generator(arch="resnet_6blocks", ngf=8)).eval()
+    path = tmp_path / f"g.{ext}"
+    result = export_model(net, path, torch.zeros(1, 3, 64, 64), threads=1, metadata={"stage": "test"})
+    assert result["format"] == fmt and result["max_abs_diff"] < 1e-4
+    assert read_metadata(path)["stage"] == "test" and read_metadata(path)["threads"] == "1"
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        want = net(x).numpy()
+    assert np.abs(load_runner(path)(x.numpy())[0] - want).max() < 1e-4
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def test_cli_export_format_choice_and_missing_runtime(tmp_path, capsys, monkeypatch):
+    import ganprune.runtimes as runtimes
+    save_checkpoint(tmp_path / "G.pth", load_generator(arch="resnet_6blocks", ngf=8))
+    monkeypatch.setattr(runtimes, "available", lambda fmt: fmt == "onnx")
+    argv = ["export", "--generator", str(tmp_path / "G.pth"), "--arch", "resnet_6blocks", "--ngf", "8", "--size", "64"]
+    assert main([*argv, "--out", str(tmp_path / "g.xml")]) == 2
+    assert "pip install 'ganprune[openvino]'" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "g.onnx"), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "format: onnx" in printed and "input: batchx3xheightxwidth" in printed and "threads: 1" in printed
+    assert main([*argv, "--out", str(tmp_path / "G.pth")]) == 2   # never over an input, whichever option names it
+    assert "is the input --generator" in capsys.readouterr().err

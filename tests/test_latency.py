@@ -88,3 +88,34 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
     assert again.predict(widths) == pytest.approx(table.predict(widths))
     with pytest.raises(UserError, match="unknown group"):
         table.predict({"nope": 8})
+
+
+def test_op_profiles_name_the_op_types_and_sum_to_the_call():
+    from ganprune.fuse import fold_batchnorm
+    from ganprune.metrics.op_profile import op_breakdown, ort_op_times, torch_op_times
+    d = load_discriminator(ndf=8, input_nc=3).eval()
+    x = torch.randn(1, 3, 64, 64)
+    import tempfile
+    with tempfile.TemporaryDirectory() as workdir:
+        export_onnx(d, f"{workdir}/d.onnx", x, check=False, parity=False)
+        ort = ort_op_times(f"{workdir}/d.onnx", x, threads=1, runs=3, warmup=1)
+    assert "Conv" in ort and all(ms > 0 for ms in ort.values())
+    assert max(ort, key=ort.get) == "Conv"           # a PatchGAN's time is its convs
+    tch = torch_op_times(fold_batchnorm(d), x, threads=1, runs=2, warmup=1)
+    assert any("conv" in op for op in tch) and all(ms > 0 for ms in tch.values())
+    table = op_breakdown({"Conv": 10.0, "Relu": 1.0}, {"Conv": 1.0, "Relu": 1.0}, macs_reduction=10.0)
+    assert table.set_index("op").loc["Conv", "eff"] == pytest.approx(1.0)
+    assert table.set_index("op").loc["Relu", "eff"] == pytest.approx(0.1)   # kept its cost
+    assert table["share of pruned %"].sum() == pytest.approx(100.0)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "executorch"])
+def test_optional_runtime_backends_time_modules(backend):
+    from ganprune.metrics.latency import available_backends
+    if backend not in available_backends():
+        pytest.skip(f"{backend} not installed")
+    d = load_discriminator(ndf=8, input_nc=3)
+    df = measure_latency({"d": d}, (1, 3, 64, 64), threads=1, warmup=1, repeats=2, backends=(backend, "onnxruntime"),
+                         progress=False)
+    assert list(df.backend) == [backend, "onnxruntime"] and (df.median_ms > 0).all()
+    assert len(df.attrs["times_ms"][("d", backend)]) == 2

@@ -69,7 +69,7 @@ def _space(args):
         atomic_write_text(args.csv, table.to_csv(index=False))
 
 
-@command("export", "export a pruned model or a dense checkpoint to ONNX (BN folded, dynamic batch, checked)", [
+@command("export", "export a pruned model or a dense checkpoint to ONNX, OpenVINO or ExecuTorch (BN folded, checked)", [
     Option("pruned", kind="path", help="pruned model file written by ganprune (state dict + widths)"),
     Option("generator", kind="path", help="dense reference-format generator checkpoint (latest_net_G.pth)"),
     Option("discriminator", kind="path", help="dense reference-format discriminator checkpoint (latest_net_D.pth)"),
@@ -82,7 +82,14 @@ def _space(args):
     Option("input_nc", None, "int", min=1, help="input channels of a dense checkpoint (default 3 for G, 6 for a "
            "conditional D)"),
     Option("output_nc", 3, "int", min=1, help="generator output channels (default 3)"),
-    Option("onnx", kind="path", help="ONNX file to write"),
+    Option("onnx", kind="path", help="ONNX file to write (same as --out with --format onnx)"),
+    Option("out", kind="path", help="file to write: .onnx, OpenVINO .xml (+ .bin), or ExecuTorch .pte"),
+    Option("format", None, choices=("onnx", "openvino", "pte"), help="runtime format (default: from the file's "
+           "extension, else onnx); openvino and pte need pip install 'ganprune[openvino]' / 'ganprune[executorch]'"),
+    Option("threads", "auto", help="CPU threads the file is meant to run with, recorded in its metadata: a number, "
+           "or 'auto' to time 1, 2, 4... and keep the fastest (default auto)"),
+    Option("fixed_size", False, "flag", help="fix H and W at --size (default: dynamic where the net runs at "
+           "other sizes)"),
     Option("size", None, "int", min=1, help="image size the graph is built for (default: the size a pruned "
            "model was pruned at, else 256)"),
     Option("opset", 17, "int", min=7, max=MAX_OPSET, help="ONNX opset (default 17)"),
@@ -90,10 +97,18 @@ def _space(args):
     Option("static_batch", False, "flag", help="fix the batch size at 1 instead of dynamic"),
 ])
 def _export(args):
-    import torch
+    import os
 
-    from ganprune.export import export_onnx, input_channels
-    need(args, "onnx")
+    from ganprune.export import export_model, image_like, input_channels
+    from ganprune.runtimes import FORMATS, format_of
+    if bool(args.onnx) == bool(args.out):
+        raise UserError("give the file to write as --out (or --onnx for ONNX), once")
+    out = args.out or args.onnx
+    fmt = args.format or (format_of(out) if os.path.splitext(out)[1] else "onnx")
+    if args.onnx and fmt != "onnx" or os.path.splitext(out)[1] not in ("", FORMATS[fmt]):
+        raise UserError(f"{out}: a {fmt} file must end in {FORMATS[fmt]}")
+    if args.threads != "auto" and not (str(args.threads).isdigit() and int(args.threads) >= 1):
+        raise UserError(f"--threads {args.threads!r}: expected a number >= 1 or 'auto'")
     sources = [o for o in ("pruned", "generator", "discriminator") if getattr(args, o)]
     if len(sources) != 1:
         raise UserError("give exactly one of --pruned, --generator, --discriminator "
@@ -111,14 +126,20 @@ def _export(args):
         from ganprune.models import load_discriminator
         net = load_discriminator(args.discriminator, arch=args.arch or "basic", ndf=args.ndf, norm=args.norm,
                                  input_nc=args.input_nc or 6, n_layers=args.n_layers_d)
-    x = torch.randn(1, input_channels(net), size, size, generator=torch.Generator().manual_seed(0))
-    r = export_onnx(net, args.onnx, x, opset=args.opset, dynamic_batch=not args.static_batch,
-                    fold_bn=not args.no_fold_bn)
-    diff = "not checked (onnxruntime missing)" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"
-    batches = "1 and 2" if r["dynamic_batch"] else "1"
-    print(f"exporter: {r['exporter']} (opset {r['opset']}), BatchNorm folded: {r['batchnorm_folded']}\n"
-          f"onnx checker: ok\nmax |onnxruntime - torch| at batch {batches}: {diff}\n"
-          f"size: {r['bytes'] / 2**20:.2f} MiB -> {r['path']} ({r['seconds']:.1f} s)")
+    x = image_like((1, input_channels(net), size, size))   # parity on an image-like input, not noise or zeros
+    r = export_model(net, out, x, fmt=fmt, opset=args.opset, dynamic_batch=not args.static_batch,
+                     fold_bn=not args.no_fold_bn, dynamic_hw=False if args.fixed_size else None,
+                     threads=args.threads if args.threads == "auto" else int(args.threads),
+                     metadata={"source": os.path.abspath(getattr(args, sources[0]))})
+    batches = "1 and 2" if r["dynamic_batch"] and fmt != "pte" else "1"
+    sizes = " and ".join(f"{h}x{w}" for h, w in r["checked_sizes"][:1 if fmt == "pte" else None])
+    timing = ", ".join(f"{t}: {ms:.2f} ms" for t, ms in (r["latency_ms_by_threads"] or {}).items())
+    print(f"format: {fmt}; exporter: {r['exporter']} (opset {r['opset']}), BatchNorm folded: "
+          f"{r['batchnorm_folded']}\n" + ("" if fmt == "pte" else "onnx checker: ok\n") +
+          f"input: {r['metadata']['input_shape']}\n"
+          f"max |{fmt} runtime - torch| at batch {batches}, {sizes} ({r['parity_input']}): "
+          f"{r['max_abs_diff']:.2e}\nthreads: {r['threads']}" + (f" (timed {timing})" if timing else "") +
+          f"\nsize: {r['bytes'] / 2**20:.2f} MiB -> {r['path']} ({r['seconds']:.1f} s)")
 
 
 @command("eval", "evaluate a generator on a split: MACs, params, PSNR/SSIM (vs GT and teacher), FID, KID", [

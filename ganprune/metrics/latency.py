@@ -11,6 +11,8 @@ Backends are named ``base[+modifier...]``:
   folded into the convs, see ``ganprune.fuse``) and ``cl`` (channels_last memory layout).
 * ``onnxruntime``: ONNX Runtime's CPU provider on a BN-folded export (or the given ``.onnx`` file),
   graph optimisation "all" unless a modifier ``basic``, ``extended`` or ``disable`` says otherwise.
+* ``openvino`` and ``executorch`` (XNNPACK): the files ``ganprune.export.export_model`` writes, run by
+  ``ganprune.runtimes`` (optional packages; ``available_backends`` lists those installed).
 
 CPU only: it measures the deployment target that pruning is for; models given on a GPU are copied
 to the CPU. ONNX Runtime threads do not spin while idle; for torch's OpenMP threads the same needs
@@ -37,14 +39,22 @@ from ganprune.errors import UserError
 
 TORCH_MODIFIERS = ("fold", "cl")
 ORT_LEVELS = ("basic", "extended", "disable")
+FILE_BACKENDS = {"openvino": "openvino", "executorch": "pte"}  # backend: ganprune.runtimes format
+
+
+def available_backends() -> list[str]:
+    """torch, onnxruntime, and the optional runtimes whose packages are installed."""
+    from ganprune.runtimes import available
+    return ["torch", "onnxruntime", *[b for b, fmt in FILE_BACKENDS.items() if available(fmt)]]
 
 
 def parse_backend(name: str) -> tuple[str, set[str]]:
     """``"torch+fold+cl"`` → ``("torch", {"fold", "cl"})``, validated."""
     base, *mods = str(name).split("+")
-    allowed = {"torch": TORCH_MODIFIERS, "onnxruntime": ORT_LEVELS}.get(base)
+    allowed = {"torch": TORCH_MODIFIERS, "onnxruntime": ORT_LEVELS, **{b: () for b in FILE_BACKENDS}}.get(base)
     if allowed is None:
-        raise UserError(f"backend {name!r}: expected torch[+fold][+cl] or onnxruntime[+basic|+extended|+disable]")
+        raise UserError(f"backend {name!r}: expected torch[+fold][+cl], onnxruntime[+basic|+extended|+disable], "
+                        f"{' or '.join(FILE_BACKENDS)}")
     bad = [m for m in mods if m not in allowed]
     if bad or (base == "onnxruntime" and len(mods) > 1):
         raise UserError(f"backend {name!r}: unknown or conflicting modifier {'+'.join(bad or mods)}; "
@@ -75,6 +85,22 @@ def _ort_runner(model, x: torch.Tensor, mods: set[str], threads: int, workdir: s
     session = ort_session(path, threads=threads, optimization=next(iter(mods), "all"))
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
+
+
+def _file_runner(model, x: torch.Tensor, base: str, threads: int, workdir: str, name: str) -> Callable[[], object]:
+    """A runner for an optional runtime: ``model`` exported to its format (unchecked), then loaded."""
+    from ganprune.runtimes import FORMATS, load_runner, require
+    fmt = FILE_BACKENDS[base]
+    require(fmt)
+    if isinstance(model, nn.Module):
+        from ganprune.export import export_model
+        path = os.path.join(workdir, f"{len(os.listdir(workdir))}{FORMATS[fmt]}")
+        export_model(model, path, x, fmt=fmt, check=False, dynamic_hw=False, threads=threads)
+    else:
+        path = os.fspath(model)
+    run = load_runner(path, threads, fmt)
+    xn = x.numpy()
+    return lambda: run(xn)
 
 
 def _check_runs(name: str, model: nn.Module, x: torch.Tensor) -> None:
@@ -114,7 +140,9 @@ def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_s
                         runners.append((name, backend, _torch_runner(model, x, mods)))
                     elif base == "onnxruntime":
                         runners.append((name, backend, _ort_runner(model, x, mods, threads, workdir, name)))
-            times = _interleaved(runners, warmup, repeats, progress)
+                    elif base in FILE_BACKENDS and isinstance(model, nn.Module):
+                        runners.append((name, backend, _file_runner(model, x, base, threads, workdir, name)))
+            times = interleaved(runners, warmup, repeats, progress)
     finally:
         torch.set_num_threads(previous_threads)
     rows = []
@@ -124,11 +152,13 @@ def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_s
                      "input": "x".join(map(str, input_shape)), "median_ms": float(np.median(ms)),
                      "p90_ms": float(np.percentile(ms, 90)), "min_ms": float(ms.min()), "repeats": repeats})
     df = pd.DataFrame(rows)
+    # Per-round times, paired across models: round r of every runner ran within one rotation.
+    df.attrs["times_ms"] = {(name, backend): [v * 1e3 for v in t] for (name, backend, _), t in zip(runners, times)}
     df.attrs["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset")
     return df
 
 
-def _interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
+def interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
     """Round-robin timing, starting each round one runner later so none always runs first."""
     times: list[list[float]] = [[] for _ in runners]
     n = len(runners)
@@ -376,7 +406,8 @@ def _time_layers(layers, backend: str, threads: int, warmup: int, repeats: int, 
                        padding=tuple(layer["padding"]), dilation=tuple(layer["dilation"]), bias=True, **extra)
             x = torch.randn(1, cin, *layer["in_hw"])
             fn = (_torch_runner(conv, x, mods) if base == "torch"
+                  else _file_runner(conv, x, base, threads, workdir, str(key)) if base in FILE_BACKENDS
                   else _ort_runner(conv, x, mods, threads, workdir, str(key)))
             runners.append((key, backend, fn))
-        times = _interleaved(runners, warmup, repeats, progress)
+        times = interleaved(runners, warmup, repeats, progress)
     return {key: float(np.min(t)) * 1e3 for (key, _, _), t in zip(runners, times)}
