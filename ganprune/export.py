@@ -25,6 +25,7 @@ from torch import nn
 from ganprune.errors import UserError
 from ganprune.fuse import count_batchnorm, fold_batchnorm
 from ganprune.io import atomic_path, atomic_write_text
+from ganprune.runtimes import ort_session, read_metadata, recorded_threads  # noqa: F401  (part of export's API)
 
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 # The legacy exporter's own deprecation notices; other warnings still show.
@@ -149,27 +150,6 @@ def input_channels(model: nn.Module) -> int:
     raise UserError(f"{type(model).__name__}: no Conv2d found to tell the input channels from")
 
 
-def ort_session(path, threads: int | None = None, optimization: str = "all"):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads (default: torch's count).
-
-    Spinning is off: idle ORT threads that spin steal cores from torch running in the same process.
-    ``optimization`` is ORT's graph optimisation level: "disable", "basic", "extended" or "all".
-    """
-    import onnxruntime as ort
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    if optimization not in levels:
-        raise UserError(f"ORT optimization {optimization!r}: expected one of {', '.join(levels)}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = levels[optimization]
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
-
-
 def _max_diff(run, reference: nn.Module, inputs: list[torch.Tensor]) -> float:
     """Largest |runtime - torch| over ``inputs``, every output."""
     worst = 0.0
@@ -193,7 +173,7 @@ def choose_threads(path, example: torch.Tensor, candidates=None, warmup: int = 2
     threads whose median is within ``tolerance`` of the fastest: small pruned nets often gain nothing from
     more threads, and a thread left free is worth more to the rest of the device. Returns ``threads`` and
     ``latency_ms_by_threads``."""
-    from ganprune.metrics.latency import interleaved
+    from ganprune.metrics.timing import interleaved
     from ganprune.runtimes import load_runner
     candidates = list(candidates or thread_candidates())
     x = example[:1].numpy()
@@ -225,26 +205,6 @@ def _metadata(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, dyna
             meta[key] = value
     meta.update(extra or {})
     return {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in meta.items()}
-
-
-def read_metadata(path) -> dict:
-    """The ganprune metadata of an exported file: ONNX metadata_props, or the ``.json`` beside a
-    ``.pte`` / OpenVINO ``.xml`` file."""
-    path = os.fspath(path)
-    if path.endswith(".onnx"):
-        import onnx
-        return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
-    try:
-        with open(path + ".json", encoding="utf-8") as fh:
-            return json.load(fh)
-    except OSError:
-        return {}
-
-
-def recorded_threads(path) -> int | None:
-    """The thread count chosen at export (``threads`` in the file's metadata), or None."""
-    value = read_metadata(path).get("threads")
-    return int(value) if value not in (None, "") else None
 
 
 def _write_onnx_metadata(path: str, meta: dict) -> None:

@@ -8,6 +8,7 @@ through it, so what is timed is what is shipped.
 """
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
@@ -95,13 +96,11 @@ def load_runner(path, threads: int | None = None, fmt: str | None = None, optimi
     if not os.path.isfile(os.fspath(path)):
         raise UserError(f"{path}: model file not found")
     if threads is None:
-        from ganprune.export import recorded_threads
         threads = recorded_threads(path) or 1
     return {"onnx": _onnx_runner, "openvino": _openvino_runner, "pte": _pte_runner}[fmt](path, threads, optimization)
 
 
 def _onnx_runner(path, threads: int, optimization: str) -> Callable:
-    from ganprune.export import ort_session
     session = ort_session(path, threads=threads, optimization=optimization)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
@@ -144,3 +143,45 @@ def _pte_runner(path, threads: int, _optimization: str) -> Callable:
                                "was loaded since); load it again")
         return [o.numpy() for o in method.execute([torch.from_numpy(np.ascontiguousarray(x, np.float32))])]
     return run
+
+
+def ort_session(path, threads: int | None = None, optimization: str = "all"):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (default: torch's count).
+
+    Spinning is off: idle ORT threads that spin steal cores from torch running in the same process.
+    ``optimization`` is ORT's graph optimisation level: "disable", "basic", "extended" or "all".
+    """
+    import onnxruntime as ort
+    import torch
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+    if optimization not in levels:
+        raise UserError(f"ORT optimization {optimization!r}: expected one of {', '.join(levels)}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads or torch.get_num_threads())
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = levels[optimization]
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(os.fspath(path), sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def read_metadata(path) -> dict:
+    """The ganprune metadata of an exported file: ONNX metadata_props, or the ``.json`` beside a
+    ``.pte`` / OpenVINO ``.xml`` file."""
+    path = os.fspath(path)
+    if path.endswith(".onnx"):
+        import onnx
+        return {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    try:
+        with open(path + ".json", encoding="utf-8") as fh:
+            return json.load(fh)
+    except OSError:
+        return {}
+
+
+def recorded_threads(path) -> int | None:
+    """The thread count chosen at export (``threads`` in the file's metadata), or None."""
+    value = read_metadata(path).get("threads")
+    return int(value) if value not in (None, "") else None

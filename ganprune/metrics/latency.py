@@ -23,19 +23,17 @@ slower and erratic, and slow ONNX Runtime in the same process; ``benchmarks/benc
 from __future__ import annotations
 
 import copy
-import gc
 import os
 import tempfile
-import time
 from typing import Callable, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ganprune.errors import UserError
+from ganprune.metrics.timing import interleaved  # noqa: F401  (re-exported: benchmarks use it from here)
 
 TORCH_MODIFIERS = ("fold", "cl")
 ORT_LEVELS = ("basic", "extended", "disable")
@@ -73,7 +71,7 @@ def _torch_runner(model: nn.Module, x: torch.Tensor, mods: set[str]) -> Callable
 
 
 def _ort_runner(model, x: torch.Tensor, mods: set[str], threads: int, workdir: str, name: str) -> Callable[[], object]:
-    from ganprune.export import ort_session
+    from ganprune.runtimes import ort_session
     if isinstance(model, nn.Module):
         from ganprune.export import export_onnx
         path = os.path.join(workdir, f"{len(os.listdir(workdir))}.onnx")
@@ -156,29 +154,6 @@ def measure_latency(models: Mapping[str, nn.Module | str | os.PathLike], input_s
     df.attrs["times_ms"] = {(name, backend): [v * 1e3 for v in t] for (name, backend, _), t in zip(runners, times)}
     df.attrs["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY", "unset")
     return df
-
-
-def interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
-    """Round-robin timing, starting each round one runner later so none always runs first."""
-    times: list[list[float]] = [[] for _ in runners]
-    n = len(runners)
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # a collection inside one timed call would charge it to whichever model ran then
-    try:
-        with torch.inference_mode():
-            for r in tqdm(range(warmup + repeats), desc="latency", unit="round", disable=not progress, leave=False):
-                for k in range(n):
-                    i = (k + r) % n
-                    start = time.perf_counter()
-                    runners[i][2]()
-                    elapsed = time.perf_counter() - start
-                    if r >= warmup:
-                        times[i].append(elapsed)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-    return times
 
 
 # --------------------------------------------------------------------------- per-layer lookup table
