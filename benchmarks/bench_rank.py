@@ -10,7 +10,7 @@ training and search never see. For each G budget (25% and 10% of G's MACs):
    (mean per image; ``--kid`` adds KID to the teacher's outputs). Every scorer scores every candidate
    *before* fine-tuning on the search split's calibration images; the table gives Kendall τ and
    Spearman ρ between each score and the fidelity, the PSNR of each scorer's pick, and its cost.
-2. **Winners.** Per seed, the greedy G/D agents search with the default scorer and with the supernet
+2. **Winners.** Per seed, the greedy G/D agents search with the density score (+ a density + L1 variant) and the supernet
    scorer; random search (same evaluations) and uniform widths (the largest uniform widths within the
    budget, then grown into it like every other method: equal MACs within 1%) are the baselines. Each
    winner is fine-tuned exactly like the candidates (a supernet winner from its slice) and scored on val.
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import os
 import random
 import time
@@ -42,7 +41,6 @@ from scipy.stats import kendalltau, spearmanr
 from ganprune.data import build_dataset, make_demo
 from ganprune.finetune import finetune
 from ganprune.pipeline import build_evaluator
-from ganprune.prune import load_pruned, prune, save_pruned
 from ganprune.scoring import calibration_batches, recalibrate_batchnorm
 from ganprune.search import fill_budget
 from ganprune.supernet import train_supernet

@@ -26,7 +26,6 @@ of (seed, step) and the state file holds the weights, optimizer and step as plai
 from __future__ import annotations
 
 import copy
-import os
 import random
 import time
 from collections import OrderedDict
