@@ -70,6 +70,12 @@ class GreedyAgent(Agent):
     def done(self):
         return self._finished
 
+    def rounds_hint(self):
+        """Shrink: ``rounds`` × (groups + 1) trials plus reference re-measurements; refine: ``patience`` moves."""
+        n = len(self.groups)
+        shrink = (self.options["rounds"] + 1) * (n + 2) + 2
+        return shrink + ((self.options["patience"] or 2 * n) if self.options["refine"] else 0)
+
     def _peer_key(self):
         return None if self.peer is None else tuple(sorted(self.peer.widths.items()))
 

@@ -9,6 +9,7 @@ local-density objective (``ganprune.objective``, ``ganprune.scoring``) → prune
 import importlib.util as _util
 import os as _os
 import sys as _sys
+import types as _types
 
 from ganprune.errors import UserError
 
@@ -30,15 +31,43 @@ def _beside_the_package(name: str) -> None:
 
 _beside_the_package("agents")
 _beside_the_package("search_spaces")
-from ganprune.export import export_onnx
-from ganprune.finetune import finetune
-from ganprune.agent import Agent, Feedback, available_agents, get_agent, make_agent, register_agent
-from ganprune.objective import LocalDensityObjective
-from ganprune.models import allow_arch, load_discriminator, load_generator, save_checkpoint
-from ganprune.pipeline import run_pipeline
-from ganprune.prune import load_pruned, prune, save_pruned
-from ganprune.space import Group, SearchSpace
-from ganprune.teacher import load_teacher, train_teacher
+# The public names load on first use (PEP 562), so ``import ganprune`` (and the CLI) does not import torch:
+# the CLI sets OpenMP's thread settings first, which only take effect before torch loads.
+_PUBLIC = {"export_onnx": "ganprune.export", "finetune": "ganprune.finetune", "Agent": "ganprune.agent",
+           "Feedback": "ganprune.agent", "available_agents": "ganprune.agent", "get_agent": "ganprune.agent",
+           "make_agent": "ganprune.agent", "register_agent": "ganprune.agent",
+           "LocalDensityObjective": "ganprune.objective", "allow_arch": "ganprune.models",
+           "load_discriminator": "ganprune.models", "load_generator": "ganprune.models",
+           "save_checkpoint": "ganprune.models", "run_pipeline": "ganprune.pipeline", "load_pruned": "ganprune.prune",
+           "prune": "ganprune.prune", "save_pruned": "ganprune.prune", "Group": "ganprune.space",
+           "SearchSpace": "ganprune.space", "load_teacher": "ganprune.teacher", "train_teacher": "ganprune.teacher"}
+
+
+class _Package(_types.ModuleType):
+    """``ganprune.prune`` and ``ganprune.finetune`` are the functions, as they always were, not the
+    submodules of the same name that the import system binds on the package when it loads them."""
+
+    def __setattr__(self, name, value):
+        if name in ("prune", "finetune") and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        import importlib
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ganprune' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
+
 
 __version__ = "0.1.0"
 

@@ -124,6 +124,11 @@ class Agent:
         it must still return valid widths."""
         return False
 
+    def rounds_hint(self) -> int | None:
+        """About how many evaluations this agent needs to reach the budget and refine (None: it proposes
+        feasible widths from the start). A search given no ``rounds`` runs at least this many."""
+        return None
+
     # ---------------------------------------------------------------- the protocol the loop calls
     def propose(self, peer: Feedback | None = None) -> dict[str, int]:
         """Next widths to evaluate, given the peer agent's latest evaluated proposal."""

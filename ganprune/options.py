@@ -38,10 +38,15 @@ class Option:
     max: float | None = None
     metavar: str | None = None
     positional: bool = False
+    aliases: tuple = ()       # other names the option is known by (config keys; command-line flags too)
 
     @property
     def flag(self) -> str:
         return self.name if self.positional else "--" + self.name.replace("_", "-")
+
+    @property
+    def alias_flags(self) -> tuple:
+        return tuple("--" + a.replace("_", "-") for a in self.aliases)
 
 
 def _where(option: Option, source: str | None) -> str:
@@ -149,12 +154,14 @@ def resolve(schema: Iterable[Option], values: Mapping | None = None, *, source: 
     """Every option of ``schema``: ``base`` (default: the declared defaults) overlaid by ``values``, each
     checked. Keys may use dashes or underscores; unknown keys are refused, naming the known ones."""
     known = {o.name: o for o in schema}
+    alias = {a: o.name for o in known.values() for a in o.aliases}
     out = dict(base) if base is not None else defaults(known.values())
     if values is not None and not isinstance(values, Mapping):
         raise UserError(f"{source or 'options'}: expected a mapping of option names to values, got "
                         f"{type(values).__name__}")
     for key, value in (values or {}).items():
         name = str(key).replace("-", "_")
+        name = alias.get(name, name)
         if name not in known:
             prefix = f"{source}: " if source and source != "cli" else ""
             raise UserError(f"{prefix}unknown option {key!r}; known options: {', '.join(sorted(known))}")
@@ -207,28 +214,39 @@ PAIR = (
     Option("teacher", kind="path", help="folder written by `ganprune train-teacher` (holds both checkpoints and "
            "their options)"),
     Option("generator", kind="path", help="reference-format generator checkpoint (latest_net_G.pth)"),
-    Option("g_arch", "unet_256", help="generator arch (default unet_256) or pkg.module:Class"),
-    Option("ngf", 64, "int", min=1),
-    Option("norm", "batch", choices=NORMS),
-    Option("dropout", False, "flag", help="the generator was built with dropout"),
-    Option("discriminator", kind="path", help="reference-format discriminator checkpoint (latest_net_D.pth)"),
-    Option("d_arch", "basic", help="discriminator arch (default basic)"),
-    Option("ndf", 64, "int", min=1),
+    Option("g_arch", "unet_256", help="generator arch: a built-in name or your own pkg.module:Class (default "
+           "unet_256)"),
+    Option("g_arch_options", None, "pairs", metavar="KEY=VALUE", aliases=("g_arch_option",),
+           help="keyword argument of your own G class (pkg.module:Class), repeatable; only these are passed to it "
+           "(default none); in a config a mapping g_arch_options: {key: value}"),
+    Option("ngf", 64, "int", min=1, help="built-in G: filters in the first conv layer (default 64)"),
+    Option("norm", "batch", choices=NORMS, help="built-in G (and D): normalisation layer (default batch)"),
+    Option("dropout", False, "flag", help="built-in G: it was built with dropout (default off)"),
+    Option("discriminator", kind="path", help="reference-format discriminator checkpoint (latest_net_D.pth); "
+           "leave it out to prune G alone: D is then built fresh (the PatchGAN below) for fine-tuning, and the "
+           "search scores G only (default: none)"),
+    Option("d_arch", "basic", help="discriminator arch: basic, n_layers, pixel or pkg.module:Class (default basic)"),
+    Option("d_arch_options", None, "pairs", metavar="KEY=VALUE", aliases=("d_arch_option",),
+           help="keyword argument of your own D class, repeatable (default none)"),
+    Option("ndf", 64, "int", min=1, help="built-in D: filters in the first conv layer (default 64)"),
     Option("d_norm", None, choices=NORMS, help="discriminator norm (default: same as --norm)"),
-    Option("n_layers_d", 3, "int", min=1),
-    Option("input_nc", 3, "int", min=1),
-    Option("output_nc", 3, "int", min=1),
-    Option("unconditional_d", False, "flag", help="D sees only images (CycleGAN), not cat(A, B)"),
+    Option("n_layers_d", 3, "int", min=1, help="layers of the n_layers D (default 3)"),
+    Option("input_nc", 3, "int", min=1, help="input image channels (default 3)"),
+    Option("output_nc", 3, "int", min=1, help="output image channels (default 3)"),
+    Option("unconditional_d", None, "toggle", help="D sees only images (CycleGAN), not cat(A, B) (default: from "
+           "the data: unconditional for unaligned, conditional for aligned)"),
 )
 
 SEARCH_DATA = (
     Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
-    Option("mode", "aligned", choices=("aligned", "unaligned")),
-    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
+    Option("mode", "aligned", choices=("aligned", "unaligned"), aliases=("dataset_mode",),
+           help="dataset layout: aligned (pix2pix: train/ val/) or unaligned (CycleGAN: trainA trainB testA testB) "
+           "(default aligned)"),
+    Option("direction", "AtoB", choices=("AtoB", "BtoA"), help="which side is G's input (default AtoB)"),
     Option("size", None, "int", min=1, help="image size (default: the images' own)"),
     Option("phase", "train", help="search split (never val/test; default train)"),
     Option("calib_images", 16, "int", min=1, help="calibration images (default 16)"),
-    Option("calib_batch", 8, "int", min=1),
+    Option("calib_batch", 8, "int", min=1, help="calibration batch size (default 8)"),
     Option("out", kind="path", help="output folder: history.csv (resumable), widths.yaml, pareto.csv"),
 )
 
@@ -241,20 +259,28 @@ SEARCH_ONLY = (
     Option("latency_backend", "torch+fold", help="what a ms budget is timed on, ideally the runtime you ship: "
            "torch[+fold][+cl], onnxruntime, openvino or executorch (default torch+fold)"),
     Option("latency_threads", 2, "int", min=1, help="CPU threads a ms budget is timed with (default 2)"),
-    Option("g_agent", "greedy", help="agent for G (see `ganprune agents`)"),
-    Option("d_agent", "greedy", help="agent for D"),
-    Option("agent_file", kind="path", help="a .py file that registers extra agents"),
-    Option("rounds", 60, "int", min=1, help="candidate pairs to evaluate (default 60)"),
-    Option("seed", 0, "int", min=0),
-    Option("embedding", "pixels", help="density feature space: pixels, teacher_d, inception"),
-    Option("m", 8, "int", min=1, help="samples per local neighbourhood"),
-    Option("discrepancy", "mmd", choices=("mmd", "nll", "both")),
-    Option("l1_weight", 0.0, "float", min=0, help="weight of L1 to the teacher output in the G score"),
-    Option("balance_weight", 1.0, "float", min=0, help="weight of the G/D balance in the G score"),
+    Option("g_agent", "greedy", help="agent for G (see `ganprune agents`; default greedy)"),
+    Option("d_agent", "greedy", help="agent for D (default greedy)"),
+    Option("g_agent_options", None, "pairs", metavar="KEY=VALUE", aliases=("g_agent_option",),
+           help="option of the G agent (e.g. patience=4; see `ganprune agents`), repeatable (default none); in a "
+           "config a mapping g_agent_options: {key: value}"),
+    Option("d_agent_options", None, "pairs", metavar="KEY=VALUE", aliases=("d_agent_option",),
+           help="option of the D agent, repeatable (default none)"),
+    Option("agent_file", kind="path", help="a .py file that registers extra agents (default none)"),
+    Option("rounds", None, "int", min=1, help="candidate pairs to evaluate (default: enough for the agents to "
+           "reach the budget and refine: sized from the search space, at least 60)"),
+    Option("seed", 0, "int", min=0, help="random seed (default 0): same seed, same widths"),
+    Option("embedding", "pixels", help="density feature space: pixels, teacher_d, inception (default pixels)"),
+    Option("m", 8, "int", min=1, help="samples per local neighbourhood (default 8)"),
+    Option("discrepancy", "mmd", choices=("mmd", "nll", "both"), help="density discrepancy (default mmd)"),
+    Option("l1_weight", 0.0, "float", min=0, help="weight of L1 to the teacher output in the G score (default 0)"),
+    Option("balance_weight", 1.0, "float", min=0, help="weight of the G/D balance in the G score (default 1)"),
     Option("g_space", kind="path", help="search-space YAML for G (default: search_spaces/<g-arch>.yaml)"),
-    Option("d_space", kind="path", help="search-space YAML for D"),
-    Option("importance", "l2", choices=("l1", "l2", "bn_scale")),
-    Option("on_agent_error", "stop", choices=("stop", "skip")),
+    Option("d_space", kind="path", help="search-space YAML for D (default: search_spaces/<d-arch>.yaml)"),
+    Option("importance", "l2", choices=("l1", "l2", "bn_scale"), help="channel ranking kept when pruning "
+           "(default l2)"),
+    Option("on_agent_error", "stop", choices=("stop", "skip"), help="a failing agent stops the search or its "
+           "round is skipped (default stop)"),
     Option("agent_timeout", DEFAULT_TIMEOUT, "float", min=0, help="seconds one agent call (ask/tell) may take "
            f"before the search stops with an error (default {DEFAULT_TIMEOUT:g}; 0: no limit)"),
     Option("fill", True, "toggle", help="grow the winner into the budget it leaves unused (default on; --no-fill "
@@ -275,6 +301,8 @@ SEARCH = PAIR + SEARCH_DATA + SEARCH_ONLY + (ALLOW_ARCH,)
 STAGES = ("search", "prune", "finetune", "evaluate", "export", "report")
 
 PIPELINE = SEARCH + (
+    Option("widths", kind="path", help="a widths.yaml (from `ganprune search` or `ganprune nni run`) to prune to "
+           "instead of searching (default: search)"),
     Option("recipe", "density", help="fine-tuning recipe (default density; see `ganprune finetune`)"),
     Option("finetune_steps", 1000, "int", min=0, help="fine-tuning steps (default 1000)"),
     Option("batch_size", 1, "int", min=1, help="fine-tuning batch size (default 1)"),
@@ -293,6 +321,9 @@ weights inherited from the teacher (each trial is its own process: a supernet wo
 NNI = tuple(o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
     Option("infeasible_penalty", 1.0, "float", min=0, help="added to the objective (NNI 'default') of an "
            "over-budget candidate, scaled by 1 + its relative excess over each budget (default 1.0)"),
+    Option("repair", True, "toggle", help="an NNI tuner's over-budget candidate is shrunk into the budgets "
+           "(widest group first) and scored as that, so every trial is a usable result (default on; the 'ours' "
+           "tuner's agents are never repaired: they learn from over-budget scores)"),
 )
 """Every ``ganprune nni`` command: the search options (an NNI tuner that fails stops the experiment, so
 no ``on_agent_error`` or ``agent_timeout``) plus the penalty of over-budget candidates; one YAML drives them all."""
@@ -319,8 +350,9 @@ FINETUNE = (
     Option("pruned_d", kind="path", help="pruned discriminator file (default: a trainable copy of the teacher's D)"),
     *PAIR,
     Option("dataroot", kind="path", help="dataset folder (aligned: train/ val/; unaligned: trainA trainB testA testB)"),
-    Option("dataset_mode", "aligned", choices=("aligned", "unaligned")),
-    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
+    Option("mode", "aligned", choices=("aligned", "unaligned"), aliases=("dataset_mode",),
+           help="dataset layout (default aligned; dataset_mode is the same option)"),
+    Option("direction", "AtoB", choices=("AtoB", "BtoA"), help="which side is G's input (default AtoB)"),
     Option("load_size", None, "int", min=1, help="resize images to this square (default: keep)"),
     Option("crop_size", None, "int", min=1, help="random crop for training, resize for val"),
     Option("recipe", "density", help="fine-tuning recipe (default density)"),
@@ -336,13 +368,28 @@ FINETUNE = (
 
 
 
+def conditional_d(o: Mapping) -> bool:
+    """Whether D sees cat(A, B): as ``unconditional_d`` says, else from the data (unaligned: images only)."""
+    if o.get("unconditional_d") is not None:
+        return not o["unconditional_d"]
+    return o.get("mode", "aligned") != "unaligned"
+
+
 def pair_specs(o: Mapping) -> tuple[dict, dict]:
-    """The G and D build options (``load_generator``/``load_discriminator`` keywords) of resolved pair options."""
-    g_spec = {"arch": o["g_arch"], "ngf": o["ngf"], "norm": o["norm"], "input_nc": o["input_nc"],
-              "output_nc": o["output_nc"], "dropout": bool(o["dropout"])}
-    d_in = o["output_nc"] if o["unconditional_d"] else o["input_nc"] + o["output_nc"]
-    d_spec = {"arch": o["d_arch"], "ndf": o["ndf"], "norm": o["d_norm"] or o["norm"], "input_nc": d_in,
-              "n_layers": o["n_layers_d"]}
+    """The G and D build options (``load_generator``/``load_discriminator`` keywords) of resolved pair options.
+    Your own class (``pkg.module:Class``) gets only its own ``*_arch_options`` and its kind, never the
+    reference nets' options (ngf, norm, ...)."""
+    if ":" in o["g_arch"]:
+        g_spec = {"arch": o["g_arch"], "kind": "generator", **(o.get("g_arch_options") or {})}
+    else:
+        g_spec = {"arch": o["g_arch"], "ngf": o["ngf"], "norm": o["norm"], "input_nc": o["input_nc"],
+                  "output_nc": o["output_nc"], "dropout": bool(o["dropout"])}
+    if ":" in o["d_arch"]:
+        d_spec = {"arch": o["d_arch"], "kind": "discriminator", **(o.get("d_arch_options") or {})}
+    else:
+        d_in = o["input_nc"] + o["output_nc"] if conditional_d(o) else o["output_nc"]
+        d_spec = {"arch": o["d_arch"], "ndf": o["ndf"], "norm": o["d_norm"] or o["norm"], "input_nc": d_in,
+                  "n_layers": o["n_layers_d"]}
     return g_spec, d_spec
 
 
@@ -350,7 +397,7 @@ def search_keywords(o: Mapping) -> dict:
     """``run_search`` keyword arguments from resolved search options (shared by ``search`` and ``prune``)."""
     names = ("mode", "direction", "size", "phase", "calib_images", "calib_batch", "g_budget", "d_budget", "g_agent",
              "d_agent", "agent_file", "rounds", "seed", "on_agent_error", "agent_timeout", "fill", "latency_table",
-             "latency_backend", "latency_threads", "supernet_steps")
+             "latency_backend", "latency_threads", "supernet_steps", "g_agent_options", "d_agent_options")
     return {**{k: o[k] for k in names}, **evaluator_keywords(o)}
 
 

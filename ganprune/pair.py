@@ -10,19 +10,34 @@ from ganprune.options import pair_specs
 
 
 def load_pair(teacher_dir=None, generator=None, discriminator=None, g_spec: dict | None = None,
-              d_spec: dict | None = None) -> tuple[nn.Module, nn.Module, dict, dict]:
-    """The dense teacher pair and the options that build it: from a ``train-teacher`` folder, or from two
-    reference-format checkpoints plus their build options (``g_spec``/``d_spec``, e.g. ``{"arch": "unet_256"}``)."""
+              d_spec: dict | None = None) -> tuple[nn.Module, nn.Module | None, dict, dict]:
+    """The dense teacher pair and the options that build it: from a ``train-teacher`` folder, or from
+    reference-format checkpoints plus their build options (``g_spec``/``d_spec``, e.g. ``{"arch": "unet_256"}``).
+
+    Without a ``discriminator`` checkpoint (the reference project's downloads ship only ``latest_net_G.pth``)
+    D is None: the search scores G alone and fine-tuning trains a fresh D built from ``d_spec``."""
     if teacher_dir:
         from ganprune.teacher import load_teacher
         G, D, spec = load_teacher(teacher_dir)
         return G, D, dict(spec["G"]), dict(spec["D"])
-    if not generator or not discriminator:
-        raise UserError("give a teacher folder (--teacher) or both --generator and --discriminator checkpoints")
+    if not generator:
+        raise UserError("give a teacher folder (--teacher) or a --generator checkpoint (--discriminator too, "
+                        "if you have it)")
     from ganprune.models import load_discriminator, load_generator
     g_spec, d_spec = dict(g_spec or {}), dict(d_spec or {})
-    return (load_generator(generator, **g_spec).eval(), load_discriminator(discriminator, **d_spec).eval(),
-            g_spec, d_spec)
+    D = load_discriminator(discriminator, **d_spec).eval() if discriminator else None
+    return load_generator(generator, **g_spec).eval(), D, g_spec, d_spec
+
+
+def fresh_discriminator(d_spec: Mapping, seed: int = 0) -> nn.Module:
+    """A newly initialised D built from ``d_spec`` (seeded: reruns start from the same weights), for
+    fine-tuning a generator pruned without its discriminator."""
+    import torch
+
+    from ganprune.models import load_discriminator
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return load_discriminator(None, **dict(d_spec))
 
 
 def pair_from_options(o: Mapping) -> tuple[nn.Module, nn.Module, dict, dict]:

@@ -52,7 +52,7 @@ def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, 
                     direction="AtoB", load_size=None, crop_size=None, train_phase="train", eval_images=None,
                     progress=True, **trainer) -> dict:
     """Fine-tune the pruned files ``pruned_g``/``pruned_d`` (``pruned_d`` None: a trainable copy of the
-    teacher's D, built from ``d_spec``) on ``dataroot`` into ``out``; the val L1 checks run on the held-out
+    teacher's D, or with no teacher D either a fresh one built from ``d_spec``) on ``dataroot`` into ``out``; the val L1 checks run on the held-out
     split (its first ``eval_images``), if there is one. ``trainer``: ``ganprune.finetune.finetune``'s
     keywords (recipe, steps, batch_size, lr, ...). What ``ganprune finetune`` and the pipeline stage run."""
     import copy
@@ -64,7 +64,13 @@ def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, 
     from ganprune.finetune import finetune
     from ganprune.prune import load_pruned
     G = load_pruned(pruned_g)
-    D = load_pruned(pruned_d) if pruned_d else copy.deepcopy(teacher_D)
+    if pruned_d:
+        D = load_pruned(pruned_d)
+    elif teacher_D is not None:
+        D = copy.deepcopy(teacher_D)
+    else:
+        from ganprune.pair import fresh_discriminator
+        D = fresh_discriminator(d_spec, trainer.get("seed", 0))
     data = {"direction": direction, "load_size": load_size, "crop_size": crop_size}
     train = build_dataset(dataroot, mode, train_phase, **data)
     phase = held_out_phase(dataroot, mode)
@@ -74,7 +80,8 @@ def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, 
     r = finetune(G, D, teacher_G, teacher_D, train, out=out, eval_dataset=val, d_spec=None if pruned_d else d_spec,
                  progress=progress, **trainer)
     for net in (teacher_G, teacher_D):   # the trainer moved the teachers to its device
-        net.cpu()
+        if net is not None:
+            net.cpu()
     return r
 
 
@@ -111,6 +118,9 @@ class _Run:
 
     # -- stages ---------------------------------------------------------------------------------
     def search(self) -> dict:
+        os.makedirs(self.path("search"), exist_ok=True)
+        if self.c.get("widths"):
+            return self.adopt(self.c["widths"])
         G, D, g_spec, d_spec = self.pair()
         r = run_search(G, D, g_spec, d_spec, self.c["dataroot"], self.path("search"), progress=self.progress,
                        **search_keywords(self.c))
@@ -126,6 +136,53 @@ class _Run:
         return {"rounds": len(r.history), "best_round": int(b["round"]), "score": float(b["score"]),
                 "g_macs": int(b["g_macs"]), "d_macs": int(b["d_macs"])}
 
+    def evaluator(self):
+        """The search's own evaluator: it builds a pair exactly as the search scored it (same channel
+        ranking, BN re-estimated on the same calibration images)."""
+        G, D, g_spec, d_spec = self.pair()
+        c = self.c
+        batches = calibration(c["dataroot"], phase=c["phase"], calib_images=c["calib_images"],
+                              calib_batch=c["calib_batch"], mode=c["mode"], direction=c["direction"], size=c["size"],
+                              seed=c["seed"])
+        return build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=c["seed"], **evaluator_keywords(c))
+
+    def adopt(self, path) -> dict:
+        """The search stage for given widths (``widths``: a widths.yaml from `ganprune search` or `nni run`):
+        they are checked against this pair's spaces, scored once, and become the winner."""
+        import json
+
+        from ganprune.io import atomic_write_text
+        from ganprune.options import read_yaml
+        from ganprune.search import HISTORY_COLUMNS, candidate_rng, save_winner
+        given = read_yaml(path, "widths file")
+        try:
+            g_w, d_w = given["generator"]["widths"], given["discriminator"]["widths"]
+        except (TypeError, KeyError):
+            raise UserError(f"{path}: expected a widths.yaml (generator: widths:, discriminator: widths:) as "
+                            "`ganprune search` writes it") from None
+        evaluator = self.evaluator()
+        try:
+            g_w = evaluator.g_space.validate(g_w)
+            d_w = evaluator.d_space.validate(d_w) if evaluator.d_space is not None else {}
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+        if evaluator.d_space is None and given["discriminator"]["widths"]:
+            raise UserError(f"{path}: has discriminator widths, but no --discriminator was given to prune")
+        with candidate_rng(self.c["seed"], g_w, d_w, evaluator.device):   # as a search would score them
+            metrics = evaluator.evaluate(g_w, d_w)
+        row = {"round": 0, "phase": "given", "g_widths": json.dumps(g_w), "d_widths": json.dumps(d_w), "error": "",
+               "g_feasible": True, "d_feasible": True, "feasible": True, **metrics}
+        _, _, g_spec, d_spec = self.pair()
+        save_winner(self.path("search", "widths.yaml"), dict(row, g_widths=g_w, d_widths=d_w), g_spec, d_spec)
+        history = pd_frame([row], HISTORY_COLUMNS).to_csv(index=False)
+        for name in ("search/history.csv", "history.csv"):
+            atomic_write_text(self.path(*name.split("/")), history)
+        with open(self.path("search", "widths.yaml"), encoding="utf-8") as fh:
+            atomic_write_text(self.path("widths.yaml"), fh.read())
+        self.log(f"search: adopted the widths in {path} (G {row['g_macs']:,} MACs, score {row['score']:.4g})")
+        return {"rounds": 0, "given": os.fspath(path), "score": float(row["score"]), "g_macs": int(row["g_macs"]),
+                "d_macs": int(row["d_macs"])}
+
     def prune(self) -> dict:
         from ganprune.prune import save_pruned
         from ganprune.search import candidate_rng, load_winner
@@ -133,22 +190,33 @@ class _Run:
         winner = load_winner(self.path("search", "widths.yaml"))
         G, D, g_spec, d_spec = self.pair()
         c = self.c
-        # The search's own evaluator builds the pair exactly as it was scored (same ranking, BN re-estimated).
-        batches = calibration(c["dataroot"], phase=c["phase"], calib_images=c["calib_images"],
-                              calib_batch=c["calib_batch"], mode=c["mode"], direction=c["direction"], size=c["size"],
-                              seed=c["seed"])
-        evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=c["seed"],
-                                    **evaluator_keywords(c))
+        evaluator = self.evaluator()
         attach_supernet(evaluator, G, c["dataroot"], self.path("search"), steps=c["supernet_steps"],
                         g_budget=c["g_budget"], mode=c["mode"], direction=c["direction"], size=c["size"],
                         phase=c["phase"], seed=c["seed"], progress=self.progress)   # the winner starts from its slice
-        g_w, d_w = evaluator.g_space.validate(winner["generator"]["widths"]), evaluator.d_space.validate(
-            winner["discriminator"]["widths"])
+        g_w = evaluator.g_space.validate(winner["generator"]["widths"])
+        d_w = evaluator.d_space.validate(winner["discriminator"]["widths"]) if evaluator.d_space is not None else {}
         with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it
             g, d = evaluator.build_pair(g_w, d_w)
         save_pruned(self.path("pruned_G.pt"), g.cpu(), g_spec, g.ganprune_widths)
+        if d is None:   # G-only: fine-tuning trains a fresh D (the PatchGAN for the data's channels) beside G
+            d = self.fresh_d(evaluator.g_example)
+            self.log("prune: G-only (no discriminator checkpoint): pruned_D.pt is a freshly initialised D "
+                     f"({d_spec.get('arch')}, {_first_conv_in(d)} input channels), trained from scratch when "
+                     "fine-tuning")
         save_pruned(self.path("pruned_D.pt"), d.cpu(), d_spec, d.ganprune_widths)
-        return {"g_macs": winner["generator"]["macs"], "d_macs": winner["discriminator"]["macs"]}
+        return {"g_macs": winner["generator"]["macs"], "d_macs": winner["discriminator"]["macs"],
+                "g_only": D is None}
+
+    def fresh_d(self, g_example):
+        """A new D from ``d_spec`` as a full-width 'pruned' net (seeded), for a G pruned without its D."""
+        import torch
+
+        from ganprune.pair import fresh_discriminator
+        from ganprune.prune import prune
+        _, _, _, d_spec = self.pair()
+        d = fresh_discriminator(d_spec, self.c["seed"])
+        return prune(d, {}, torch.zeros(1, _first_conv_in(d), *g_example.shape[-2:]))
 
     def finetune(self) -> dict:
         self.need("pruned_G.pt", "pruned_D.pt")
@@ -161,7 +229,7 @@ class _Run:
                             recipe=c["recipe"], steps=c["finetune_steps"], batch_size=c["batch_size"], seed=c["seed"],
                             save_every=c["save_every"],
                             progress=self.progress)
-        return {k: r[k] for k in ("recipe", "steps", "steps_run", "val_L1", "val_L1_teacher", "device")}
+        return {k: r[k] for k in ("recipe", "steps", "steps_run", "val_L1", "val_L1_student_to_teacher", "device")}
 
     def evaluate(self) -> dict:
         from ganprune.evaluation import evaluate, write_report
@@ -181,7 +249,7 @@ class _Run:
         # D's cost beside G's: the search prunes both.
         d_shape = [1, *load_pruned(self.path("pruned_D.pt")).ganprune_input_shape[1:]]
         d_nets = [TD, load_pruned(self.path("pruned_D.pt")), load_pruned(self.path("finetune", "D.pt"))]
-        table.insert(3, "D GMACs", [complexity(d, d_shape)["GMACs"] for d in d_nets])
+        table.insert(3, "D GMACs", [complexity(d, d_shape)["GMACs"] if d is not None else None for d in d_nets])
         write_report(table, computed_on, self.path("evaluate"))
         atomic_write_yaml(self.path("evaluate", "computed_on.yaml"), _plain(computed_on))
         return {"rows": len(table)}
@@ -209,6 +277,16 @@ class _Run:
         from ganprune.report import write_run_report
         self.need("evaluate/eval.csv", "G.onnx", "search/widths.yaml")
         return write_run_report(self.out, self.c, self.log)
+
+
+def pd_frame(rows, columns):
+    import pandas as pd
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _first_conv_in(net) -> int:
+    from ganprune.search_setup import _first_conv_in_channels
+    return _first_conv_in_channels(net)
 
 
 def _plain(value):

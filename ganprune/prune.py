@@ -164,7 +164,7 @@ def _check_spec(spec, where: str) -> None:
 
 def load_pruned(path) -> nn.Module:
     """Rebuild a net saved by ``save_pruned``: dense from spec → prune to widths → strict state-dict load.
-    The net carries ``ganprune_spec`` and ``ganprune_widths``."""
+    The net carries ``ganprune_spec`` and ``ganprune_widths`` and is in eval mode."""
     from ganprune.models.checkpoint import load_state_strict, safe_torch_load
     from ganprune.models.registry import build, check_arch_allowed, kind_of
     source = os.fspath(path)
@@ -187,4 +187,4 @@ def load_pruned(path) -> nn.Module:
         raise UserError(f"{source}: {exc}") from None
     load_state_strict(net, data["state_dict"], source, {k: v for k, v in spec.items() if k != "kind"})
     net.ganprune_spec = spec
-    return net
+    return net.eval()   # ready for inference, like any loaded model; training code calls .train() itself

@@ -80,6 +80,23 @@ def candidate_rng(seed: int, g_widths: dict, d_widths: dict, device=None):
         yield
 
 
+def shrink_into_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
+    """``widths`` shrunk until they fit ``budget`` (a ``Budget`` or MACs): one choice at a time, always the
+    group widest relative to its full width (ties: the earlier group). Deterministic; the widths come
+    back unchanged when they fit already. How an NNI tuner's over-budget proposal is repaired."""
+    budget = as_budget(budget, space)
+    widths = dict(widths)
+    full = space.full_widths()
+    while not budget.fits(widths):
+        shrinkable = [(-widths[g.name] / full[g.name], i, g) for i, g in enumerate(space.groups)
+                      if g.choices.index(widths[g.name]) > 0]
+        if not shrinkable:
+            return widths
+        g = min(shrinkable, key=lambda t: t[:2])[2]
+        widths[g.name] = g.choices[g.choices.index(widths[g.name]) - 1]
+    return widths
+
+
 def as_budget(budget, space) -> Budget:
     """A ``Budget`` as is; a number as a MACs limit on ``space``."""
     return budget if isinstance(budget, Budget) else Budget(space, budget, "MACs")
@@ -199,16 +216,20 @@ def _row_metrics(row) -> dict | None:
 
 class CollaborativeSearch:
     """Runs the loop; ``run()`` returns a ``SearchResult``. Budgets: ``Budget`` objects or MACs limits.
-    ``on_agent_error``: "stop" or "skip"."""
+    ``on_agent_error``: "stop" or "skip". ``d_agent`` None (with ``d_budget`` None and an evaluator without
+    a D space): G alone is searched, every row's D widths are ``{}``. ``max_rounds`` (default ``rounds``):
+    while no pair fits both budgets the loop goes on past ``rounds`` up to this many."""
 
     def __init__(self, evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int,
                  history_path=None, on_agent_error: str = "stop", progress: bool = True, fill: bool = True,
-                 seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT):
+                 seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT, max_rounds: int | None = None):
         if on_agent_error not in ("stop", "skip"):
             raise UserError(f"on_agent_error must be 'stop' or 'skip' (got {on_agent_error!r})")
         self.evaluator, self.g_agent, self.d_agent = evaluator, g_agent, d_agent
-        self.g_budget, self.d_budget = as_budget(g_budget, evaluator.g_space), as_budget(d_budget, evaluator.d_space)
+        self.g_budget = as_budget(g_budget, evaluator.g_space)
+        self.d_budget = as_budget(d_budget, evaluator.d_space) if d_agent is not None else None
         self.rounds = rounds
+        self.max_rounds = max(rounds, max_rounds or rounds)
         self.history_path = os.fspath(history_path) if history_path else None
         self.on_agent_error, self.progress, self.fill = on_agent_error, progress, fill
         self.seed, self.agent_timeout = seed, agent_timeout
@@ -228,9 +249,15 @@ class CollaborativeSearch:
         except UserError as exc:  # a plugin agent's bug must not corrupt the history
             return None, str(exc).replace("\n", " ")
 
-    def _round(self, index, g_peer, d_peer) -> dict:
+    def _propose_both(self, g_peer, d_peer):
         g_widths, g_err = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
+        if self.d_agent is None:   # G-only: nothing to propose for D
+            return g_widths, {}, g_err, None
         d_widths, d_err = self._propose(self.d_agent, g_peer, self.evaluator.d_space, "D")
+        return g_widths, d_widths, g_err, d_err
+
+    def _round(self, index, g_peer, d_peer) -> dict:
+        g_widths, d_widths, g_err, d_err = self._propose_both(g_peer, d_peer)
         row = {"round": index, "phase": "search", "g_widths": json.dumps(g_widths), "d_widths": json.dumps(d_widths),
                "error": "; ".join(e for e in (g_err, d_err) if e)}
         if not row["error"]:
@@ -241,6 +268,9 @@ class CollaborativeSearch:
         with candidate_rng(self.seed, g_widths, d_widths, getattr(self.evaluator, "device", None)):
             row.update(self.evaluator.evaluate(g_widths, d_widths))
         for net, widths, budget in (("g", g_widths, self.g_budget), ("d", d_widths, self.d_budget)):
+            if budget is None:   # G-only: no D to fit
+                row[f"{net}_feasible"] = True
+                continue
             if budget.unit == "ms":
                 row[f"{net}_ms"] = budget.cost(widths)
             row[f"{net}_feasible"] = budget.fits(widths)
@@ -252,7 +282,8 @@ class CollaborativeSearch:
         if best is None:
             return
         g_widths = fill_budget(self.evaluator.g_space, best["g_widths"], self.g_budget)
-        d_widths = fill_budget(self.evaluator.d_space, best["d_widths"], self.d_budget)
+        d_widths = (fill_budget(self.evaluator.d_space, best["d_widths"], self.d_budget) if self.d_budget is not None
+                    else best["d_widths"])
         if (g_widths, d_widths) == (best["g_widths"], best["d_widths"]):
             return
         row = {"round": len(self.rows), "phase": "fill", "g_widths": json.dumps(g_widths),
@@ -268,7 +299,7 @@ class CollaborativeSearch:
         d_fb = _feedback(d_widths, metrics, "D", bool(row.get("d_feasible")) if metrics else False)
         if g_widths is not None:
             self._call(self.g_agent, "G", "tell()", lambda: self.g_agent.observe(g_fb))
-        if d_widths is not None:
+        if d_widths is not None and self.d_agent is not None:
             self._call(self.d_agent, "D", "tell()", lambda: self.d_agent.observe(d_fb))
         return g_fb, d_fb
 
@@ -281,8 +312,7 @@ class CollaborativeSearch:
         for row in read_history(self.history_path):
             if row.get("phase") == "fill":   # not an agent's proposal; recomputed after the rounds
                 break
-            g_widths, _ = self._propose(self.g_agent, d_peer, self.evaluator.g_space, "G")
-            d_widths, _ = self._propose(self.d_agent, g_peer, self.evaluator.d_space, "D")
+            g_widths, d_widths, _, _ = self._propose_both(g_peer, d_peer)
             if json.dumps(g_widths) != row["g_widths"] or json.dumps(d_widths) != row["d_widths"]:
                 raise UserError(f"{self.history_path}: round {row['round']} does not match what the agents propose "
                                 "now; the seed, agents, budget or space changed — use a new output directory")
@@ -302,9 +332,10 @@ class CollaborativeSearch:
         g_peer, d_peer = self._replay()
         start = len(self.rows)
         bar = tqdm(total=self.rounds, initial=start, desc="search", disable=not self.progress, leave=False)
-        for index in range(start, self.rounds):
-            if self._call(self.g_agent, "G", "done()", self.g_agent.done) and \
-                    self._call(self.d_agent, "D", "done()", self.d_agent.done):
+        index = start
+        while index < self.rounds or (index < self.max_rounds and self.best() is None):
+            if self._call(self.g_agent, "G", "done()", self.g_agent.done) and (
+                    self.d_agent is None or self._call(self.d_agent, "D", "done()", self.d_agent.done)):
                 break
             try:
                 row = self._round(index, g_peer, d_peer)
@@ -327,25 +358,35 @@ class CollaborativeSearch:
                 bar.close()
                 raise UserError(f"search stopped at round {index}: {row['error']} (history kept in "
                                 f"{self.history_path or 'memory'}; use on_agent_error='skip' to go on)")
+            index += 1
         bar.close()
         if self.fill:
             self._fill()
         return SearchResult(self.history(), self.best())
 
     def best(self) -> dict | None:
-        """The fill row when there is one, else the lowest-scoring feasible pair."""
+        """The lowest-scoring feasible pair of the rounds; the fill row instead when it scores at least as
+        well (a fill that scores worse is kept in the history, never the result)."""
         feasible = [r for r in self.rows if r.get("feasible") is True and not r.get("error")]
-        if not feasible:
+        found = [r for r in feasible if r.get("phase") != "fill"]
+        if not found:
             return None
+        row = min(found, key=lambda r: (r["score"], r["round"]))
         filled = [r for r in feasible if r.get("phase") == "fill"]
-        row = filled[-1] if filled else min(feasible, key=lambda r: (r["score"], r["round"]))
+        if filled and filled[-1]["score"] <= row["score"]:
+            row = filled[-1]
         return dict(row, g_widths=json.loads(row["g_widths"]), d_widths=json.loads(row["d_widths"]))
 
 
-def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | None = None) -> None:
-    """The winning widths as YAML (plain data), with what they were measured at."""
+def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | None = None,
+                budgets: tuple | None = None) -> None:
+    """The winning widths as YAML (plain data), with what they were measured at and, given ``budgets``
+    (G's and D's ``Budget``, D's None when G was searched alone), the limits they had to fit."""
     data = {"generator": {"spec": g_spec, "widths": best["g_widths"], "macs": int(best["g_macs"])},
             "discriminator": {"spec": d_spec, "widths": best["d_widths"], "macs": int(best["d_macs"])},
+            **({"budget": {net: ({"limit": float(b.limit), "unit": b.unit} if b is not None else None)
+                           for net, b in zip(("generator", "discriminator"), budgets)},
+                "g_only": budgets[1] is None} if budgets else {}),
             "score": float(best["score"]), "round": int(best["round"]),
             **{f"{net}_predicted_ms": float(best[f"{k}_ms"]) for net, k in (("generator", "g"), ("discriminator", "d"))
                if _present(best.get(f"{k}_ms"))},
@@ -356,16 +397,20 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
 
 def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int = 50, out_dir=None,
            on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None,
-           fill: bool = True, seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT) -> SearchResult:
+           fill: bool = True, seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT,
+           max_rounds: int | None = None) -> SearchResult:
     """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``.
     ``seed`` keys the RNG each candidate is scored under (``candidate_rng``); ``agent_timeout``: seconds one
-    agent call may take (None/0: no limit)."""
+    agent call may take (None/0: no limit); ``d_agent`` None: G alone; ``max_rounds``: see
+    ``CollaborativeSearch``."""
     history = os.path.join(out_dir, "history.csv") if out_dir else None
     t0 = time.perf_counter()
     with run_lock(out_dir) if out_dir else nullcontext():   # two searches appending to one history: refused
-        result = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
-                                     on_agent_error, progress, fill, seed, agent_timeout).run()
+        loop = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
+                                   on_agent_error, progress, fill, seed, agent_timeout, max_rounds)
+        result = loop.run()
         if out_dir and result.best:
-            save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec)
+            save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec,
+                        (loop.g_budget, loop.d_budget))
     result.seconds = time.perf_counter() - t0
     return result

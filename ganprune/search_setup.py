@@ -22,16 +22,19 @@ def _first_conv_in_channels(net: nn.Module) -> int:
 def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_space_file=None,
                  g_space=None, d_space=None):
     """``(g_space, d_space, conditional)``: the search spaces of both nets (given ones pass through) and
-    whether D sees cat(A, B) (conditional) or B alone, read from the calibration images."""
+    whether D sees cat(A, B) (conditional) or B alone, read from the calibration images. Without a teacher
+    D (``D`` None: G-only pruning) ``d_space`` is None and nothing about D is searched."""
     from ganprune.models.sizes import check_image_size
     from ganprune.space import SearchSpace
     x, y = batches[0]["A"][:1], batches[0]["B"][:1]
     check_image_size(G, *x.shape[-2:], f"generator {(g_spec or {}).get('arch') or type(G).__name__!r}")
-    conditional = _first_conv_in_channels(D) == x.shape[1] + y.shape[1]
-    d_x = torch.cat([x, y], 1) if conditional else y
     g_arch, d_arch = (g_spec or {}).get("arch"), (d_spec or {}).get("arch")
     g_space = g_space or SearchSpace.from_model(G, x, arch=g_arch if g_arch and ":" not in g_arch else None,
                                                 config=g_space_file)
+    if D is None:
+        return g_space, None, False
+    conditional = _first_conv_in_channels(D) == x.shape[1] + y.shape[1]
+    d_x = torch.cat([x, y], 1) if conditional else y
     d_space = d_space or SearchSpace.from_model(D, d_x, arch=d_arch if d_arch and ":" not in d_arch else None,
                                                 config=d_space_file)
     return g_space, d_space, conditional
@@ -40,8 +43,12 @@ def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_s
 def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_spec=None, *, embedding="pixels",
                     m=8, discrepancy="mmd", perturbations=("noise",), l1_weight=0.0, balance_weight=1.0,
                     g_space_file=None, d_space_file=None, importance="l2", recalibrate_bn=True, seed=0):
-    """Search spaces (from the dependency graph + search_spaces YAML), objective and evaluator."""
+    """Search spaces (from the dependency graph + search_spaces YAML), objective and evaluator (G alone
+    when ``D`` is None)."""
     from ganprune.objective import LocalDensityObjective
+    if D is None and embedding == "teacher_d":
+        raise UserError("embedding teacher_d needs the teacher's discriminator; without --discriminator use "
+                        "pixels or inception")
     from ganprune.scoring import CandidateEvaluator
     g_space, d_space, conditional = build_spaces(G, D, batches, g_spec, d_spec, g_space_file, d_space_file,
                                                  g_space, d_space)
@@ -50,6 +57,30 @@ def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_sp
     return CandidateEvaluator(G, D, g_space, d_space, batches, objective, conditional_D=conditional,
                               l1_weight=l1_weight, balance_weight=balance_weight, recalibrate_bn=recalibrate_bn,
                               importance=importance)
+
+
+def check_reachable(budget, role: str, option: str) -> None:
+    """A budget below the smallest widths the space allows is refused before anything runs, in one line
+    that says the smallest reachable cost."""
+    smallest = {g.name: min(g.choices) for g in budget.space.groups}
+    low = budget.cost(smallest)
+    if low > budget.limit:
+        unit = "ms" if budget.unit == "ms" else "MACs"
+        raise UserError(f"{option}: {role} cannot get under {budget.limit:,.4g} {unit} in this search space; the "
+                        f"smallest reachable is {low:,.4g} {unit} ({100 * low / budget.full:.1f}% of dense): "
+                        f"raise {option} or give a search space with smaller width choices")
+
+
+DEFAULT_MIN_ROUNDS = 60
+
+
+def default_rounds(g_agent, d_agent=None) -> int:
+    """Rounds when none are given: enough for both agents to reach their budgets and refine after
+    (each agent's ``rounds_hint()``, e.g. greedy's ≈ (groups + 1) × shrink rounds + refine moves), and at
+    least ``DEFAULT_MIN_ROUNDS``. The search also runs on past them while no pair fits yet (see
+    ``CollaborativeSearch``), so a default run ends with a winner whenever the budgets are reachable."""
+    hints = [a.rounds_hint() for a in (g_agent, d_agent) if a is not None]
+    return max([DEFAULT_MIN_ROUNDS, *[int(h) for h in hints if h]])
 
 
 def calibration(dataroot, *, phase="train", calib_images=16, calib_batch=8, mode="aligned", direction="AtoB",
@@ -112,12 +143,24 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
 
     g_max = parse_budget(g_budget, evaluator.g_space,
                          table(G, evaluator.g_space, evaluator.g_example.cpu(), "G", latency_table))
-    d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, evaluator.d_example.cpu(), "D"))
+    check_reachable(g_max, "G", "g_budget")
     g = make_agent(g_agent, evaluator.g_space, g_max, seed, "G", agent_file, **(g_agent_options or {}))
-    d = make_agent(d_agent, evaluator.d_space, d_max, seed + 1, "D", agent_file, **(d_agent_options or {}))
+    d_max = d = None
+    if D is not None:
+        d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, evaluator.d_example.cpu(), "D"))
+        check_reachable(d_max, "D", "d_budget")
+        d = make_agent(d_agent, evaluator.d_space, d_max, seed + 1, "D", agent_file, **(d_agent_options or {}))
+    elif progress:
+        print("G-only search: no discriminator checkpoint, so only G is scored and pruned (the balance and D "
+              "terms are 0, no D-agent); fine-tuning trains a fresh D", flush=True)
+    max_rounds = None
+    if rounds is None:   # sized from the agents and the space; on past it while nothing fits yet
+        rounds = default_rounds(g, d)
+        max_rounds = 4 * rounds
     if out:
         os.makedirs(out, exist_ok=True)
     result = search(evaluator, g, d, g_max, d_max, rounds=rounds, out_dir=out, on_agent_error=on_agent_error,
-                    progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill, seed=seed, agent_timeout=agent_timeout)
+                    progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill, seed=seed, agent_timeout=agent_timeout,
+                    max_rounds=max_rounds)
     result.evaluator = evaluator
     return result

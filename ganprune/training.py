@@ -124,7 +124,7 @@ def check_shapes(G: nn.Module, item: dict, arch) -> None:
 def l1_scores(G: nn.Module, dataset, device=None, precision: str = "fp32", batch_size: int = 16, *,
               reference: nn.Module | None = None, paired: bool = True, num_workers: int = 0) -> dict:
     """Mean |G(A) − B| over every pixel (``val_L1``, paired data) and, with a ``reference`` net, mean
-    |G(A) − reference(A)| (``val_L1_teacher``); G in eval mode, the global RNG untouched. Reported
+    |G(A) − reference(A)| (``val_L1_student_to_teacher``); G in eval mode, the global RNG untouched. Reported
     only, never used to choose weights."""
     device = device or next(G.parameters()).device
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
@@ -147,7 +147,7 @@ def l1_scores(G: nn.Module, dataset, device=None, precision: str = "fp32", batch
         G.train(was_training)
     out = {"val_L1": sums[0] / max(count, 1)} if paired else {}
     if reference is not None:
-        out["val_L1_teacher"] = sums[1] / max(count, 1)
+        out["val_L1_student_to_teacher"] = sums[1] / max(count, 1)
     return out
 
 

@@ -13,7 +13,7 @@ from ganprune.pipeline import resolve_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
-CONFIGS = ["pix2pix_unet", "pix2pix_resnet", "cyclegan_resnet"]
+CONFIGS = ["pix2pix_unet", "pix2pix_resnet", "cyclegan_resnet", "cyclegan_g_only"]
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +32,16 @@ def test_example_configs_are_valid_prune_configs(name, tmp_path):
     path = os.path.join(EXAMPLES, "configs", name + ".yaml")
     values = yaml.safe_load(open(path))
     c = resolve_config(values)   # every key is a `ganprune prune` option
-    assert c["g_budget"] == 0.25 and c["d_budget"] == 0.5 and c["phase"] == "train"
+    assert c["g_budget"] == 0.25 and float(c["d_budget"]) == 0.5 and c["phase"] == "train"
+    assert (c["discriminator"] is None) == name.endswith("g_only")
     assert c["recipe"] == ("cyclegan" if name.startswith("cyclegan") else "density")
     from ganprune.cli import parse
     args, _ = parse(["prune", "--config", path, "--out", str(tmp_path)])  # and the command's --config loader
     #                                                                       accepts the file as it is
     assert args.g_arch == values["g_arch"] and args.out == str(tmp_path)
     if name.startswith("cyclegan"):
-        assert args.unconditional_d and args.mode == "unaligned" and args.norm == "instance"
+        from ganprune.options import conditional_d
+        assert not conditional_d(vars(args)) and args.mode == "unaligned" and args.norm == "instance"
 
 
 @pytest.mark.slow
@@ -56,6 +58,7 @@ def test_unet_config_runs_end_to_end_tiny(tiny, tmp_path, capsys):
     table = pd.read_csv(tmp_path / "run" / "metrics.csv")
     assert table["GMACs"].iloc[2] <= 0.25 * table["GMACs"].iloc[0] * 1.0001
     assert (tmp_path / "run" / "G.onnx").stat().st_size > 0
+    assert yaml.safe_load((tmp_path / "run" / "widths.yaml").read_text())["generator"]["macs"] > 0
 
 
 @pytest.mark.slow
@@ -103,3 +106,48 @@ def test_demo_quick_prints_before_after_table(tmp_path, monkeypatch, capsys):
     assert table.loc["pruned + fine-tuned", "GMACs"] <= 0.25 * table.loc["teacher", "GMACs"] * 1.0001
     assert table.loc["pruned + fine-tuned", "D GMACs"] <= 0.5 * table.loc["teacher", "D GMACs"] * 1.0001
     assert (table["ms torch"] > 0).all() and (table["ms onnxruntime"] > 0).all()
+
+
+@pytest.mark.slow
+def test_readme_search_quick_start_with_the_nni_search_yaml(tiny, tmp_path, capsys):
+    """`ganprune search --config examples/nni_search/search.yaml` (the NNI file: its NNI-only keys are left to
+    `ganprune nni`), pointed at tiny checkpoints, with default rounds: ends with widths.yaml."""
+    values = yaml.safe_load(open(os.path.join(EXAMPLES, "nni_search", "search.yaml")))
+    values.pop("teacher")
+    values.update(tiny, **{"g-arch": "unet_64", "ngf": 8, "ndf": 8, "calib-images": 4, "calib-batch": 4})
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    assert "infeasible-penalty" in values
+    assert main(["search", "--config", str(cfg), "--out", str(tmp_path / "s")]) == 0
+    winner = yaml.safe_load((tmp_path / "s" / "widths.yaml").read_text())
+    assert winner["generator"]["macs"] <= winner["budget"]["generator"]["limit"]
+    history = pd.read_csv(tmp_path / "s" / "history.csv")
+    assert len(history) >= 60                           # rounds sized from the agents (no `rounds` given)
+    # the widths then go to `ganprune prune --widths` / `ganprune apply` without a new search
+    assert main(["apply", "--config", str(cfg), "--widths", str(tmp_path / "s" / "widths.yaml"),
+                 "--out", str(tmp_path / "a")]) == 0
+    from ganprune.prune import load_pruned
+    g = load_pruned(tmp_path / "a" / "pruned_G.pt")
+    assert g.ganprune_widths == winner["generator"]["widths"] and not g.training
+    assert yaml.safe_load((tmp_path / "a" / "widths.yaml").read_text())["generator"]["widths"] == \
+        winner["generator"]["widths"]
+
+
+@pytest.mark.slow
+def test_readme_prune_quick_start_g_only_example(tiny, tmp_path):
+    """`ganprune prune --config examples/configs/cyclegan_g_only.yaml` at tiny size (unaligned demo data, a
+    resnet_6blocks G checkpoint alone, default rounds): every stage runs and widths.yaml comes out."""
+    from ganprune.data.demo import make_demo
+    from ganprune.models import load_generator, save_checkpoint
+    values = yaml.safe_load(open(os.path.join(EXAMPLES, "configs", "cyclegan_g_only.yaml")))
+    save_checkpoint(tmp_path / "G.pth", load_generator(arch="resnet_6blocks", ngf=8, norm="instance"))
+    values.update(generator=str(tmp_path / "G.pth"), g_arch="resnet_6blocks", ngf=8, ndf=8, size=64,
+                  dataroot=make_demo(tmp_path / "data", size=64, task="gray2color", layout="unaligned")["out"],
+                  calib_images=4, finetune_steps=2, fid=False, eval_images=4, latency=False,
+                  g_agent_options={"refine": False}, out=str(tmp_path / "run"))
+    cfg = tmp_path / "g_only.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    assert main(["prune", "--config", str(cfg)]) == 0
+    winner = yaml.safe_load((tmp_path / "run" / "widths.yaml").read_text())
+    assert winner["g_only"] and winner["generator"]["macs"] <= winner["budget"]["generator"]["limit"]
+    assert (tmp_path / "run" / "G.onnx").stat().st_size > 0

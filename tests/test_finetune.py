@@ -171,7 +171,7 @@ def test_cyclegan_path(tmp_path, recipe):
                       d_spec={"arch": "basic", "ndf": 8, "input_nc": 3, "norm": "instance"},
                       eval_dataset=UnalignedDataset(root, "test", flip=False), progress=False)
     assert not result["paired"] and result["steps_run"] == 3
-    assert result["val_L1"] is None and result["val_L1_teacher"] > 0  # no targets: L1 to the teacher only
+    assert result["val_L1"] is None and result["val_L1_student_to_teacher"] > 0  # no targets: L1 to the teacher only
     G2, D2 = load_pruned(tmp_path / "o" / "G.pt"), load_pruned(tmp_path / "o" / "D.pt")
     assert same(G2, G) and same(D2, D) and G2.ganprune_widths == G.ganprune_widths
     assert first_conv(D2).in_channels == 3

@@ -17,7 +17,7 @@ from ganprune.errors import UserError
 from ganprune.nni.experiment import actual_parameters, free_port, run_experiment
 from ganprune.nni.space import Setup, from_params, load_options, search_space, to_params
 from ganprune.nni.trial import penalised, score_candidate
-from ganprune.search import HISTORY_COLUMNS, _feedback
+from ganprune.search import HISTORY_COLUMNS, _feedback, shrink_into_budget
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,16 @@ def test_trial_reports_feasible_and_penalised_infeasible(setup):
     ev = setup.evaluator()
     small = score_candidate(setup, ev, to_params(setup.g_space.uniform(0.25), setup.d_space.uniform(0.25)))
     assert small["feasible"] and small["default"] == small["score"] and math.isfinite(small["score"])
-    full = score_candidate(setup, ev, {})
+    repaired = score_candidate(setup, ev, {})            # repair (default on): shrunk into both budgets
+    assert repaired["feasible"] and repaired["default"] == repaired["score"]
+    assert repaired["g_macs"] <= setup.g_budget and repaired["d_macs"] <= setup.d_budget
+    assert json.loads(repaired["g_widths"]) == shrink_into_budget(setup.g_space, setup.g_space.full_widths(),
+                                                                  setup.g_budget)
+    setup.options["repair"] = False
+    try:
+        full = score_candidate(setup, ev, {})
+    finally:
+        setup.options["repair"] = True
     assert not full["feasible"] and not full["g_feasible"] and not full["d_feasible"]
     excess = full["g_macs"] / setup.g_budget - 1 + full["d_macs"] / setup.d_budget - 1
     assert full["default"] == pytest.approx(full["score"] + 1.0 * (1 + excess))
@@ -151,16 +160,22 @@ def test_nni_run_with_our_tuner(config, setup, tmp_path, capsys):
     assert list(history["round"]) == [0, 1, 2] and (history["error"] == "").all()
     assert history["score"].map(math.isfinite).all() and (history["seconds"] > 0).all()
     assert re.search(r"\|\s+round\s+\|", printed) and " DONE: startup " in printed
+    assert [f"trial {i}/3: score" in printed for i in (1, 2, 3)] == [True] * 3     # per-trial progress
     _replay(setup, history)
+    # the same experiment read back from NNI's own database, as for one started with nnictl
+    exp_id = re.search(r"experiment (\S+) DONE", printed).group(1)
+    assert main(["nni", "collect", exp_id, "--config", str(config), "--experiment-dir", str(out / "nni-experiments"),
+                 "--out", str(tmp_path / "collected")]) == code
+    again = pd.read_csv(tmp_path / "collected" / "history.csv", keep_default_na=False)
+    pd.testing.assert_frame_equal(again, history)
+    assert main(["nni", "collect", "nosuchid", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
     trial_config = yaml.safe_load((out / "trial_config.yaml").read_text())
     assert os.path.isabs(trial_config["dataroot"]) and "out" not in trial_config
     feasible = history[history["feasible"].astype(str) == "True"]
-    if len(feasible):
-        assert code == 0
-        winner = yaml.safe_load((out / "widths.yaml").read_text())
-        assert winner["score"] == pytest.approx(feasible["score"].astype(float).min())
-    else:
-        assert code == 2 and not (out / "widths.yaml").exists()
+    assert code == 0 and len(feasible) == 3          # random agents propose within the budgets
+    winner = yaml.safe_load((out / "widths.yaml").read_text())
+    assert winner["score"] == pytest.approx(feasible["score"].astype(float).min())
+    assert f"-> {out / 'widths.yaml'}" in printed
 
 
 @pytest.mark.slow
@@ -177,5 +192,20 @@ def test_builtin_tuner_and_a_failing_trial(config, setup, tmp_path):
     assert bad.any() and (~bad).any()
     assert h.loc[bad, "error"].str.contains("not an allowed choice").all()
     assert (h.loc[~bad, "error"] == "").all() and h.loc[~bad, "score"].map(math.isfinite).all()
-    assert h.loc[~bad, "g_widths"].map(json.loads).tolist() == [setup.g_space.full_widths()]   # rest at full width
+    # the rest at full width, repaired into the G budget (what the trial scored is what the history says)
+    assert h.loc[~bad, "g_widths"].map(json.loads).tolist() == [
+        shrink_into_budget(setup.g_space, setup.g_space.full_widths(), setup.g_budget)]
     assert r.timings["startup_s"] > 0 and r.timings["wait_s"] > 0
+
+
+@pytest.mark.slow
+def test_readme_nni_quick_start_tpe(config, tmp_path, capsys):
+    """README / examples/nni_search: `ganprune nni run --config search.yaml --tuner TPE --trials N --out DIR`
+    (tiny: 3 trials) ends with widths.yaml: over-budget TPE candidates are repaired into the budgets."""
+    out = tmp_path / "tpe"
+    assert main(["nni", "run", "--config", str(config), "--tuner", "TPE", "--trials", "3", "--out", str(out),
+                 "--port", str(free_port()), "--timeout", "300"]) == 0
+    history = pd.read_csv(out / "history.csv", keep_default_na=False)
+    assert len(history) == 3 and (history["feasible"].astype(str) == "True").all()
+    assert yaml.safe_load((out / "widths.yaml").read_text())["generator"]["macs"] <= Setup(
+        load_options(config), calib_images=1).g_budget

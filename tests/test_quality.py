@@ -89,11 +89,16 @@ def test_frechet_distance_matches_torchmetrics_and_is_zero_on_itself():
         assert abs(frechet_distance(a, a)) < 1e-8
 
 
-def test_fid_kid_mean_std_seeded():
+def test_fid_kid_mean_std_seeded(monkeypatch):
     g = torch.Generator().manual_seed(0)
     real, fake = torch.randn(12, 8, generator=g), torch.randn(12, 8, generator=g) + 1.0
     r = fid_kid(real, fake, kid_subsets=20)
-    assert r["fid"] > 5 and r["kid_mean"] > 0 and r["kid_std"] > 0 and r["kid_subset_size"] == 12
+    # subsets of all 12 images are one set: a "std" over them would be rounding noise, so there is none
+    assert r["fid"] > 5 and r["kid_mean"] > 0 and r["kid_std"] is None and r["kid_subset_size"] == 12
+    assert r["kid_subsets"] == 1
+    monkeypatch.setattr("ganprune.metrics.quality.KID_SUBSET_SIZE", 6)
+    r = fid_kid(real, fake, kid_subsets=20)
+    assert r["kid_std"] > 1e-6 and r["kid_subset_size"] == 6 and r["kid_subsets"] == 20
     assert fid_kid(real, fake, kid_subsets=20) == r                 # subsets are seeded
     assert fid_kid(real, real, kid=False)["fid"] == pytest.approx(0, abs=1e-8)
     with pytest.raises(UserError, match="at least 2"):
@@ -123,10 +128,10 @@ def test_image_quality_pixels_teacher_segmenter_and_scripted_features(tmp_path):
     r = image_quality(Identity(), data, teacher=Identity(), n=4, batch_size=3, feature_extractor=features,
                       segmenter=load_segmenter(seg_path), kid_subsets=5, progress=False, split="val")
     assert r["psnr"] == r["psnr_teacher"] == PSNR_CAP and r["ssim"] == pytest.approx(1.0)
-    assert r["miou"] == 1.0 and abs(r["fid"]) < 1e-6 and r["kid_std"] == pytest.approx(0, abs=1e-9)
+    assert r["miou"] == 1.0 and abs(r["fid"]) < 1e-6 and r["kid_std"] is None
     c = r["computed_on"]
     assert (c["n_images"], c["n_real"], c["resolution"], c["split"]) == (4, 4, "32x32", "val")
-    assert str(feat_path) in c["inception"] and "299x299" in c["inception"] and c["kid"] == "5 subsets of 4"
+    assert str(feat_path) in c["inception"] and "299x299" in c["inception"] and c["kid"] == "all 4 images at once (too few for subsets: no std)"
     # a darker generator: pixel scores fall, FID rises; the unaligned-free DataLoader path truncates at n
     dark = Identity()
     dark.scale.data.fill_(0.5)

@@ -107,11 +107,33 @@ def test_fill_grows_the_winner_into_the_unused_budget(evaluator):
     result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False)
     h = result.history
     assert list(h["phase"].iloc[:5]) == ["search"] * 5 and list(h["g_widths"].iloc[:5]) == list(plain.history["g_widths"])
-    if len(h) == 6:   # the winner left budget unused: one more scored row, which is the result
-        assert h["phase"].iloc[5] == "fill" and result.best["round"] == 5
-        assert result.best["g_macs"] >= plain.best["g_macs"] and result.best["d_macs"] >= plain.best["d_macs"]
-        assert result.best["g_macs"] <= g_max and result.best["d_macs"] <= d_max
-    assert result.best["g_widths"] == fill_budget(evaluator.g_space, plain.best["g_widths"], g_max)
+    assert len(h) == 6 and h["phase"].iloc[5] == "fill"   # the winner left budget unused: one more scored row
+    fill = h.iloc[5]
+    assert json.loads(fill["g_widths"]) == fill_budget(evaluator.g_space, plain.best["g_widths"], g_max)
+    assert fill["g_macs"] >= plain.best["g_macs"] and fill["g_macs"] <= g_max and fill["d_macs"] <= d_max
+    # the fill row is the result only when it scores at least as well as the winner it grew from
+    expected = 5 if fill["score"] <= plain.best["score"] else plain.best["round"]
+    assert result.best["round"] == expected and result.best["score"] <= plain.best["score"]
+
+
+def test_fill_never_replaces_a_better_winner(evaluator):
+    """A fill scoring worse than the best candidate stays in the history but is not the result."""
+    class Worse:
+        def __init__(self, inner):
+            self.inner, self.g_space, self.d_space = inner, inner.g_space, inner.d_space
+            self.evaluations = 0
+
+        def evaluate(self, g_widths, d_widths):
+            r = dict(self.inner.evaluate(g_widths, d_widths))
+            if g_widths == fill_budget(self.g_space, plain.best["g_widths"], g_max):
+                r["score"] += 10.0      # the grown pair scores far worse
+            return r
+    g, d, g_max, d_max = _agents(evaluator)
+    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False)
+    g, d, g_max, d_max = _agents(evaluator)
+    result = search(Worse(evaluator), g, d, g_max, d_max, rounds=5, progress=False)
+    assert result.history["phase"].iloc[-1] == "fill"
+    assert result.best["round"] == plain.best["round"] and result.best["score"] == plain.best["score"]
 
 
 def test_resume_after_interruption_reproduces_the_straight_run(tmp_path, evaluator):

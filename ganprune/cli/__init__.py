@@ -47,22 +47,33 @@ def pick(args, schema: Sequence[Option]) -> dict:
     return {o.name: getattr(args, o.name) for o in schema}
 
 
+def help_text(o: Option) -> str:
+    """``o``'s help, always saying its default (declarations that do not say it get it appended)."""
+    text = o.help or o.name.replace("_", " ")
+    if "default" in text or o.kind == "flag":
+        return text + (" (default off)" if o.kind == "flag" and "default" not in text else "")
+    shown = {True: "on", False: "off", None: "none"}.get(o.default, o.default) if not isinstance(o.default, (int, float)) \
+        or isinstance(o.default, bool) else f"{o.default:g}"
+    return f"{text} (default {shown})"
+
+
 def _add_argument(p: argparse.ArgumentParser, o: Option) -> None:
     """``o`` as an argparse argument that keeps no default: only values given on the command line appear,
     as text; ``resolve`` converts and checks them like config values and fills in the defaults."""
     if o.positional:
         p.add_argument(o.name, nargs="?", default=argparse.SUPPRESS, help=o.help)
         return
-    kw = dict(dest=o.name, default=argparse.SUPPRESS, help=o.help)
+    kw = dict(dest=o.name, default=argparse.SUPPRESS, help=help_text(o))
+    flags = (o.flag, *o.alias_flags)
     if o.kind == "flag":
-        p.add_argument(o.flag, action="store_true", **kw)
+        p.add_argument(*flags, action="store_true", **kw)
     elif o.kind == "toggle":
-        p.add_argument(o.flag, action=argparse.BooleanOptionalAction, **kw)
+        p.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
     elif o.kind in ("strings", "pairs"):
-        p.add_argument(o.flag, action="append", metavar=o.metavar, **kw)
+        p.add_argument(*flags, action="append", metavar=o.metavar, **kw)
     else:
         metavar = o.metavar or ("{" + ",".join(map(str, o.choices)) + "}" if o.choices else None)
-        p.add_argument(o.flag, metavar=metavar, **kw)
+        p.add_argument(*flags, metavar=metavar, **kw)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
@@ -74,6 +85,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
                                      "discriminators with collaborative agents and a local-density objective.")
     parser.add_argument("--version", action="version", version=f"ganprune {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--threads", type=_threads, dest="_threads", default=None, metavar="N", help=THREADS_HELP)
     top = parser.add_subparsers(dest="command", metavar="COMMAND")
     groups: dict[str, argparse._SubParsersAction] = {}
     leaves: dict[str, argparse.ArgumentParser] = {}
@@ -91,6 +103,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             _add_argument(leaf, o)
         leaf.add_argument("--config", help="YAML file of option values (command-line options override it)")
         leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        leaf.add_argument("--threads", type=_threads, dest="_threads", default=argparse.SUPPRESS, metavar="N",
+                          help=THREADS_HELP)
         leaf.set_defaults(_leaf=name)
         leaves[name] = leaf
     return parser, leaves
@@ -111,6 +125,25 @@ def _negative_values(argv: Sequence[str], leaves) -> list[str]:
     return out
 
 
+THREADS_HELP = ("CPU threads for torch (default: an exported OMP_NUM_THREADS, else one per physical core); "
+                "idle threads always wait passively (OMP_WAIT_POLICY=PASSIVE unless exported)")
+
+
+def _threads(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads >= 1, got {text!r}")
+    return int(text)
+
+
+def _own_keys(config: dict, schema) -> dict:
+    """A config's keys for this command: one file serves every command of a pipeline (search, prune,
+    finetune, nni ...), so keys that another ganprune command takes are left to it; keys that no command
+    takes are still refused (by ``resolve``, naming the known ones)."""
+    mine = {n for o in schema for n in (o.name, *o.aliases)}
+    others = {n for _, s, _ in COMMANDS.values() for o in s for n in (o.name, *o.aliases)} - mine
+    return {k: v for k, v in config.items() if str(k).replace("-", "_") not in others}
+
+
 def parse(argv: Sequence[str]) -> tuple[SimpleNamespace | None, Callable | None]:
     """The resolved options of the subcommand in ``argv`` (config file under command line) and its run
     function; ``(None, None)`` when ``argv`` names no subcommand (help was printed)."""
@@ -126,9 +159,12 @@ def _parse(argv: Sequence[str]):
         (getattr(ns, "_group_parser", None) or parser).print_help()
         return None, None, None, None
     _, schema, run = COMMANDS[ns._leaf]
-    values = resolve(schema, read_config(ns.config), source=ns.config) if ns.config else resolve(schema)
+    values = resolve(schema, _own_keys(read_config(ns.config), schema), source=ns.config) if ns.config else \
+        resolve(schema)
     given = {o.name: getattr(ns, o.name) for o in schema if hasattr(ns, o.name)}
-    return SimpleNamespace(**resolve(schema, given, source="cli", base=values)), run, ns._leaf, ns.config
+    args = SimpleNamespace(**resolve(schema, given, source="cli", base=values))
+    args._threads = ns._threads
+    return args, run, ns._leaf, ns.config
 
 
 def _allow_named_archs(args) -> None:
@@ -145,6 +181,8 @@ def main(argv=None) -> int:
         args, run, name, config = _parse(argv)
         if run is None:
             return 0 if argv in ([], ["--debug"]) else 2
+        from ganprune.threads import configure
+        configure(args._threads)   # before any command imports torch: OpenMP reads its settings once
         _allow_named_archs(args)
         check_paths(name, {**vars(args), "config": config})   # no output over an input, every output writable
         return int(run(args) or 0)

@@ -38,14 +38,16 @@ def _finetune(args):
     need(args, "pruned_g", "dataroot", "out")
     TG, TD, _, d_spec = pair_from_options(pick(args, FINETUNE))
     r = finetune_pruned(args.pruned_g, args.pruned_d, TG, TD, d_spec, args.dataroot, args.out,
-                        mode=args.dataset_mode, direction=args.direction, load_size=args.load_size,
+                        mode=args.mode, direction=args.direction, load_size=args.load_size,
                         crop_size=args.crop_size, recipe=args.recipe, recipe_options=args.recipe_option or {},
                         steps=args.steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
                         decay_from=args.decay_from, seed=args.seed, device=args.device, precision=args.precision,
                         save_every=args.save_every, eval_every=args.eval_every, resume=not args.no_resume,
                         num_workers=args.num_workers)
+    if os.environ.get("RANK", "0") != "0":   # under torchrun every rank returns the summary; one prints it
+        return
     rate = f"{r['steps_per_s']:.2f} steps/s" if r["steps_per_s"] else "nothing to do"
-    val_text = ", ".join(f"{k} {r[k]:.4f}" for k in ("val_L1", "val_L1_teacher") if r[k] is not None)
+    val_text = ", ".join(f"{k} {r[k]:.4f}" for k in ("val_L1", "val_L1_student_to_teacher") if r[k] is not None)
     print(f"finetune {r['recipe']}: step {r['steps']} ({r['steps_run']} run, {rate}, {r['device']} "
           f"{r['precision']}, {r['world_size']} process(es)){'; ' + val_text if val_text else ''}")
     for name, path in r["paths"].items():
@@ -64,3 +66,15 @@ def _prune(args):
     print(", ".join(f"{name} {state}" for name, state in r["stages"].items()) + f" in {r['seconds']:.1f} s")
     for name, path in r["paths"].items():
         print(f"  {name:12s} {path}")
+
+
+@command("apply", "prune to the widths of a widths.yaml (from `search` or `nni run`): writes pruned_G.pt and "
+         "pruned_D.pt into --out (then `ganprune prune` with the same --out and --widths goes on from there)",
+         PIPELINE)
+def _apply(args):
+    from ganprune.pipeline import run_pipeline
+    need(args, "dataroot", "out", "widths")
+    r = run_pipeline(pick(args, PIPELINE), args.out, stages=["search", "prune"])
+    print(", ".join(f"{name} {state}" for name, state in r["stages"].items()) + f" in {r['seconds']:.1f} s")
+    for name in ("pruned_G.pt", "pruned_D.pt", "widths.yaml"):
+        print(f"  {os.path.join(args.out, name)}")

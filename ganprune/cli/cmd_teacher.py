@@ -23,14 +23,17 @@ def _agents(args):
     Option("task", "edges2photo", help="edges2photo, blur2sharp or gray2color (default edges2photo): how the "
            "input half A is made from the photo B"),
     Option("seed", 0, "int", min=0, help="chooses which whole photos form the val split (default 0)"),
+    Option("layout", "aligned", choices=("aligned", "unaligned"), help="aligned: pix2pix pairs in train/ val/; "
+           "unaligned: CycleGAN folders trainA trainB testA testB (default aligned)"),
 ])
 def _data_make_demo(args):
     from ganprune.data.demo import make_demo
     if not args.out:
         raise UserError("missing OUT, the folder to build the demo set into (or 'out:' in --config)")
-    s = make_demo(args.out, size=args.size, task=args.task, seed=args.seed)
+    s = make_demo(args.out, size=args.size, task=args.task, seed=args.seed, layout=args.layout)
     state = f"built in {s['seconds']:.1f} s" if s["built"] else "already built"
-    print(f"{s['task']} {s['size']}x{s['size']}: {s['train']} train / {s['val']} val pairs "
+    layout = " unaligned (trainA trainB testA testB)" if s["layout"] == "unaligned" else ""
+    print(f"{s['task']} {s['size']}x{s['size']}{layout}: {s['train']} train / {s['val']} val pairs "
           f"(val photos: {', '.join(s['val_sources'])}), {state} -> {s['out']}")
 
 

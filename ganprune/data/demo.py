@@ -6,6 +6,10 @@ CC BY photos; we cut them into non-overlapping tiles and derive the input half (
 from the photo (B): Canny edges, a Gaussian blur, or grayscale. Pairs are written in the pix2pix
 aligned layout, so the demo set goes through exactly the same loader as a user's data.
 
+``layout="unaligned"`` writes the same tiles in the CycleGAN layout instead: the A halves in
+``trainA``/``testA``, the B halves in ``trainB``/``testB`` (same file names; the unaligned loader draws
+B at random for training, so the pairs are not used as pairs).
+
 Train and val are split by whole source image, so no val tile shares pixels with a train tile. The
 tiles and the split depend on ``size`` and ``seed`` only, not on the task, so the three tasks see the
 same photos. Everything is deterministic: the same settings give the same bytes.
@@ -30,7 +34,9 @@ from ganprune.errors import UserError
 SIZES = (64, 128, 256)
 FORMAT = 1
 MARKER = "demo.json"  # written into the build before the atomic rename; its presence means "complete"
-PARTS = ("train", "val", "manifest.csv", "NOTICE", MARKER)
+LAYOUTS = {"aligned": {"train": ("train",), "val": ("val",)},
+           "unaligned": {"train": ("trainA", "trainB"), "val": ("testA", "testB")}}
+PARTS = ("train", "val", "trainA", "trainB", "testA", "testB", "manifest.csv", "NOTICE", MARKER)
 MIN_STD = 0.04        # tiles whose grayscale std (0..1) is below this are near-flat (sky, black borders)
 VAL_SHARE = (0.20, 0.30)  # val takes whole sources until it holds at least 20% of tiles, never over 30%
 BOX = ("left", "top", "right", "bottom")  # manifest crop box, in pixels of the original photo
@@ -151,8 +157,9 @@ def _png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _settings(size: int, task: str, seed: int) -> dict:
-    return {"generator": "ganprune.data.demo", "format": FORMAT, "task": task, "size": size, "seed": seed}
+def _settings(size: int, task: str, seed: int, layout: str = "aligned") -> dict:
+    return {"generator": "ganprune.data.demo", "format": FORMAT, "task": task, "size": size, "seed": seed,
+            "layout": layout}
 
 
 def _existing(out: str) -> dict | None:
@@ -162,22 +169,26 @@ def _existing(out: str) -> dict | None:
             marker = json.load(fh)
         if marker.get("generator") != "ganprune.data.demo":
             return None
-        for split in ("train", "val"):
-            if len(os.listdir(os.path.join(out, split))) != marker[split]:
-                return None
+        for split, folders in LAYOUTS[marker.get("layout", "aligned")].items():
+            for folder in folders:
+                if len(os.listdir(os.path.join(out, folder))) != marker[split]:
+                    return None
         return marker
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
 def _summary(out: str, marker: dict, seconds: float, built: bool) -> dict:
+    folders = LAYOUTS[marker.get("layout", "aligned")]
     return {**{k: marker[k] for k in ("task", "size", "seed", "train", "val", "val_sources")},
-            "seconds": round(seconds, 3), "built": built, "out": out,
-            "train_dir": os.path.join(out, "train"), "val_dir": os.path.join(out, "val"),
+            "layout": marker.get("layout", "aligned"), "seconds": round(seconds, 3), "built": built, "out": out,
+            "train_dir": os.path.join(out, folders["train"][0]), "val_dir": os.path.join(out, folders["val"][0]),
             "manifest": os.path.join(out, "manifest.csv"), "notice": os.path.join(out, "NOTICE")}
 
 
-def _check(size, task, seed) -> tuple[int, str, int]:
+def _check(size, task, seed, layout="aligned") -> tuple[int, str, int]:
+    if layout not in LAYOUTS:
+        raise UserError(f"layout: expected one of {', '.join(LAYOUTS)}, got {layout!r}")
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or int(size) not in SIZES:
         raise UserError(f"size: expected one of {', '.join(map(str, SIZES))}, got {size!r}")
     if task not in TASKS:
@@ -187,18 +198,20 @@ def _check(size, task, seed) -> tuple[int, str, int]:
     return int(size), task, int(seed)
 
 
-def make_demo(out, size: int = 128, task: str = "edges2photo", seed: int = 0) -> dict:
-    """Build the demo set at ``out`` (``train/``, ``val/``, ``manifest.csv``, ``NOTICE``, ``demo.json``).
+def make_demo(out, size: int = 128, task: str = "edges2photo", seed: int = 0, layout: str = "aligned") -> dict:
+    """Build the demo set at ``out`` (``train/``, ``val/`` — or with ``layout="unaligned"`` ``trainA/``,
+    ``trainB/``, ``testA/``, ``testB/`` — ``manifest.csv``, ``NOTICE``, ``demo.json``).
 
     Returns a summary: pair counts, val sources, seconds, paths, and whether anything was built
     (re-running on a complete build of the same settings does nothing). ``out`` must be missing,
     empty, or an earlier demo build (which is replaced); the new build appears in one rename.
     """
-    size, task, seed = _check(size, task, seed)
+    size, task, seed = _check(size, task, seed, layout)
     out = os.path.abspath(os.fspath(out))
     start = time.perf_counter()
     marker = _existing(out)
-    if marker is not None and all(marker.get(k) == v for k, v in _settings(size, task, seed).items()):
+    if marker is not None and all(marker.get(k, "aligned" if k == "layout" else None) == v
+                                  for k, v in _settings(size, task, seed, layout).items()):
         return _summary(out, marker, time.perf_counter() - start, built=False)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UserError(f"{out}: exists and is not a folder; give a new or empty folder for the demo set")
@@ -212,7 +225,7 @@ def make_demo(out, size: int = 128, task: str = "edges2photo", seed: int = 0) ->
 
     tmp = _scratch(out, "tmp")
     try:
-        marker = _build(tmp, size, task, seed)
+        marker = _build(tmp, size, task, seed, layout)
         _install(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,7 +273,7 @@ def _install(tmp: str, out: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(dest: str, size: int, task: str, seed: int) -> dict:
+def _build(dest: str, size: int, task: str, seed: int, layout: str = "aligned") -> dict:
     from tqdm import tqdm
 
     zoom = max(1.0, size / 128)  # above 128 the sources are enlarged so 256 keeps the 128 tile count
@@ -289,21 +302,26 @@ def _build(dest: str, size: int, task: str, seed: int) -> dict:
                          "licence": src.licence, "credit": src.credit})
     counts = {src.name: sum(r["source"] == src.name for r in rows) for src in SOURCES}
     val_sources = _pick_val(counts, seed)
-    for split in ("train", "val"):
-        os.makedirs(os.path.join(dest, split))
+    folders = LAYOUTS[layout]
+    for names in folders.values():
+        for folder in names:
+            os.makedirs(os.path.join(dest, folder))
     for row in rows:
         row["split"] = "val" if row["source"] in val_sources else "train"
-        with open(os.path.join(dest, row["split"], row["file"]), "wb") as fh:
-            fh.write(_png_bytes(images[row["file"]]))
+        pair = images[row["file"]]
+        halves = [pair] if layout == "aligned" else [pair[:, :size], pair[:, size:]]
+        for folder, image in zip(folders[row["split"]], halves):
+            with open(os.path.join(dest, folder, row["file"]), "wb") as fh:
+                fh.write(_png_bytes(np.ascontiguousarray(image)))
     rows.sort(key=lambda r: (r["split"] != "train", r["file"]))
     with open(os.path.join(dest, "manifest.csv"), "w", encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, ["file", "split", "source", "scale", *BOX, "licence", "credit"],
                                 lineterminator="\n")
         writer.writeheader()
-        writer.writerows({**r, "file": f"{r['split']}/{r['file']}"} for r in rows)
+        writer.writerows({**r, "file": f"{folders[r['split']][0]}/{r['file']}"} for r in rows)
     with open(os.path.join(dest, "NOTICE"), "w", encoding="utf-8") as fh:
         fh.write(_notice(task, size, [s for s in SOURCES if counts[s.name]]))
-    marker = {**_settings(size, task, seed), "train": sum(r["split"] == "train" for r in rows),
+    marker = {**_settings(size, task, seed, layout), "train": sum(r["split"] == "train" for r in rows),
               "val": sum(r["split"] == "val" for r in rows), "val_sources": val_sources}
     with open(os.path.join(dest, MARKER), "w", encoding="utf-8") as fh:
         json.dump(marker, fh, indent=1)

@@ -141,7 +141,7 @@ def _save_info(net: nn.Module, spec, example: torch.Tensor, what: str) -> tuple[
 
 def evaluate(G: nn.Module, teacher_G: nn.Module, dataset, device, precision="fp32", paired=True,
              batch_size=16) -> dict:
-    """Mean |G(A) − B| (``val_L1``, paired data) and |G(A) − teacher(A)| (``val_L1_teacher``) over every
+    """Mean |G(A) − B| (``val_L1``, paired data) and |G(A) − teacher(A)| (``val_L1_student_to_teacher``) over every
     pixel of ``dataset``, G in eval mode; reported only, never used to choose weights."""
     return l1_scores(G, dataset, device, precision, batch_size, reference=teacher_G, paired=paired)
 
@@ -251,7 +251,8 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
     paired = "A_path" not in first
 
     for T in (T_G, T_D):
-        T.to(dev).eval().requires_grad_(False)
+        if T is not None:   # T_D is None for a G pruned without its discriminator
+            T.to(dev).eval().requires_grad_(False)
     G.to(dev).train()
     D.to(dev).train()
     check_shapes(G, first, type(G).__name__)
@@ -280,7 +281,8 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
         start, log_rows, train_seconds = restore(checkpoint.load(out / STATE_FILE))
         resumed_from = start
     for m in [*nets.values(), T_G, T_D]:
-        to_channels_last(m)
+        if m is not None:
+            to_channels_last(m)
     ddp.sync_from_rank0([t for m in nets.values() for t in [*m.parameters(), *m.buffers()]])
     buffers = [b for m in nets.values() for b in m.buffers()]
     if dev.type == "cuda":
@@ -360,7 +362,7 @@ def _finetune(G, D, T_G, T_D, dataset, cls, options, steps, out, batch_size, lr,
             "steps": steps, "steps_run": steps_run, "resumed_from": resumed_from, "retries": retries,
             "steps_per_s": steps_run / run_seconds if steps_run and run_seconds > 0 else None,
             "device": str(dev), "precision": prec, "world_size": ddp.world, "paired": paired,
-            "val_L1": last.get("val_L1"), "val_L1_teacher": last.get("val_L1_teacher"), "last": last,
+            "val_L1": last.get("val_L1"), "val_L1_student_to_teacher": last.get("val_L1_student_to_teacher"), "last": last,
             "paths": _paths(out)}
 
 

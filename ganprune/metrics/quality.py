@@ -44,6 +44,7 @@ from ganprune.models.checkpoint import safe_torch_load
 
 PSNR_CAP = 100.0          # dB; an 8-bit pair differing in one pixel of a 64² image is already ≈ 84 dB
 KID_SUBSET_SIZE = 1000    # the usual KID subset size, lowered to N for small splits
+SMALL_N = 1000            # below this many images FID/KID carry a caveat (FID's bias grows as N shrinks)
 
 
 # --------------------------------------------------------------------------- pixel metrics
@@ -234,7 +235,11 @@ def fid_kid(real: torch.Tensor, fake: torch.Tensor, fid: bool = True, kid: bool 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             mean, std = metric.compute()
-        out.update(kid_mean=float(mean), kid_std=float(std), kid_subset_size=size, kid_subsets=kid_subsets)
+        # Subsets as large as the whole set are all the same set: their "std" is rounding noise (2e-16), not
+        # a spread, so none is reported.
+        whole = size >= len(real) and size >= len(fake)
+        out.update(kid_mean=float(mean), kid_std=None if whole else float(std), kid_subset_size=size,
+                   kid_subsets=1 if whole else kid_subsets)
     return out
 
 
@@ -416,7 +421,8 @@ def image_quality(generator: nn.Module, data, teacher: nn.Module | None = None, 
         "pixels": f"8-bit quantized; PSNR/SSIM per-image mean, data range 1 on [0,1], PSNR capped at {PSNR_CAP:g} dB",
         "inception": (f"{_extractor_name(feature_extractor)}, TF-bilinear resize {shape[1]}x{shape[2]} -> "
                       f"{INPUT_SIZE}x{INPUT_SIZE}") if (fid or kid) else None,
-        "kid": f"{result['kid_subsets']} subsets of {result['kid_subset_size']}" if kid else None,
+        "kid": (f"{result['kid_subsets']} subsets of {result['kid_subset_size']}" if result.get("kid_subsets", 1) > 1
+                else f"all {result['kid_subset_size']} images at once (too few for subsets: no std)") if kid else None,
     }
     result.pop("kid_subsets", None)
     result.pop("kid_subset_size", None)
@@ -429,6 +435,9 @@ def describe(computed_on: dict) -> str:
     parts = [f"computed on {c['n_images']} images of split {c['split'] or '?'} at {c['resolution']}"]
     if c.get("n_real") is not None:
         parts.append(f"FID/KID vs {c['n_real']} real images, {c['inception']}")
+        if c["n_real"] < SMALL_N:
+            parts.append(f"with N = {c['n_real']} < {SMALL_N} images FID/KID are biased and noisy: compare them only "
+                         "between rows of this table (same images), not with published figures")
     if c.get("kid"):
         parts.append(f"KID over {c['kid']}")
     parts.append(c["pixels"])

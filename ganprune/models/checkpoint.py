@@ -120,6 +120,7 @@ def load_generator(path=None, arch: str = "unet_256", ngf: int = 64, norm: str =
     net when ``path`` is None. ``arch="pkg.module:Class"`` builds your own module with ``**kwargs``; naming
     it here allows it (code passing an arch read from a file checks ``registry.check_arch_allowed`` first)."""
     allow_arch(arch)
+    kwargs.pop("kind", None)   # a saved spec's kind says which loader; it is no option of the net
     if ":" in arch:
         return _load(path, "generator", arch, **kwargs)
     return _load(path, "generator", arch, ngf=ngf, norm=norm, input_nc=input_nc, output_nc=output_nc,
@@ -130,6 +131,7 @@ def load_discriminator(path=None, arch: str = "basic", ndf: int = 64, norm: str 
                        n_layers: int = 3, **kwargs) -> nn.Module:
     """A reference-format discriminator checkpoint (``latest_net_D.pth``); see ``load_generator``."""
     allow_arch(arch)
+    kwargs.pop("kind", None)
     if ":" in arch:
         return _load(path, "discriminator", arch, **kwargs)
     return _load(path, "discriminator", arch, ndf=ndf, norm=norm, input_nc=input_nc, n_layers=n_layers, **kwargs)

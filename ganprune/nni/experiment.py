@@ -136,6 +136,9 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
         _, metric = _final_metric(job)
         if job.get("status") == "SUCCEEDED" and isinstance(metric, dict):
             row.update({k: metric[k] for k in metric_columns() if k in metric})
+            for key in ("g_widths", "d_widths"):   # what the trial scored (a repaired candidate) over what NNI sent
+                if isinstance(metric.get(key), str):
+                    row[key] = metric[key]
             row["g_feasible"] = row["g_macs"] <= setup.g_budget
             row["d_feasible"] = row["d_macs"] <= setup.d_budget
             row["feasible"] = bool(row["g_feasible"] and row["d_feasible"])
@@ -154,6 +157,15 @@ def best_row(history: pd.DataFrame) -> dict | None:
         return None
     row = ok.sort_values(["score", "round"]).iloc[0].to_dict()
     return dict(row, g_widths=json.loads(row["g_widths"]), d_widths=json.loads(row["d_widths"]))
+
+
+def closest_row(history: pd.DataFrame, g_budget: float, d_budget: float) -> dict | None:
+    """The scored trial nearest to fitting: the smallest worst ratio of MACs to budget."""
+    ok = history[history["error"].fillna("") == ""]
+    if ok.empty:
+        return None
+    ratio = [max(g / g_budget, d / d_budget) for g, d in zip(ok["g_macs"], ok["d_macs"])]
+    return ok.iloc[min(range(len(ratio)), key=ratio.__getitem__)].to_dict()
 
 
 def _start(config, port: int, attempts: int = 3):
@@ -178,15 +190,53 @@ def _start(config, port: int, attempts: int = 3):
             time.sleep(2)
 
 
-def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int = 10, port: int = 8080,
+def default_trials(tuner: str, setup, space: dict) -> int:
+    """Trials when none are given: for 'ours', what its agents need to reach the budgets and refine (their
+    ``rounds_hint``, at least 20; agents that propose within budget from the start: ``ganprune search``'s
+    default rounds); for an NNI tuner, two per search dimension and at least 20
+    (its candidates are repaired into the budgets, so each one is a usable result)."""
+    if tuner != "ours":
+        return max(20, 2 * len(space))
+    from ganprune.agent import get_agent
+    from ganprune.search_setup import default_rounds
+    o = setup.options
+    g = get_agent(o["g_agent"], o["agent_file"])(setup.g_space, setup.g_budget, seed=o["seed"], role="G",
+                                                 **(o["g_agent_options"] or {}))
+    d = (get_agent(o["d_agent"], o["agent_file"])(setup.d_space, setup.d_budget, seed=o["seed"] + 1, role="D",
+                                                  **(o["d_agent_options"] or {})) if setup.d_space is not None else None)
+    hints = [a.rounds_hint() for a in (g, d) if a is not None]
+    return max([20, *[int(h) for h in hints if h]]) if any(hints) else default_rounds(g, d)
+
+
+def _report_progress(jobs: list, setup, exp_dir: str, seen: set, trials: int, say) -> None:
+    """One line per trial that finished since the last call."""
+    done = [j for j in jobs if j.get("status") in ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED",
+                                                     "EARLY_STOPPED") and j["trialJobId"] not in seen]
+    if not done:
+        return
+    history = collect_history(done, setup, exp_dir)
+    for job, (_, row) in zip(sorted(done, key=lambda j: j.get("sequenceId", 0)), history.iterrows()):
+        seen.add(job["trialJobId"])
+        if row["error"]:
+            say(f"trial {len(seen)}/{trials}: {row['error']}")
+        else:
+            say(f"trial {len(seen)}/{trials}: score {row['score']:.4g}, G {int(row['g_macs']):,} MACs"
+                + (f", D {int(row['d_macs']):,} MACs" if setup.d_space is not None else "")
+                + (", within budget" if row["feasible"] else ", over budget"))
+
+
+def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int | None = None, port: int = 8080,
                    timeout: float = 3600, concurrency: int = 1, search_space: dict | None = None,
-                   tuner_options: dict | None = None, poll: float = 1.0, **overrides) -> ExperimentResult:
+                   tuner_options: dict | None = None, poll: float = 1.0, progress: bool = False,
+                   keep_alive: bool = False, **overrides) -> ExperimentResult:
     """Start a local NNI experiment for the search described by the ``ganprune nni`` options (``values``,
     e.g. ``load_options(path)``, and/or keyword ``overrides``), wait for ``trials`` trials (at most
     ``timeout`` seconds), stop it, and write history + winner to ``out``.
 
     ``tuner``: "ours" (GanpruneTuner with the options' g_agent/d_agent) or an NNI built-in tuner name.
-    ``search_space``: replaces the exported space (NNI tuners only; e.g. a restricted or edited space)."""
+    ``trials`` None: ``default_trials``. ``search_space``: replaces the exported space (NNI tuners only; e.g.
+    a restricted or edited space). ``progress``: a line per finished trial. ``keep_alive``: leave the
+    experiment (and its web UI) running after the last trial until Ctrl-C."""
     from nni.experiment import ExperimentConfig
 
     from ganprune.io import atomic_write_text, atomic_write_yaml
@@ -196,7 +246,9 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     o = options(values, **overrides)
     if tuner not in TUNERS:
         raise UserError(f"--tuner {tuner!r}: expected one of {', '.join(TUNERS)}")
-    if trials < 1 or concurrency < 1:
+    if tuner == "ours":   # its agents learn from over-budget scores: never repair their proposals
+        o["repair"] = False
+    if (trials is not None and trials < 1) or concurrency < 1:
         raise UserError(f"--trials and --concurrency must be >= 1 (got {trials}, {concurrency})")
     if tuner == "ours" and search_space is not None:
         raise UserError("a custom search space works with NNI's tuners only; ours searches the config's spaces")
@@ -211,9 +263,14 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     atomic_write_yaml(trial_config, resolved_options(o))
     space = search_space if search_space is not None else make_space(setup.g_space, setup.d_space)
     atomic_write_text(os.path.join(out, "search_space.json"), json.dumps(space, indent=2) + "\n")
+    trials = trials or default_trials(tuner, setup, space)
+    say = (lambda line: print(line, flush=True)) if progress else _log.info
+    if setup.d_space is None:
+        say("G-only experiment: no discriminator checkpoint, so only G is searched and scored")
     if tuner_options is None:
         tuner_options = {"g_agent": o["g_agent"], "d_agent": o["d_agent"],
-                         "agent_file": os.path.abspath(o["agent_file"]) if o["agent_file"] else None, "seed": o["seed"]}
+                         "agent_file": os.path.abspath(o["agent_file"]) if o["agent_file"] else None, "seed": o["seed"],
+                         "g_agent_options": o["g_agent_options"], "d_agent_options": o["d_agent_options"]}
 
     config = ExperimentConfig("local")
     config.experiment_name = f"ganprune-{tuner}"
@@ -227,12 +284,16 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     config.tuner = _tuner_config(tuner, trials, o["seed"], trial_config, tuner_options)
     exp = _start(config, port)
     exp_dir = os.path.join(config.experiment_working_directory, exp.id)
-    status, jobs, timings = "NOT STARTED", [], {}
+    status, jobs, timings, seen = "NOT STARTED", [], {}, set()
+    say(f"NNI experiment {exp.id}: {trials} trials, tuner {tuner}, web UI http://localhost:{port}")
+    from nni.experiment import rest
     try:
         timings["startup_s"] = time.perf_counter() - t0
         started = time.perf_counter()
         while True:
             status = exp.get_status()
+            jobs = rest.get(exp.port, "/trial-jobs", exp.url_prefix)   # raw records: failed trials included
+            _report_progress(jobs, setup, exp_dir, seen, trials, say)
             if status in ("DONE", "STOPPED", "ERROR"):
                 break
             if time.perf_counter() - started > timeout:
@@ -240,8 +301,14 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
                 break
             time.sleep(poll)
         timings["wait_s"] = time.perf_counter() - started
-        from nni.experiment import rest
-        jobs = rest.get(exp.port, "/trial-jobs", exp.url_prefix)   # raw records: failed trials included
+        if keep_alive:
+            print(f"trials finished ({status}); the web UI stays up at http://localhost:{port} — press Ctrl-C to "
+                  "stop the experiment", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     finally:
         try:
             exp.stop()
@@ -252,11 +319,15 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     atomic_write_text(os.path.join(out, "history.csv"), history.to_csv(index=False))
     best = best_row(history)
     if best:
-        save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec)
+        from ganprune.budget import Budget
+        save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec,
+                    (Budget(setup.g_space, setup.g_budget),
+                     Budget(setup.d_space, setup.d_budget) if setup.d_space is not None else None))
     timings["total_s"] = time.perf_counter() - t0
     if history["seconds"].notna().any():
         timings["trial_wall_s"] = float(history["seconds"].median())
     result = ExperimentResult(history, best, exp.id, status, timings)
+    result.setup = setup
     if status == "ERROR":
         raise UserError(f"NNI experiment {exp.id} ended in ERROR after {len(history)} trials (logs: "
                         f"{os.path.join(exp_dir, 'log')}; history kept in {os.path.join(out, 'history.csv')})")
@@ -266,4 +337,4 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     return result
 
 
-__all__ = ["run_experiment", "collect_history", "best_row", "free_port", "ExperimentResult", "TUNERS"]
+__all__ = ["run_experiment", "collect_history", "best_row", "closest_row", "default_trials", "free_port", "ExperimentResult", "TUNERS"]

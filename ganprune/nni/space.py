@@ -11,6 +11,7 @@ file drives the plain search, the space export, every trial and the tuner.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Mapping
 
@@ -78,7 +79,14 @@ class Setup:
         self.g_space, self.d_space, _ = build_spaces(self.G, self.D, self.batches, self.g_spec, self.d_spec,
                                                      o["g_space"], o["d_space"])
         self.g_budget = resolve_macs(o["g_budget"], self.g_space.macs(self.g_space.full_widths()))
-        self.d_budget = resolve_macs(o["d_budget"], self.d_space.macs(self.d_space.full_widths()))
+        # G-only (no D checkpoint): no D to fit, so every candidate's D "fits" (its MACs are 0)
+        self.d_budget = (resolve_macs(o["d_budget"], self.d_space.macs(self.d_space.full_widths()))
+                         if self.d_space is not None else math.inf)
+        from ganprune.budget import Budget
+        from ganprune.search_setup import check_reachable
+        check_reachable(Budget(self.g_space, self.g_budget), "G", "g_budget")
+        if self.d_space is not None:
+            check_reachable(Budget(self.d_space, self.d_budget), "D", "d_budget")
 
     def evaluator(self):
         from ganprune.options import evaluator_keywords
@@ -93,7 +101,7 @@ def search_space(g_space, d_space) -> dict:
     """NNI search-space dict: ``{"G/<group>": {"_type": "choice", "_value": [widths...]}, "D/...": ...}``."""
     out = {}
     for role, space in (("G", g_space), ("D", d_space)):
-        for g in space.groups:
+        for g in space.groups if space is not None else ():   # d_space None: G-only
             if len(g.choices) > 1:
                 out[f"{role}{SEPARATOR}{g.name}"] = {"_type": "choice", "_value": [int(c) for c in g.choices]}
     return out
@@ -123,6 +131,10 @@ def from_params(params: dict, g_space, d_space) -> tuple[dict, dict]:
         g = g_space.validate(widths["G"])
     except UserError as exc:
         raise UserError(f"NNI parameters for G: {exc}") from None
+    if d_space is None:
+        if widths["D"]:
+            raise UserError("NNI parameters for D given, but this search prunes G only (no discriminator)")
+        return g, {}
     try:
         d = d_space.validate(widths["D"])
     except UserError as exc:

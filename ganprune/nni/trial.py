@@ -32,16 +32,23 @@ def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget:
 
 
 def score_candidate(setup, evaluator, params: dict) -> dict:
-    """The final-result dict of one candidate given as NNI parameters."""
+    """The final-result dict of one candidate given as NNI parameters (shrunk into the budgets first when
+    the ``repair`` option is on); it says which widths were scored (``g_widths``/``d_widths``, JSON)."""
+    import json
+
     from ganprune.nni.space import from_params
-    from ganprune.search import candidate_rng
+    from ganprune.search import candidate_rng, shrink_into_budget
     g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
+    if setup.options.get("repair"):
+        g_widths = shrink_into_budget(setup.g_space, g_widths, setup.g_budget)
+        if setup.d_space is not None:
+            d_widths = shrink_into_budget(setup.d_space, d_widths, setup.d_budget)
     with candidate_rng(setup.options["seed"], g_widths, d_widths, evaluator.device):   # as `ganprune search` scores it
         metrics = evaluator.evaluate(g_widths, d_widths)
     g_ok, d_ok = metrics["g_macs"] <= setup.g_budget, metrics["d_macs"] <= setup.d_budget
     result = {k: v for k, v in metrics.items() if k != "seconds"}   # every evaluator metric, as plain numbers
     result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
-                  eval_seconds=metrics["seconds"],
+                  eval_seconds=metrics["seconds"], g_widths=json.dumps(g_widths), d_widths=json.dumps(d_widths),
                   default=penalised(metrics["score"], metrics["g_macs"], metrics["d_macs"], setup.g_budget,
                                     setup.d_budget, setup.options["infeasible_penalty"]))
     return result

@@ -34,7 +34,20 @@ class GanpruneTuner(Tuner):
 
     def __init__(self, config: str, g_agent: str = "greedy", d_agent: str = "greedy", agent_file: str | None = None,
                  seed: int | None = None, g_agent_options: dict | None = None, d_agent_options: dict | None = None):
+        # NNI's dispatcher builds the tuner before it connects to the NNI manager, which gives it 10 s: the
+        # teacher pair and its spaces (seconds on a busy machine) are built on first use instead.
+        self._args = (config, g_agent, d_agent, agent_file, seed, g_agent_options, d_agent_options)
+        self._built = False
+        self.g_peer: Feedback | None = None
+        self.d_peer: Feedback | None = None
+        self.pending: tuple[int, dict, dict] | None = None
+        self.rounds = 0
+
+    def _build(self) -> None:
+        if self._built:
+            return
         from ganprune.nni.space import Setup, load_options, search_space
+        config, g_agent, d_agent, agent_file, seed, g_agent_options, d_agent_options = self._args
         o = load_options(config)
         setup = Setup(o, calib_images=1)     # spaces and budgets only: no evaluator in the tuner
         self.g_space, self.d_space = setup.g_space, setup.d_space
@@ -44,27 +57,27 @@ class GanpruneTuner(Tuner):
         agent_file = agent_file or o["agent_file"]
         self.g_agent = get_agent(g_agent, agent_file)(self.g_space, self.g_budget, seed=seed, role="G",
                                                       **(g_agent_options or {}))
-        self.d_agent = get_agent(d_agent, agent_file)(self.d_space, self.d_budget, seed=seed + 1, role="D",
-                                                      **(d_agent_options or {}))
-        self.g_peer: Feedback | None = None
-        self.d_peer: Feedback | None = None
-        self.pending: tuple[int, dict, dict] | None = None
-        self.rounds = 0
+        self.d_agent = (get_agent(d_agent, agent_file)(self.d_space, self.d_budget, seed=seed + 1, role="D",
+                                                       **(d_agent_options or {}))
+                        if self.d_space is not None else None)    # G-only: no D-agent
+        self._built = True
 
     def update_search_space(self, search_space) -> None:
         """NNI sends the experiment's search space; it must be the one exported from the same config."""
+        self._build()
         if search_space != self.expected_space:
             raise UserError("the NNI search space differs from the one built from the tuner's config; export it "
                             "with `ganprune nni space --config` from the same config")
 
     def generate_parameters(self, parameter_id, **kwargs):
         from ganprune.nni.space import to_params
+        self._build()
         if self.pending is not None:
             _log.info("parameter %s declined: trial for parameter %s still running (agents are sequential)",
                       parameter_id, self.pending[0])
             raise nni.NoMoreTrialError("the agents wait for the running trial's result")
         g_widths = self.g_agent.propose(self.d_peer)
-        d_widths = self.d_agent.propose(self.g_peer)
+        d_widths = self.d_agent.propose(self.g_peer) if self.d_agent is not None else {}
         self.pending = (parameter_id, g_widths, d_widths)
         return to_params(g_widths, d_widths)
 
@@ -94,7 +107,8 @@ class GanpruneTuner(Tuner):
         g_fb = _feedback(g_widths, value, "G", g_ok)
         d_fb = _feedback(d_widths, value, "D", d_ok)
         self.g_agent.observe(g_fb)
-        self.d_agent.observe(d_fb)
+        if self.d_agent is not None:
+            self.d_agent.observe(d_fb)
         self.g_peer, self.d_peer = g_fb, d_fb
 
     def import_data(self, data) -> None:

@@ -27,6 +27,7 @@ def connector(in_ch: int, out_ch: int) -> nn.Module:
 
 @register_recipe("dcd")
 class DCD(Recipe):
+    needs_teacher_D = True
     OPTIONS = {"gan_mode": "vanilla", "lambda_dcd": 1.0, "lambda_l1": 100.0, "lambda_gan": 1.0,
                "lambda_teacher_gan": 1.0}
 

@@ -11,6 +11,7 @@ from ganprune.losses import GANLoss
 
 @register_recipe("dgl")
 class DGL(Recipe):
+    needs_teacher_D = True
     OPTIONS = {"gan_mode": "vanilla", "lambda_teacher_d": 0.3, "lambda_l1": 100.0}
 
     def __init__(self, *args, **kw):

@@ -68,6 +68,7 @@ class ChannelGates(nn.Module):
 
 @register_recipe("gcc")
 class GCC(Recipe):
+    needs_teacher_D = True
     OPTIONS = {"lambda_l1": 100.0, "lambda_feature": 50.0, "lambda_gram": 1e4, "gate_lr": 1e-4, "ema_decay": 0.9}
     paired_only = True
 

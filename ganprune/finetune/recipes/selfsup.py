@@ -32,6 +32,7 @@ def sparsity_at(step: int, steps: int, target: float) -> float:
 
 @register_recipe("selfsup")
 class SelfSupervised(Recipe):
+    needs_teacher_D = True
     OPTIONS = {"gan_mode": "vanilla", "lambda_d": 0.5, "sparsity": 0.0}
 
     @classmethod
