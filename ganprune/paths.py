@@ -17,7 +17,7 @@ from ganprune.errors import UserError
 # Options that name something a command reads.
 INPUT_OPTIONS = ("config", "teacher", "generator", "discriminator", "pruned", "pruned_g", "pruned_d", "dataroot",
                  "agent_file", "g_space", "d_space", "space", "latency_table", "fid_weights", "segmenter",
-                 "teacher_for_reference")
+                 "teacher_for_reference", "widths", "experiment_dir")
 # Commands whose output is one file: command -> the options that can name it.
 FILE_OUTPUTS = {"export": ("onnx", "out"), "space": ("csv",)}
 # What each command writes inside its output folder ("name/": a folder it fills). Commands not listed write
@@ -32,6 +32,9 @@ WRITES = {
     "nni run": ("trial_config.yaml", "search_space.json", "trial_jobs.json", "history.csv", "widths.yaml",
                 "nni-experiments/"),
     "nni space": ("search_space.json",),
+    "nni collect": ("history.csv", "widths.yaml"),
+    "apply": ("config.yaml", "log.txt", ".done/", ".lock", "search/", "pruned_G.pt", "pruned_D.pt", "widths.yaml",
+              "history.csv"),
 }
 
 
