@@ -134,8 +134,6 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     batches = calibration(dataroot, phase=phase, calib_images=calib_images, calib_batch=calib_batch, mode=mode,
                           direction=direction, size=size, seed=seed)
     evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=seed, **evaluator_options)
-    attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
-                    direction=direction, size=size, phase=phase, seed=seed, progress=progress)
 
     def table(net, space, example, name, given=None):
         path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)
@@ -153,6 +151,9 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     elif progress:
         print("G-only search: no discriminator checkpoint, so only G is scored and pruned (the balance and D "
               "terms are 0, no D-agent); fine-tuning trains a fresh D", flush=True)
+    # the budgets are checked above, before the supernet (minutes) is trained
+    attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
+                    direction=direction, size=size, phase=phase, seed=seed, progress=progress)
     max_rounds = None
     if rounds is None:   # sized from the agents and the space; on past it while nothing fits yet
         rounds = default_rounds(g, d)

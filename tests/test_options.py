@@ -224,8 +224,8 @@ def test_every_option_of_every_command_says_its_default():
     for name, (_, schema, _) in COMMANDS.items():
         for option in schema:
             if not option.positional:
-                from ganprune.cli import help_text
-                assert "default" in help_text(option), (name, option.name)
+                from ganprune.cli import option_help
+                assert "default" in option_help(option), (name, option.name)
     parser, leaves = build_parser()
     text = leaves["finetune"].format_help()
     assert "(default 0.0002)" in text and "(default 0.5)" in text and "--mode" in text and "--dataset-mode" in text

@@ -47,7 +47,7 @@ def pick(args, schema: Sequence[Option]) -> dict:
     return {o.name: getattr(args, o.name) for o in schema}
 
 
-def help_text(o: Option) -> str:
+def option_help(o: Option) -> str:
     """``o``'s help, always saying its default (declarations that do not say it get it appended)."""
     text = o.help or o.name.replace("_", " ")
     if "default" in text or o.kind == "flag":
@@ -63,7 +63,7 @@ def _add_argument(p: argparse.ArgumentParser, o: Option) -> None:
     if o.positional:
         p.add_argument(o.name, nargs="?", default=argparse.SUPPRESS, help=o.help)
         return
-    kw = dict(dest=o.name, default=argparse.SUPPRESS, help=help_text(o))
+    kw = dict(dest=o.name, default=argparse.SUPPRESS, help=option_help(o))
     flags = (o.flag, *o.alias_flags)
     if o.kind == "flag":
         p.add_argument(*flags, action="store_true", **kw)
@@ -103,8 +103,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
             _add_argument(leaf, o)
         leaf.add_argument("--config", help="YAML file of option values (command-line options override it)")
         leaf.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
-        leaf.add_argument("--threads", type=_threads, dest="_threads", default=argparse.SUPPRESS, metavar="N",
-                          help=THREADS_HELP)
+        if not any(o.name == "threads" for o in schema):   # export's own --threads sets the exported file's
+            leaf.add_argument("--threads", type=_threads, dest="_threads", default=argparse.SUPPRESS, metavar="N",
+                              help=THREADS_HELP)
         leaf.set_defaults(_leaf=name)
         leaves[name] = leaf
     return parser, leaves
