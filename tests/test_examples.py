@@ -114,7 +114,8 @@ def test_readme_search_quick_start_with_the_nni_search_yaml(tiny, tmp_path, caps
     `ganprune nni`), pointed at tiny checkpoints, with default rounds: ends with widths.yaml."""
     values = yaml.safe_load(open(os.path.join(EXAMPLES, "nni_search", "search.yaml")))
     values.pop("teacher")
-    values.update(tiny, **{"g-arch": "unet_64", "ngf": 8, "ndf": 8, "calib-images": 4, "calib-batch": 4})
+    values.update(tiny, **{"g-arch": "unet_64", "ngf": 8, "ndf": 8, "calib-images": 4, "calib-batch": 4,
+                           "supernet-steps": 20})   # tiny sizes: a short supernet (the default is 300 steps)
     cfg = tmp_path / "search.yaml"
     cfg.write_text(yaml.safe_dump(values))
     assert "infeasible-penalty" in values
@@ -144,7 +145,7 @@ def test_readme_prune_quick_start_g_only_example(tiny, tmp_path):
     values.update(generator=str(tmp_path / "G.pth"), g_arch="resnet_6blocks", ngf=8, ndf=8, size=64,
                   dataroot=make_demo(tmp_path / "data", size=64, task="gray2color", layout="unaligned")["out"],
                   calib_images=4, finetune_steps=2, fid=False, eval_images=4, latency=False,
-                  g_agent_options={"refine": False}, out=str(tmp_path / "run"))
+                  g_agent_options={"refine": False}, supernet_steps=20, out=str(tmp_path / "run"))
     cfg = tmp_path / "g_only.yaml"
     cfg.write_text(yaml.safe_dump(values))
     assert main(["prune", "--config", str(cfg)]) == 0
