@@ -72,20 +72,11 @@ def test_allowed_class_must_be_an_nn_module(tmp_path):
         ganprune.allow_arch("os:system; rm -rf /")
 
 
-class TinyG(torch.nn.Module):
-    def __init__(self, width=4):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, width, 3, padding=1)
-        self.out = torch.nn.Conv2d(width, 3, 3, padding=1)
-
-    def forward(self, x):
-        return torch.tanh(self.out(torch.relu(self.conv(x))))
-
-
 def test_user_named_class_loads_from_a_pruned_file(tmp_path):
-    arch = f"{__name__}:TinyG"
+    from test_models import TinyNet          # the bring-your-own net of the model tests
+    arch = "test_models:TinyNet"
     x = torch.randn(1, 3, 16, 16)
-    net = TinyG(8)
+    net = TinyNet(8)
     small = ganprune.prune(net, {"conv": 4}, x)
     ganprune.save_pruned(tmp_path / "p.pt", small, {"arch": arch, "kind": "generator", "width": 8}, {"conv": 4})
     with pytest.raises(UserError, match="names Python code"):

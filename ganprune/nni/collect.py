@@ -74,22 +74,12 @@ def read_trial_jobs(db_path: str) -> list[dict]:
 def collect_experiment(values: Mapping, experiment_id: str, out, experiment_dir=None):
     """``(history, best, setup)`` of the experiment, written to ``out`` (history.csv, widths.yaml when a
     trial fits both budgets). ``values``: the ``ganprune nni`` options the trials ran with."""
-    from ganprune.budget import Budget
-    from ganprune.io import atomic_write_text
-    from ganprune.nni.experiment import best_row, collect_history
+    from ganprune.nni.experiment import write_results
     from ganprune.nni.space import Setup
-    from ganprune.search import save_winner
     db = experiment_db(experiment_id, experiment_dir)
     setup = Setup(values, calib_images=1)
     jobs = read_trial_jobs(db)
     if not jobs:
         raise UserError(f"{db}: experiment {experiment_id} has no trials yet")
-    history = collect_history(jobs, setup, os.path.dirname(os.path.dirname(db)))
-    os.makedirs(out, exist_ok=True)
-    atomic_write_text(os.path.join(out, "history.csv"), history.to_csv(index=False))
-    best = best_row(history)
-    if best:
-        save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec,
-                    (Budget(setup.g_space, setup.g_budget),
-                     Budget(setup.d_space, setup.d_budget) if setup.d_space is not None else None))
+    history, best = write_results(out, jobs, setup, os.path.dirname(os.path.dirname(db)))
     return history, best, setup

@@ -151,6 +151,23 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 
+def write_results(out: str, jobs: list, setup, exp_dir: str) -> tuple[pd.DataFrame, dict | None]:
+    """NNI's trial records as ``out/history.csv`` and, when a trial was feasible, ``out/widths.yaml``: what
+    ``nni run`` and ``nni collect`` both write. Returns ``(history, best row or None)``."""
+    from ganprune.budget import Budget
+    from ganprune.io import atomic_write_text
+    from ganprune.search import save_winner
+    history = collect_history(jobs, setup, exp_dir)
+    os.makedirs(out, exist_ok=True)
+    atomic_write_text(os.path.join(out, "history.csv"), history.to_csv(index=False))
+    best = best_row(history)
+    if best:
+        save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec,
+                    (Budget(setup.g_space, setup.g_budget),
+                     Budget(setup.d_space, setup.d_budget) if setup.d_space is not None else None))
+    return history, best
+
+
 def best_row(history: pd.DataFrame) -> dict | None:
     ok = history[(history["error"].fillna("") == "") & (history["feasible"] == True)]  # noqa: E712
     if ok.empty:
@@ -242,7 +259,6 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     from ganprune.io import atomic_write_text, atomic_write_yaml
     from ganprune.nni.space import Setup, options, resolved_options
     from ganprune.nni.space import search_space as make_space
-    from ganprune.search import save_winner
     o = options(values, **overrides)
     if tuner not in TUNERS:
         raise UserError(f"--tuner {tuner!r}: expected one of {', '.join(TUNERS)}")
@@ -315,14 +331,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
         except Exception as exc:  # stopping must not hide the real error
             _log.warning("stopping NNI experiment %s failed: %s", exp.id, exc)
     atomic_write_text(os.path.join(out, "trial_jobs.json"), json.dumps(jobs, indent=1) + "\n")  # NNI's raw records
-    history = collect_history(jobs, setup, exp_dir)
-    atomic_write_text(os.path.join(out, "history.csv"), history.to_csv(index=False))
-    best = best_row(history)
-    if best:
-        from ganprune.budget import Budget
-        save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec,
-                    (Budget(setup.g_space, setup.g_budget),
-                     Budget(setup.d_space, setup.d_budget) if setup.d_space is not None else None))
+    history, best = write_results(out, jobs, setup, exp_dir)
     timings["total_s"] = time.perf_counter() - t0
     if history["seconds"].notna().any():
         timings["trial_wall_s"] = float(history["seconds"].median())
