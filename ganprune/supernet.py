@@ -102,9 +102,8 @@ class Supernet:
         return _SliceView(self, widths, batch_stats)
 
     def forward(self, widths, x: torch.Tensor) -> torch.Tensor:
-        skeleton, _ = self._slice_map(widths)
-        skeleton.train(self.net.training)
-        return functional_call(skeleton, self.tensors(widths), (x,))
+        """The slice's output on the shared weights, in the supernet's own train/eval mode."""
+        return self.module(widths).train(self.net.training)(x)
 
     def extract(self, widths) -> nn.Module:
         """The slice as an ordinary physically pruned network (a copy; ``prune`` of the shared weights)."""

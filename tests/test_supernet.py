@@ -128,3 +128,19 @@ def test_evaluator_scores_supernet_slices(one_thread):
         assert torch.equal(a, b), name
     with pytest.raises(ganprune.UserError, match="ranking"):
         ev.use_supernet(Supernet(G, ev.g_space, ev.g_example, {k: list(reversed(v)) for k, v in ev.g_ranking.items()}))
+
+
+def test_density_term_trains_through_slice_views(one_thread):
+    """lambda_density > 0: the density objective scores each slice through its module view (batch statistics)."""
+    from ganprune.objective import LocalDensityObjective
+    G, data = _unet(), _Data(n=4)
+    x = data[0]["A"][None]
+    space = SearchSpace.from_model(G, x, arch="unet_64")
+    objective = LocalDensityObjective(G, m=2)
+    sn = train_supernet(G, space, data, None, steps=2, batch_size=2, lambda_density=1.0, objective=objective,
+                        device="cpu", progress=False)
+    moved = [name for (name, a), (_, b) in zip(sn.net.state_dict().items(), G.state_dict().items())
+             if a.is_floating_point() and not torch.equal(a, b)]
+    assert moved
+    with pytest.raises(ganprune.UserError, match="objective"):
+        train_supernet(G, space, data, None, steps=1, lambda_density=1.0, device="cpu", progress=False)
