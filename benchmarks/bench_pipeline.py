@@ -1,13 +1,25 @@
-"""Headline benchmark: the whole pipeline vs uniform L1 channel pruning vs random search, same fine-tune.
+"""Headline benchmark: the whole pipeline vs uniform pruning vs random search, same fine-tune, same teacher.
 
-On the embedded demo data with the demo teacher, at G budgets of 25% and 10% MACs (D 50%), three seeds
-each: ``ganprune`` (collaborative greedy or RL G/D agents, density objective), ``uniform L1`` (every group scaled
-by the same fraction, channels kept by L1 magnitude) and ``random search`` (random G/D agents, same number
-of candidates). All three get the same fine-tune (density recipe, same steps) and are evaluated on the
-held-out val split. Prints mean ± std over seeds as a Markdown table.
+The rank benchmark's teacher (``bench_rank.py``: gray→color unet_64/ngf 32, 3,000 steps; judged on the 143
+held-out val crops from photos that training and search never see), at G budgets of 25% and 10% MACs (D 50%),
+three seeds each. Every method is one ``run_pipeline`` run with the same fine-tune (density recipe) and
+evaluation; every method fills its budget (equal G MACs within 1%):
 
-    python benchmarks/bench_pipeline.py --quick     # a few minutes on 2 CPU cores (no FID)
-    python benchmarks/bench_pipeline.py             # 128² teacher, FID/KID on the val split
+* ``ganprune (greedy agents)`` — the defaults: supernet (``supernet_steps`` 300), collaborative greedy G/D
+  agents scoring slices with the density objective, the winner fine-tuned from its slice;
+* ``ganprune (RL agents)`` — the same with the RL agents;
+* ``random search (supernet)`` — random G/D agents, same supernet, same number of candidates: the search's own
+  worth, with the supernet's head start held equal;
+* ``uniform (supernet slice)`` — every group at the same fraction, filled to the budget, fine-tuned from its
+  supernet slice: the supernet without any search;
+* ``uniform L1 (plain pruning)`` — the same uniform widths, channels kept by L1 magnitude, no supernet: what
+  a user does without ganprune.
+
+Within a (budget, seed) the supernet is trained once and shared by the methods that use it (its settings do not
+depend on the agent). Prints mean ± std over seeds as a Markdown table, with the teacher's own quality.
+
+    python benchmarks/bench_pipeline.py --quick     # 100 fine-tuning steps, no FID (~1 h on 2 busy cores)
+    python benchmarks/bench_pipeline.py             # 600 fine-tuning steps, FID/KID on the val split
 
 Every run is a resumable ``run_pipeline`` output folder under ``--out``: a rerun (e.g. with another
 ``--budgets`` list) skips what is finished and only prints the table again.
@@ -16,26 +28,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd
 import torch
 
+from bench_rank import teacher_dir
 from ganprune.pipeline import run_pipeline
-from ganprune.teacher import demo_teacher
 
-METHODS = {  # name: (G agent, D agent, rounds override, channel importance, fill the unused budget)
-    "ganprune (collab greedy)": ("greedy", "greedy", None, "l2", True),
-    "ganprune (collab rl)": ("rl", "rl", None, "l2", True),
-    "uniform L1": ("template", "template", 1, "l1", False),   # filling would make it non-uniform
-    "random search": ("random", "random", None, "l2", True),
+METHODS = {  # name: (G agent, D agent, rounds override, channel importance, supernet)
+    "ganprune (greedy agents)": ("greedy", "greedy", None, "l2", True),
+    "ganprune (RL agents)": ("rl", "rl", None, "l2", True),
+    "random search (supernet)": ("random", "random", None, "l2", True),
+    "uniform (supernet slice)": ("template", "template", 1, "l2", True),
+    "uniform L1 (plain pruning)": ("template", "template", 1, "l1", False),
 }
 
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(rounds=40, calib_images=8, finetune_steps=100, fid=False, eval_images=16)
-    return dict(rounds=60, calib_images=16, finetune_steps=600, fid=True, eval_images=None)
+        return dict(rounds=40, calib_images=16, finetune_steps=100, fid=False, eval_images=None, supernet_steps=300)
+    return dict(rounds=60, calib_images=16, finetune_steps=600, fid=True, eval_images=None, supernet_steps=300)
 
 
 def main():
@@ -49,22 +65,25 @@ def main():
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     s = settings(args.quick)
-    # The 128² demo teacher (unet_128, ngf 16) in both modes: the quick demo teacher's ngf 8 cannot go
-    # below ~18% of its MACs at the smallest allowed widths, so a 10% budget would be infeasible.
-    teacher = demo_teacher(os.path.join(args.out, "data"), quick=False, progress=True)
+    data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), 3000)
 
     rows = []
     for budget in (float(b) for b in args.budgets.split(",")):
-        for method, (g_agent, d_agent, rounds, importance, fill) in METHODS.items():
-            for seed in range(args.seeds):
-                folder = method.split()[0].lower() + ("_rl" if "rl" in method else "")
+        for seed in range(args.seeds):
+            shared = None   # the first supernet run's search/supernet folder, reused by the others
+            for method, (g_agent, d_agent, rounds, importance, supernet) in METHODS.items():
+                folder = method.split(" (")[0].replace(" ", "_").lower() + "_" + method.split("(")[1].split()[0].lower()
                 out = os.path.join(args.out, f"b{int(budget * 100)}", folder, f"seed{seed}")
-                config = {"teacher": os.fspath(teacher["out"]), "dataroot": os.fspath(teacher["dataroot"]),
-                          "g_budget": budget, "d_budget": 0.5, "g_agent": g_agent, "d_agent": d_agent,
-                          "importance": importance, "fill": fill, "recipe": "density", "latency": True, "seed": seed,
-                          **s, "rounds": rounds or s["rounds"]}
+                config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": g_agent,
+                          "d_agent": d_agent, "importance": importance, "fill": True, "recipe": "density",
+                          "latency": True, "seed": seed, **s, "rounds": rounds or s["rounds"],
+                          "supernet_steps": s["supernet_steps"] if supernet else 0}
+                if supernet and shared and not os.path.isdir(os.path.join(out, "search", "supernet")):
+                    shutil.copytree(shared, os.path.join(out, "search", "supernet"))
                 start = time.perf_counter()
                 result = run_pipeline(config, out, progress=False)
+                if supernet and shared is None:
+                    shared = os.path.join(out, "search", "supernet")
                 table = result["table"].set_index("model")
                 final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
                 rows.append({"G budget": f"{budget:.0%}", "method": method, "seed": seed,
@@ -72,12 +91,16 @@ def main():
                              "PSNR": final["PSNR"], "PSNR vs teacher": final["PSNR vs teacher"],
                              "FID": final.get("FID", float("nan")), "KID": final.get("KID", float("nan")),
                              "ORT speedup ×": dense["ms onnxruntime"] / final["ms onnxruntime"],
+                             "PSNR before fine-tuning (vs teacher)": table.loc["pruned, before fine-tuning",
+                                                                               "PSNR vs teacher"],
+                             "teacher PSNR": dense["PSNR"],
                              "wall s": time.perf_counter() - start})
-                print(f"  {method:26s} {budget:.0%} seed {seed}: PSNR {final['PSNR']:.2f}  "
+                print(f"  {method:28s} {budget:.0%} seed {seed}: PSNR {final['PSNR']:.2f}  "
                       f"vs teacher {final['PSNR vs teacher']:.2f}", flush=True)
     raw = pd.DataFrame(rows)
     raw.to_csv(os.path.join(args.out, "bench_pipeline_runs.csv"), index=False)
-    metrics = [c for c in ("G MACs %", "G params M", "PSNR", "PSNR vs teacher", "FID", "KID", "ORT speedup ×")
+    metrics = [c for c in ("G MACs %", "G params M", "PSNR", "PSNR before fine-tuning (vs teacher)", "PSNR vs teacher",
+                           "FID", "KID", "ORT speedup ×", "wall s")
                if raw[c].notna().any()]
     grouped = raw.groupby(["G budget", "method"], sort=False)[metrics]
     mean, std = grouped.mean(), grouped.std()
@@ -85,7 +108,8 @@ def main():
     for col in metrics:
         summary[col] = [f"{m:.3g} ± {sd:.2g}" for m, sd in zip(mean[col], std[col])]
     on = "val split" if s["eval_images"] is None else f"first {s['eval_images']} val images"
-    print(f"\nteacher {teacher['out']}; {args.seeds} seeds; fine-tune: density recipe, {s['finetune_steps']} "
+    teacher = raw.iloc[0]
+    print(f"\nteacher {tdir}: PSNR {teacher['teacher PSNR']:.2f} dB to ground truth on the val split; {args.seeds} seeds; fine-tune: density recipe, {s['finetune_steps']} "
           f"steps; search: {s['rounds']} candidates on {s['calib_images']} train images; evaluation: {on}"
           f"{', FID/KID on' if s['fid'] else ', no FID (--quick)'}; PSNR per-image mean on [0,1]; "
           f"latency batch 1, {args.threads} threads\n")

@@ -5,8 +5,8 @@ demo photos (402 train crops) and cached; everything is judged on the 143 val cr
 training and search never see. For each G budget (25% and 10% of G's MACs):
 
 1. **Rank study.** ``--candidates`` random G width sets at the budget (MACs within 1% of it; D at its
-   uniform 50% widths), each fine-tuned identically (density recipe, ``--steps`` steps, same seed, from
-   the teacher's inherited channels). Fidelity = PSNR of the fine-tuned G's val outputs to the teacher's
+   uniform 50% widths), each fine-tuned identically (density recipe, ``--steps`` steps, ``--ft-seeds`` seeds averaged, from
+   the teacher's inherited channels and from its supernet slice). Fidelity = PSNR of the fine-tuned G's val outputs to the teacher's
    (mean per image; ``--kid`` adds KID to the teacher's outputs). Every scorer scores every candidate
    *before* fine-tuning on the search split's calibration images; the table gives Kendall τ and
    Spearman ρ between each score and the fidelity, the PSNR of each scorer's pick, and its cost.
@@ -51,17 +51,34 @@ TEACHER = dict(size=64, arch="unet_64", ngf=32, ndf=32, steps=3000, batch_size=4
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(candidates=8, steps=120, seeds=1, calib=32, supernet_steps=300, rounds=24, budgets=(0.25, 0.10))
-    return dict(candidates=12, steps=300, seeds=3, calib=32, supernet_steps=1200, rounds=40, budgets=(0.25, 0.10))
+        return dict(candidates=12, steps=120, ft_seeds=2, seeds=1, calib=32, supernet_steps=300, rounds=24,
+                    budgets=(0.25, 0.10))
+    return dict(candidates=12, steps=300, ft_seeds=2, seeds=3, calib=32, supernet_steps=1200, rounds=40,
+                budgets=(0.25, 0.10))
 
 
-def prepare(out: str, teacher_steps: int):
+def teacher_dir(out: str, teacher_steps: int) -> tuple[str, str]:
+    """(demo data root, teacher folder): the benchmarks' teacher, trained once and cached under ``out``."""
     data = make_demo(os.path.join(out, "gray2color_64"), size=64, task="gray2color")["out"]
     tdir = os.path.join(out, f"teacher_unet64_ngf{TEACHER['ngf']}_{teacher_steps}")
     train_teacher(data, tdir, arch=TEACHER["arch"], ngf=TEACHER["ngf"], ndf=TEACHER["ndf"], steps=teacher_steps,
                   batch_size=TEACHER["batch_size"], save_every=250, eval_every=0, progress=True)
+    return data, tdir
+
+
+def prepare(out: str, teacher_steps: int):
+    data, tdir = teacher_dir(out, teacher_steps)
     G, D, spec = load_teacher(tdir)
     return data, G, D, spec
+
+
+def fingerprint(net) -> str:
+    """A short hash of a network's weights: cached results are only reused for the same teacher."""
+    h = hashlib.sha1()
+    for name, t in net.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:10]
 
 
 def _key(*parts) -> str:
@@ -129,7 +146,7 @@ class Judge:
         self.out, self.T_G, self.T_D, self.train, self.val, self.ev = out, T_G, T_D, train, val, ev
         self.steps, self.kid = steps, kid
         self.teacher_val = val_outputs(T_G, val)
-        self.cache_file = os.path.join(out, "judged.json")
+        self.cache_file = os.path.join(out, f"judged_{fingerprint(T_G)}.json")   # per teacher
         self.cache = json.load(open(self.cache_file)) if os.path.exists(self.cache_file) else {}
 
     def __call__(self, g_widths, d_widths, seed=0, supernet=None) -> dict:
@@ -246,7 +263,13 @@ def winners(evs, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame
         gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed)
         ev.supernet = None
         picks["greedy agents, supernet slice density, from slice"] = (gw, dw, supernet)
-        picks["uniform (filled to budget)"] = (uniform_at_budget(ev.g_space, budget), d_widths, None)
+        ev.use_supernet(supernet)
+        gw, dw = searched(ev, budget, d_widths, "random", s["rounds"], seed)
+        ev.supernet = None
+        picks["random search, supernet slice density, from slice"] = (gw, dw, supernet)
+        uniform = uniform_at_budget(ev.g_space, budget)
+        picks["uniform (filled to budget)"] = (uniform, d_widths, None)
+        picks["uniform (filled to budget), from slice"] = (uniform, d_widths, supernet)
         for method, (gw, dw, start) in picks.items():
             r = judge(gw, dw, seed=seed, supernet=start)
             rows.append({"method": method, "seed": seed, "G MACs %": 100 * ev.g_space.macs(gw) / full, **r})
@@ -273,11 +296,15 @@ def main(argv=None):
     p.add_argument("--seeds", type=int)
     p.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
     p.add_argument("--supernet-steps", type=int)
+    p.add_argument("--supernet-pool", type=int, default=0,
+                   help="random slices drawn from a seeded pool of this many width sets (0: a fresh draw each step)")
+    p.add_argument("--ft-seeds", type=int, help="fine-tune every rank-study candidate with this many seeds; "
+                   "fidelity = their mean, and seed 0 vs seed 1 gives the noise ceiling of any scorer's τ")
     p.add_argument("--kid", action="store_true", help="also KID to the teacher's outputs (64 val images)")
     p.add_argument("--skip-winners", action="store_true")
     args = p.parse_args(argv)
     s = settings(args.quick)
-    for k in ("candidates", "steps", "seeds", "supernet_steps"):
+    for k in ("candidates", "steps", "seeds", "supernet_steps", "ft_seeds"):
         if getattr(args, k):
             s[k] = getattr(args, k)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -299,23 +326,34 @@ def main(argv=None):
     d_widths = ev.d_space.uniform(0.5)
 
     t = time.perf_counter()
-    sn_dir = os.path.join(args.out, f"supernet_{s['supernet_steps']}")
+    sn_dir = os.path.join(args.out, f"supernet_{s['supernet_steps']}"
+                          + (f"_pool{args.supernet_pool}" if args.supernet_pool else ""))
     supernet = train_supernet(T_G, ev.g_space, train, sn_dir, steps=s["supernet_steps"], batch_size=4,
-                              ranking=ev.g_ranking, device="cpu", max_macs=max(s["budgets"]) * 1.2)
+                              ranking=ev.g_ranking, device="cpu", max_macs=max(s["budgets"]) * 1.2,
+                              pool=args.supernet_pool)
     sn_seconds = time.perf_counter() - t
-    supernet.tag = f"supernet{s['supernet_steps']}"
+    supernet.tag = f"supernet{s['supernet_steps']}" + (f"_pool{args.supernet_pool}" if args.supernet_pool else "")
     print(f"supernet: {s['supernet_steps']} steps, {sn_seconds:.0f} s this run")
 
     tables, wins = [], []
     for budget in s["budgets"]:
         rng = random.Random(int(budget * 1000))
         cands = [random_at_budget(ev.g_space, budget, rng) for _ in range(s["candidates"])]
-        judged = [judge(w, d_widths) for w in cands]
-        fidelity = [j["psnr_teacher"] for j in judged]
-        kid = [j["kid_teacher"] for j in judged] if args.kid else None
-        slice_fidelity = [judge(w, d_widths, supernet=supernet)["psnr_teacher"] for w in cands]
+        seeds = range(s["ft_seeds"])
+        judged = [[judge(w, d_widths, seed=k) for k in seeds] for w in cands]
+        sliced = [[judge(w, d_widths, seed=k, supernet=supernet) for k in seeds] for w in cands]
+        fidelity = [float(np.mean([j["psnr_teacher"] for j in js])) for js in judged]
+        slice_fidelity = [float(np.mean([j["psnr_teacher"] for j in js])) for js in sliced]
+        kid = [float(np.mean([j["kid_teacher"] for j in js])) for js in judged] if args.kid else None
         scores, cost = score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet)
         table = rank_table(scores, cost, fidelity, kid, slice_fidelity)
+        if len(seeds) > 1:   # the ceiling: how well one fine-tune seed's result ranks another's
+            for start, runs in (("teacher channels", judged), ("slice", sliced)):
+                a, b = [r[0]["psnr_teacher"] for r in runs], [r[1]["psnr_teacher"] for r in runs]
+                table.loc[len(table)] = {"scorer": "fine-tune seed 0 result (noise ceiling vs seed 1)",
+                                         "fine-tuned from": start, "Kendall τ": kendalltau(a, b).statistic,
+                                         "Spearman ρ": spearmanr(a, b).statistic, "pick PSNR": float("nan"),
+                                         "s / candidate": float("nan")}
         table.insert(0, "G budget", f"{budget:.0%}")
         tables.append(table)
         print(f"\n{budget:.0%} G MACs: {len(cands)} candidates after {s['steps']} fine-tuning steps: PSNR to teacher "

@@ -100,6 +100,10 @@ def test_training_reduces_distillation_loss_and_resumes_exactly(tmp_path, one_th
     assert after < 0.8 * before, (before, after)
     with pytest.raises(ganprune.UserError, match="lr"):
         train_supernet(G, space, data, tmp_path / "b", steps=8, **{**common, "lr": 5e-4})
+    # Another channel order (e.g. --importance l1 instead of l2) means other slices: not the same supernet.
+    reversed_ranking = {k: list(reversed(v)) for k, v in ranking.items()}
+    with pytest.raises(ganprune.UserError, match="ranking_key"):
+        train_supernet(G, space, data, tmp_path / "b", steps=8, **{**common, "ranking": reversed_ranking})
 
 
 def _evaluator(G, D, **kw):
