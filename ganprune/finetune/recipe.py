@@ -58,6 +58,7 @@ class Recipe:
     name = "base"
     OPTIONS: dict = {}
     paired_only = False
+    needs_teacher = True        # the recipe learns from the teacher's generator (pix2pix trains without one)
     needs_teacher_D = False     # the recipe learns from the teacher's discriminator
 
     def __init__(self, student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | None,
@@ -68,6 +69,8 @@ class Recipe:
         self.options = self.check_options(options or {})
         self.step, self.steps = 0, 1
         self._closers = []
+        if self.needs_teacher and teacher_G is None:
+            raise UserError(f"recipe {self.name!r}: needs a teacher generator; 'pix2pix' trains without one")
         if self.needs_teacher_D and teacher_D is None:
             raise UserError(f"recipe {self.name!r}: needs the teacher's discriminator (--discriminator); a G "
                             "pruned alone fine-tunes with 'density', 'pix2pix' or 'cyclegan'")
