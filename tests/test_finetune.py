@@ -234,3 +234,21 @@ def test_cli(tiny, tmp_path, capsys):
     assert state["config"]["recipe_options"]["lambda_teacher_d"] == 0.1
     assert main(args[:-1] + ["lambda_teacher=0.1"]) == 2
     assert "unknown option(s) lambda_teacher" in capsys.readouterr().err
+
+
+def test_log_every_rows_are_window_means_and_teachers_are_optional(tiny, tmp_path):
+    """One training loop for fine-tuning and teacher training: pix2pix runs without teachers, a recipe that
+    learns from the teacher refuses to, and log_every=N rows are the means of the per-step rows."""
+    G, D = copy.deepcopy(tiny["G"]), copy.deepcopy(tiny["D"])
+    kw = dict(recipe="pix2pix", steps=4, batch_size=2, save_every=4, progress=False)
+    finetune(G, D, None, None, tiny["train"], out=tmp_path / "every1", **kw)
+    G, D = copy.deepcopy(tiny["G"]), copy.deepcopy(tiny["D"])
+    finetune(G, D, None, None, tiny["train"], out=tmp_path / "every2", log_every=2, **kw)
+    per_step, windows = (pd.read_csv(tmp_path / n / "log.csv") for n in ("every1", "every2"))
+    assert windows["step"].tolist() == [0, 2, 4]
+    for col in ("loss_G", "loss_D", "G_L1"):
+        means = [per_step[col].iloc[1:3].mean(), per_step[col].iloc[3:5].mean()]
+        assert windows[col].iloc[1:].tolist() == pytest.approx(means, rel=1e-5), col
+    with pytest.raises(UserError, match="needs a teacher generator"):
+        finetune(copy.deepcopy(tiny["G"]), copy.deepcopy(tiny["D"]), None, None, tiny["train"],
+                 **{**kw, "recipe": "density"})
