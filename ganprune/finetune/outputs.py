@@ -83,13 +83,14 @@ class RunFiles:
 
 def _save_info(net: nn.Module, spec, example: torch.Tensor, what: str) -> tuple[dict, dict, list]:
     """(spec, widths, input_shape) that ``save_pruned`` needs; a dense net gets its full widths."""
-    spec = spec or getattr(net, "ganprune_spec", None)
+    from ganprune.prune import PrunedInfo, prune, pruned_info
+    info = pruned_info(net) or PrunedInfo()
+    spec = spec or info.spec
     if spec is None:
         raise UserError(f"{what}: no build spec known; load it with load_pruned or pass {what[0].lower()}_spec="
                         "{'arch': ..., ...}")
-    shape = getattr(net, "ganprune_input_shape", None) or [1, *example.shape[1:]]
-    widths = getattr(net, "ganprune_widths", None)
+    shape = info.input_shape or [1, *example.shape[1:]]
+    widths = info.widths
     if widths is None:
-        from ganprune.prune import prune
-        widths = prune(net, {}, torch.zeros(shape), importance="first").ganprune_widths
+        widths = pruned_info(prune(net, {}, torch.zeros(shape), importance="first")).widths
     return dict(spec), dict(widths), list(shape)
