@@ -92,7 +92,7 @@ class TeacherFiles(RunFiles):
                 "scaler": state.get("scaler") or {}, "recipe": {}, "rng": state["rng"],
                 "train_seconds": float(state["train_seconds"]), "log": _old_log(self.path("log"), int(state["step"]))}
 
-    def prepare(self, G, D, first) -> None:
+    def prepare(self, G, D, first, conditional_D) -> None:
         pass  # dense nets: their specs are known and the files are plain state dicts
 
     def write(self, state: dict, G, D) -> None:
@@ -195,7 +195,8 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
                  beta1=beta1, decay_from=decay_from, seed=seed, device=device, precision=prec,
                  save_every=save_every, eval_every=eval_every, eval_dataset=val_set, resume=resume,
                  recipe_options={"gan_mode": gan_mode, "lambda_l1": lambda_l1}, progress=progress,
-                 num_workers=num_workers, log_every=log_every, files=files, settings=settings)
+                 num_workers=num_workers, log_every=log_every, files=files, settings=settings,
+                 d_spec={**d_spec, "conditional": True})  # the reference pix2pix D sees cat(A, B)
     spec = files.summary(files.last_state)
     t = spec["training"]
     return {"out": str(out), "steps": t["steps"], "steps_run": r["steps_run"], "steps_per_s": r["steps_per_s"],

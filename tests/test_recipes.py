@@ -54,7 +54,7 @@ def nets():
 def make(nets, name, paired=True, student_G=None, student_D=None, **options):
     G = copy.deepcopy(student_G if student_G is not None else nets["G"]).train()
     D = copy.deepcopy(student_D if student_D is not None else nets["D"]).train()
-    return get_recipe(name)(G, D, nets["TG"], nets["TD"], paired, options)
+    return get_recipe(name)(G, D, nets["TG"], nets["TD"], paired, options, conditional_D=True)  # D takes cat(A, B)
 
 
 def train(rec, batch, steps, lr=2e-4):

@@ -15,7 +15,6 @@ import torch
 from torch import nn
 
 from ganprune.errors import UserError
-from ganprune.finetune.recipe import first_conv
 from ganprune.io import atomic_torch_save
 from ganprune.models.checkpoint import safe_torch_load
 from ganprune.training import write_log
@@ -62,11 +61,13 @@ class RunFiles:
 
     # ----------------------------------------------------------------------- writing
 
-    def prepare(self, G: nn.Module, D: nn.Module, first: dict) -> None:
+    def prepare(self, G: nn.Module, D: nn.Module, first: dict, conditional_D: bool) -> None:
         """Learn what ``save_pruned`` needs before training changes anything (rank 0 only)."""
-        d_example = torch.zeros(1, first_conv(D).in_channels, *first["B"].shape[1:])
+        channels = first["A"].shape[0] + first["B"].shape[0] if conditional_D else first["B"].shape[0]
+        d_example = torch.zeros(1, channels, *first["B"].shape[1:])
+        d_spec, d_widths, d_shape = _save_info(D, self.specs["D"], d_example, "student_D")
         self.infos = {"G": _save_info(G, self.specs["G"], first["A"][None], "student_G"),
-                      "D": _save_info(D, self.specs["D"], d_example, "student_D")}
+                      "D": ({**d_spec, "conditional": bool(conditional_D)}, d_widths, d_shape)}  # the fact travels
 
     def write(self, state: dict, G: nn.Module, D: nn.Module) -> None:
         from ganprune.prune import save_pruned

@@ -33,6 +33,8 @@ from ganprune.errors import UserError
 from ganprune.finetune.distributed import Dist, RankSlice
 from ganprune.finetune.outputs import RunFiles
 from ganprune.finetune.recipe import Recipe, get_recipe
+from ganprune.models.registry import conditional_d
+from ganprune.prune import pruned_info
 from ganprune.training import (StepBatches, check_schedule, check_shapes, cpu_state, l1_scores, lr_factor,
                                step_loader)
 
@@ -170,8 +172,10 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | 
     if files is None and out is not None:
         files = RunFiles(out, g_spec, d_spec)
     ddp = Dist(device)
+    if d_spec is None and pruned_info(student_D) is not None:
+        d_spec = pruned_info(student_D).spec   # a pruned D's saved spec carries the conditional-D fact
     run = _Run(cls, options, files, ddp, dict(batch_size=batch_size, lr=lr, beta1=beta1, decay_from=decay_from,
-                                              seed=seed), settings or {})
+                                              seed=seed), settings or {}, d_spec)
     try:
         return run.train(student_G, student_D, teacher_G, teacher_D, dataset, steps, device, precision, save_every,
                          eval_every, log_every, eval_dataset, resume, progress, max_retries, num_workers)
@@ -183,8 +187,8 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | 
 class _Run:
     """One call of ``finetune``: its settings, its output folder and what must be undone at the end."""
 
-    def __init__(self, cls, options, files, ddp: Dist, schedule: dict, settings: dict):
-        self.cls, self.options, self.files, self.ddp = cls, options, files, ddp
+    def __init__(self, cls, options, files, ddp: Dist, schedule: dict, settings: dict, d_spec: dict | None):
+        self.cls, self.options, self.files, self.ddp, self.d_spec = cls, options, files, ddp, d_spec
         self.schedule, self.settings = schedule, settings
         self.cleanup = [ddp.close]
 
@@ -212,11 +216,12 @@ class _Run:
         G.to(dev).train()
         D.to(dev).train()
         check_shapes(G, first, type(G).__name__)
+        conditional = conditional_d(self.d_spec, D, first["A"].shape[0], first["B"].shape[0])
         if writer:
-            files.prepare(G, D, first)
+            files.prepare(G, D, first, conditional)
 
         torch.manual_seed(seed)  # recipe-owned modules (connectors, adapters) start the same on every rank
-        rec: Recipe = cls(G, D, T_G, T_D, paired, self.options)
+        rec: Recipe = cls(G, D, T_G, T_D, paired, self.options, conditional_D=conditional)
         self.cleanup.append(rec.close)  # hooks on the caller's nets go when the call ends, however it ends
         extras = {k: m.to(dev) for k, m in rec.extra_modules().items()}
         all_opts, phases, trainables = build_phases(rec, lr, self.schedule["beta1"], fused=dev.type == "cuda" or None)
