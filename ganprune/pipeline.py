@@ -285,8 +285,9 @@ def pd_frame(rows, columns):
 
 
 def _first_conv_in(net) -> int:
-    from ganprune.search_setup import _first_conv_in_channels
-    return _first_conv_in_channels(net)
+    """Input channels of a freshly built D (the example input it is traced with)."""
+    from torch import nn
+    return next(m.in_channels for m in net.modules() if isinstance(m, nn.Conv2d))
 
 
 def _plain(value):
