@@ -21,7 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ganprune.errors import UserError
-from ganprune.space import coupled_groups, to_device, traced_graph
+from ganprune.graph import coupled_groups, to_device, traced_graph
 
 IMPORTANCES = ("l2", "l1", "bn_scale", "first")
 FORMAT = "ganprune.pruned/1"

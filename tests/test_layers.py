@@ -18,7 +18,7 @@ ENTRY = ("ganprune.cli", "ganprune.__main__")   # the command line: on top, impo
 LAYERS = {
     "ganprune.errors": 0, "ganprune.io": 0, "ganprune.plugins": 0,
     "ganprune.guard": 0, "ganprune.paths": 0, "ganprune.outdir": 0,   # plugin guard, output checks, lock/markers
-    "ganprune.models": 1, "ganprune.space": 1, "ganprune.prune": 1, "ganprune.fuse": 1, "ganprune.losses": 1,
+    "ganprune.models": 1, "ganprune.graph": 1, "ganprune.space": 1, "ganprune.kernels": 1, "ganprune.prune": 1, "ganprune.fuse": 1, "ganprune.losses": 1,
     "ganprune.device": 1, "ganprune.data": 1,
     "ganprune.nni": 3, "ganprune.pipeline": 3, "ganprune.report": 3, "ganprune.demo": 3,
     "ganprune.cli": 4, "ganprune.__main__": 4,
