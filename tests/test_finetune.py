@@ -148,7 +148,7 @@ def test_bad_options_and_mismatched_resume(tiny, tmp_path):
         run(tiny, recipe="nope")
     with pytest.raises(UserError, match="unknown option"):
         run(tiny, recipe_options={"lambda_L1": 10})
-    with pytest.raises(UserError, match="lambda_l1: expected float"):
+    with pytest.raises(UserError, match="option 'lambda_l1' expects float"):
         run(tiny, recipe_options={"lambda_l1": "big"})
     run(tiny, out=tmp_path, steps=2)
     with pytest.raises(UserError, match="lr=0.0002, now lr=0.001"):
