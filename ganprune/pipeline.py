@@ -285,9 +285,8 @@ def pd_frame(rows, columns):
 
 
 def _first_conv_in(net) -> int:
-    """Input channels of a freshly built D (the example input it is traced with)."""
-    from torch import nn
-    return next(m.in_channels for m in net.modules() if isinstance(m, nn.Conv2d))
+    from ganprune.export import input_channels
+    return input_channels(net)
 
 
 def _plain(value):
