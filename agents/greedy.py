@@ -38,7 +38,7 @@ from ganprune.errors import UserError
 class GreedyAgent(Agent):
     description = ("NetAdapt-style: shrink the group costing least score per MAC saved until within budget, "
                    "then refine by swaps")
-    option_defaults = {"rounds": 2, "max_trials_per_round": 0, "refine": True, "patience": 0, "remeasure": True}
+    OPTIONS = {"rounds": 2, "max_trials_per_round": 0, "refine": True, "patience": 0, "remeasure": True}
 
     def __init__(self, space, budget, seed=0, role="G", **options):
         super().__init__(space, budget, seed=seed, role=role, **options)

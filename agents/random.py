@@ -14,7 +14,7 @@ from ganprune.errors import UserError
 @register_agent("random")
 class RandomAgent(Agent):
     description = "uniform random feasible widths (rejection sampling, then random shrinking); the baseline"
-    option_defaults = {"max_tries": 100}
+    OPTIONS = {"max_tries": 100}
 
     def __init__(self, space, budget, seed=0, role="G", **options):
         super().__init__(space, budget, seed=seed, role=role, **options)

@@ -59,8 +59,8 @@ class _Running:
 class RLAgent(Agent):
     description = ("REINFORCE policy over per-group widths (ordinal Gaussian), conditioned on the peer's "
                    "latest result; proposals fit the budget")
-    option_defaults = {"max_tries": 20, "fill": True, "lr": 0.05, "entropy": 0.01, "baseline_decay": 0.5,
-                       "init_sigma": 0.3}
+    OPTIONS = {"max_tries": 20, "fill": True, "lr": 0.05, "entropy": 0.01, "baseline_decay": 0.5,
+               "init_sigma": 0.3}
 
     def __init__(self, space, budget, seed=0, role="G", **options):
         super().__init__(space, budget, seed=seed, role=role, **options)

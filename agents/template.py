@@ -34,7 +34,7 @@ class TemplateAgent(Agent):
     description = "uniform width scaling to fit the budget (copy agents/template.py to write your own agent)"
     # Every option with its default; the default's type is the option's type. A misspelt option given by
     # the user is rejected by the base class with a one-line error naming the known ones.
-    option_defaults = {"headroom": 1.0}
+    OPTIONS = {"headroom": 1.0}
 
     def __init__(self, space, budget, seed=0, role="G", **options):
         super().__init__(space, budget, seed=seed, role=role, **options)   # sets self.options, rng, …

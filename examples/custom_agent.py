@@ -21,7 +21,7 @@ from ganprune.agent import Agent, register_agent
 @register_agent("local_search")
 class LocalSearchAgent(Agent):
     description = "random grow-one/shrink-others moves around the uniform fit; keeps improvements (example)"
-    option_defaults = {"patience": 8}
+    OPTIONS = {"patience": 8}
 
     def __init__(self, space, budget, seed=0, role="G", **options):
         super().__init__(space, budget, seed=seed, role=role, **options)

@@ -19,7 +19,7 @@ import torch
 from ganprune.export import export_onnx
 from ganprune.metrics.complexity import macs_params
 from ganprune.pipeline import load_pair, run_search
-from ganprune.prune import save_pruned
+from ganprune.prune import pruned_info, save_pruned
 
 
 def selftest_inputs(root: str) -> tuple[str, str, str]:
@@ -75,12 +75,12 @@ def main(argv=None) -> None:
     best = result.best
     # As scored: the winner's supernet slice (or the teacher's channels), BatchNorm re-estimated.
     g, d = result.evaluator.build_pair(best["g_widths"], best["d_widths"])
-    save_pruned(os.path.join(args.out, "pruned_G.pt"), g.cpu(), g_spec, g.ganprune_widths)
-    save_pruned(os.path.join(args.out, "pruned_D.pt"), d.cpu(), d_spec, d.ganprune_widths)
-    x = torch.zeros(g.ganprune_input_shape)
+    save_pruned(os.path.join(args.out, "pruned_G.pt"), g.cpu(), g_spec, pruned_info(g).widths)
+    save_pruned(os.path.join(args.out, "pruned_D.pt"), d.cpu(), d_spec, pruned_info(d).widths)
+    x = torch.zeros(pruned_info(g).input_shape)
     onnx = export_onnx(g, os.path.join(args.out, "pruned_G.onnx"), x)
 
-    for name, dense, small, inp in (("G", G, g, x), ("D", D, d, torch.zeros(d.ganprune_input_shape))):
+    for name, dense, small, inp in (("G", G, g, x), ("D", D, d, torch.zeros(pruned_info(d).input_shape))):
         before, after = macs_params(dense, inp)[0], macs_params(small, inp)[0]
         print(f"{name} MACs: {before:,} -> {after:,} ({100 * after / before:.1f}%)")
     print(f"search: {len(result.history)} rounds, winner round {best['round']} score {best['score']:.4g}")

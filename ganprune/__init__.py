@@ -39,7 +39,8 @@ _PUBLIC = {"export_onnx": "ganprune.export", "finetune": "ganprune.finetune", "A
            "LocalDensityObjective": "ganprune.objective", "allow_arch": "ganprune.models",
            "load_discriminator": "ganprune.models", "load_generator": "ganprune.models",
            "save_checkpoint": "ganprune.models", "run_pipeline": "ganprune.pipeline", "load_pruned": "ganprune.prune",
-           "prune": "ganprune.prune", "save_pruned": "ganprune.prune", "Group": "ganprune.space",
+           "prune": "ganprune.prune", "save_pruned": "ganprune.prune",
+           "pruned_info": "ganprune.prune", "PrunedInfo": "ganprune.prune", "Group": "ganprune.space",
            "SearchSpace": "ganprune.space", "load_teacher": "ganprune.teacher", "train_teacher": "ganprune.teacher"}
 
 
@@ -72,6 +73,6 @@ def __dir__():
 __version__ = "0.1.0"
 
 __all__ = ["UserError", "allow_arch", "load_generator", "load_discriminator", "save_checkpoint", "SearchSpace", "Group", "prune",
-           "save_pruned", "load_pruned", "Agent", "Feedback", "register_agent", "get_agent", "make_agent",
+           "save_pruned", "load_pruned", "pruned_info", "PrunedInfo", "Agent", "Feedback", "register_agent", "get_agent", "make_agent",
            "available_agents", "LocalDensityObjective", "train_teacher", "load_teacher", "export_onnx",
            "finetune", "run_pipeline", "__version__"]

@@ -25,7 +25,6 @@ agents), and a Python file given as ``--agent-file my_agent.py``.
 """
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -44,6 +43,7 @@ import numpy as np
 from ganprune.budget import Budget
 from ganprune.errors import UserError
 from ganprune.guard import guarded_call
+from ganprune.plugins import Registry, check_options
 
 ENTRY_POINT_GROUP = "ganprune.agents"
 
@@ -76,7 +76,9 @@ class Agent:
     """Base class of pruning agents: subclass it, implement ``ask`` (and usually ``tell``), register it.
 
     Class attributes a subclass sets: ``description`` (one line for ``ganprune agents``) and
-    ``option_defaults`` (option name → default; the default's type is the option's type). ``name`` is set
+    ``OPTIONS`` (option name → default; the default's type is the option's type, checked by
+    ``ganprune.plugins.check_options`` as for recipes and embeddings; ``option_defaults`` is its older
+    name and still read). ``name`` is set
     by ``@register_agent``. Helpers for subclasses: ``self.rng`` (own numpy Generator), ``self.groups``
     (prunable groups), ``self.full``/``self.smallest`` (widths), ``self.cost()`` (cached; in the budget's
     unit, MACs or ms) and ``self.limit`` (the budget),
@@ -84,7 +86,13 @@ class Agent:
     """
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    option_defaults: ClassVar[dict[str, Any]] = {}
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+    option_defaults: ClassVar[dict[str, Any]] = {}   # the older name of OPTIONS
+
+    @classmethod
+    def option_table(cls) -> dict[str, Any]:
+        """The declared options and their defaults (``OPTIONS``, else the older ``option_defaults``)."""
+        return dict(cls.OPTIONS or cls.option_defaults)
 
     def __init__(self, space, budget, seed: int = 0, role: str = "G", **options):
         self.space = space
@@ -241,34 +249,12 @@ class Agent:
         return widths
 
     def _resolve_options(self, given: dict) -> dict:
-        known = dict(self.option_defaults)
-        out = dict(known)
-        for key, value in given.items():
-            if key not in known:
-                near = difflib.get_close_matches(key, list(known), n=1)
-                hint = f" (did you mean {near[0]!r}?)" if near else ""
-                listed = ", ".join(sorted(known)) or "none"
-                raise UserError(f"agent {self.name!r}: unknown option {key!r}{hint}; known options: {listed}")
-            out[key] = _coerce_option(self.name, key, value, known[key])
-        return out
-
-
-def _coerce_option(agent: str, key: str, value, default):
-    """Check an option's value against the type of its default (ints are accepted where floats are)."""
-    if default is None:
-        return value
-    kind = type(default)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise UserError(f"agent {agent!r}: option {key!r} expects {kind.__name__}, got {value!r}")
+        return check_options(f"agent {self.name!r}", given, self.option_table())
 
 
 # --------------------------------------------------------------------------- registry
 
-AGENTS: dict[str, type[Agent]] = {}
-_SOURCES: dict[str, str] = {}
+AGENTS = Registry("agent")
 _loading_source: list[str] = []          # set while a plugin file / entry point is being imported
 _loaded_files: dict[str, tuple[int, list[str]]] = {}
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]*$")
@@ -290,14 +276,8 @@ def register_agent(name: str):
             cls.description = doc.splitlines()[0]
         source = _loading_source[-1] if _loading_source else (
             "builtin" if cls.__module__.startswith("ganprune.agents.") else f"module {cls.__module__}")
-        old = AGENTS.get(name)
-        same = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
-        if old is not None and not same:  # the same class re-imported (a reloaded file) may replace itself
-            raise UserError(f"agent name {name!r} from {source} is already taken by {_SOURCES[name]}; "
-                            "pick another name")
+        AGENTS.add(name, cls, source)   # refuses a name taken by another class, naming both sources
         cls.name = name
-        AGENTS[name] = cls
-        _SOURCES[name] = source
         return cls
     return deco
 
@@ -393,12 +373,7 @@ def get_agent(name: str | None, agent_file=None) -> type[Agent]:
         raise UserError("no agent given; choose one with --agent (see `ganprune agents`)")
     if name not in AGENTS:
         _load_entry_points()
-    if name not in AGENTS:
-        near = difflib.get_close_matches(name, list(AGENTS), n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
-        raise UserError(f"unknown agent {name!r}{hint}; available: {', '.join(sorted(AGENTS))} (add your own "
-                        "with --agent-file F.py or a 'ganprune.agents' entry point)")
-    return AGENTS[name]
+    return AGENTS.lookup(name, hint=" (add your own with --agent-file F.py or a 'ganprune.agents' entry point)")
 
 
 def make_agent(name: str | None, space, budget, seed: int = 0, role: str = "G", agent_file=None,
@@ -416,8 +391,8 @@ def available_agents(agent_file=None) -> list[dict]:
         load_agent_file(agent_file)
     _load_entry_points()
     order = {"builtin": 0, "entry": 1, "file": 2}
-    rows = [{"name": n, "source": _SOURCES[n], "description": cls.description,
-             "options": ", ".join(f"{k}={v}" for k, v in cls.option_defaults.items())}
+    rows = [{"name": n, "source": AGENTS.sources[n], "description": cls.description,
+             "options": ", ".join(f"{k}={v}" for k, v in cls.option_table().items())}
             for n, cls in AGENTS.items()]
     return sorted(rows, key=lambda r: (order.get(r["source"].split()[0], 3), r["name"]))
 

@@ -26,10 +26,10 @@ def load_model(generator=None, pruned=None, teacher=None, arch: str = "unet_256"
         raise UserError("give exactly one of --generator, --pruned, --teacher "
                         f"(got {', '.join('--' + g for g in given) or 'none'})")
     if pruned:
-        from ganprune.prune import load_pruned
+        from ganprune.prune import load_pruned, pruned_info
         from ganprune.models.registry import kind_of
         net = load_pruned(pruned)
-        spec = net.ganprune_spec
+        spec = pruned_info(net).spec
         if (spec.get("kind") or kind_of(spec["arch"])) != "generator":
             raise UserError(f"{pruned}: holds a discriminator; evaluation needs a generator")
         return f"pruned {os.path.basename(os.fspath(pruned))}", net

@@ -199,8 +199,10 @@ def _metadata(model: nn.Module, example: torch.Tensor, dynamic_batch: bool, dyna
             "input_shape": f"{'batch' if dynamic_batch else n}x{c}x{'height' if dynamic_hw else h}x"
                            f"{'width' if dynamic_hw else w}",
             "exported_at_size": f"{h}x{w}"}
+    from ganprune.prune import pruned_info
+    info = pruned_info(model)
     for key in ("spec", "widths"):
-        value = getattr(model, f"ganprune_{key}", None)
+        value = getattr(info, key) if info is not None else None
         if value is not None:
             meta[key] = value
     meta.update(extra or {})

@@ -22,243 +22,30 @@ concrete here (see /work/shared/DESIGN.md §3):
 
 All kernel math is batched over neighbourhoods ([B, m, d] tensors), done in log space where sums of
 exponentials appear, and differentiable in the student, so the same object scores pruning candidates
-(teacher side computed once, ``reference``) and serves as the ``density`` fine-tuning loss.
+(teacher side computed once, ``reference``) and serves as the ``density`` fine-tuning loss. The kernel
+math lives in ``ganprune.kernels``, the embeddings in ``ganprune.embeddings``.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
-import inspect
-import math
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganprune.embeddings import EMBEDDINGS, build_embedding, register_embedding
 from ganprune.errors import UserError
+from ganprune.kernels import gaussian_mmd2, kde_log_density, median_bandwidth, paired_nll_gap
+
+# Re-exported: the kernel functions and the embedding registry were defined here first.
+__all__ = ["LocalDensityObjective", "DensityReference", "EMBEDDINGS", "register_embedding", "gaussian_mmd2",
+           "kde_log_density", "median_bandwidth", "paired_nll_gap", "PERTURBATIONS", "DISCREPANCIES"]
 
 PERTURBATIONS = ("noise", "jitter", "dropout")
 DISCREPANCIES = ("mmd", "nll", "both")
 MMD_ESTIMATORS = ("biased", "unbiased")
-
-# --------------------------------------------------------------------------- kernel math
-
-
-def _bandwidth(bandwidth, like: torch.Tensor) -> torch.Tensor:
-    """A float or a [B] tensor → [B, 1, 1] in the dtype/device of ``like``."""
-    h = torch.as_tensor(bandwidth, dtype=like.dtype, device=like.device)
-    return h.reshape(-1, 1, 1) if h.ndim else h.reshape(1, 1, 1)
-
-
-def _sq_dists(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise squared distances [B, n, m] between a [B, n, d] and b [B, m, d].
-
-    Uses ‖a‖² + ‖b‖² − 2a·b (one batched matmul) on features centred at b's mean: distances do not
-    change, and centring removes the cancellation error the expansion has for far-from-origin features.
-    """
-    centre = b.mean(dim=1, keepdim=True).detach()
-    a, b = a - centre, b - centre
-    sq = (a * a).sum(-1, keepdim=True) + (b * b).sum(-1).unsqueeze(1) - 2.0 * torch.bmm(a, b.transpose(1, 2))
-    return sq.clamp_min(0.0)
-
-
-def _kernel(sq: torch.Tensor, h: torch.Tensor, scales) -> torch.Tensor:
-    """Gaussian kernel on squared distances, averaged over bandwidths s·h for s in ``scales``."""
-    return torch.stack([torch.exp(-sq / (2.0 * (s * h) ** 2)) for s in scales]).mean(0)
-
-
-def gaussian_mmd2(X: torch.Tensor, Y: torch.Tensor, bandwidth, unbiased: bool = False, scales=(1.0,)) -> torch.Tensor:
-    """Squared MMD per neighbourhood between sample sets X, Y [B, m, d]; returns [B].
-
-    Kernel k(a, b) = mean over s in ``scales`` of exp(-‖a − b‖² / 2(s·h)²), h = ``bandwidth`` (float or
-    [B]); one scale is the plain Gaussian kernel, several a characteristic mixture that keeps the score
-    (and its gradient) informative for students far outside the teacher's neighbourhood, where a single
-    narrow kernel is ~0 for every cross pair and the MMD saturates. Biased (V-statistic, default):
-    mean K_XX + mean K_YY − 2 mean K_XY, ≥ 0 and exactly 0 for identical sets. Unbiased: the paired
-    U-statistic (mean over i ≠ j of k(x_i,x_j) + k(y_i,y_j) − k(x_i,y_j) − k(x_j,y_i)); needs equal set
-    sizes, is 0 when Y = X, but can be negative.
-    """
-    if X.ndim != 3 or Y.ndim != 3 or X.shape[0] != Y.shape[0] or X.shape[2] != Y.shape[2]:
-        raise ValueError(f"expected X [B, m, d] and Y [B, n, d], got {list(X.shape)} and {list(Y.shape)}")
-    h = _bandwidth(bandwidth, X)
-    kxx = _kernel(_sq_dists(X, X), h, scales)
-    kyy = _kernel(_sq_dists(Y, Y), h, scales)
-    kxy = _kernel(_sq_dists(X, Y), h, scales)
-    if not unbiased:
-        return kxx.mean((1, 2)) + kyy.mean((1, 2)) - 2.0 * kxy.mean((1, 2))
-    m = X.shape[1]
-    if Y.shape[1] != m or m < 2:
-        raise ValueError(f"the unbiased estimator needs two sets of equal size >= 2, got {X.shape[1]} and {Y.shape[1]}")
-    off = ~torch.eye(m, dtype=torch.bool, device=X.device)
-    h_ij = kxx + kyy - kxy - kxy.transpose(1, 2)
-    return h_ij[:, off].mean(1)
-
-
-def _log_kernel_mean(points: torch.Tensor, samples: torch.Tensor, bandwidth, exclude_self: bool) -> torch.Tensor:
-    """log( mean_j k(p_i, s_j) ) [B, n] with the unnormalised kernel, via logsumexp (no underflow)."""
-    h = _bandwidth(bandwidth, points)
-    logk = -_sq_dists(points, samples) / (2.0 * h * h)
-    count = samples.shape[1]
-    if exclude_self:
-        if points.shape[1] != samples.shape[1]:
-            raise ValueError("exclude_self pairs point i with sample i: both sets need the same size")
-        eye = torch.eye(count, dtype=torch.bool, device=points.device)
-        logk = logk.masked_fill(eye, float("-inf"))
-        count -= 1
-    return torch.logsumexp(logk, dim=2) - math.log(count)
-
-
-def kde_log_density(points: torch.Tensor, samples: torch.Tensor, bandwidth, exclude_self: bool = False) -> torch.Tensor:
-    """Log density [B, n] of ``points`` [B, n, d] under the Gaussian KDE of ``samples`` [B, m, d].
-
-    p̂(p) = 1/m Σ_j N(p; s_j, h² I), computed with logsumexp so far points give large negative values,
-    never −inf or NaN. ``exclude_self``: point i is scored without sample i (leave-one-out; n = m).
-    """
-    if points.ndim != 3 or samples.ndim != 3 or points.shape[0] != samples.shape[0] or points.shape[2] != samples.shape[2]:
-        raise ValueError(f"expected points [B, n, d] and samples [B, m, d], got {list(points.shape)} and {list(samples.shape)}")
-    d = points.shape[2]
-    h = _bandwidth(bandwidth, points).reshape(-1, 1)
-    return _log_kernel_mean(points, samples, bandwidth, exclude_self) - 0.5 * d * torch.log(2.0 * math.pi * h * h)
-
-
-def paired_nll_gap(X: torch.Tensor, Y: torch.Tensor, bandwidth) -> torch.Tensor:
-    """[B]: mean NLL of student samples Y under the teacher KDE of X, minus the teacher's own.
-
-    Both are leave-one-out with y_i paired to x_i (same perturbed input): y_i is scored against the
-    teacher samples of the *other* inputs, exactly as x_i is, so a student equal to the teacher scores
-    exactly 0. The KDE normalisers cancel and are never formed. Negative values mean the student's
-    samples sit nearer the teacher's than the teacher's own do (e.g. a collapsed neighbourhood): the
-    NLL is blind to lost spread, which ``mmd`` is not.
-    """
-    own = _log_kernel_mean(X, X, bandwidth, exclude_self=True).mean(1)
-    student = _log_kernel_mean(Y, X, bandwidth, exclude_self=True).mean(1)
-    return own - student
-
-
-def median_bandwidth(X: torch.Tensor, floor: float = 1e-6) -> torch.Tensor:
-    """Median heuristic per neighbourhood: h_b = median over pairs i < j of ‖x_i − x_j‖; returns [B].
-
-    Floored at ``floor`` × (1 + mean feature norm) so a neighbourhood whose samples coincide gets a
-    tiny but finite kernel instead of a division by zero.
-    """
-    X = X.detach()
-    m = X.shape[1]
-    iu = torch.triu_indices(m, m, offset=1, device=X.device)
-    pair_sq = _sq_dists(X, X)[:, iu[0], iu[1]]
-    h = pair_sq.median(dim=1).values.sqrt()
-    return torch.maximum(h, floor * (1.0 + X.norm(dim=2).mean(dim=1)))
-
-# --------------------------------------------------------------------------- embeddings
-
-EMBEDDINGS: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_embedding(name: str):
-    """Register ``factory(teacher_D=None, **options) -> module`` whose forward(images, inputs) gives [N, d]."""
-    def deco(fn):
-        EMBEDDINGS[name] = fn
-        return fn
-    return deco
-
-
-class PixelEmbedding(nn.Module):
-    """Average-pool the output to ``size``×``size`` and flatten: cheap, and blind to sub-pool detail."""
-
-    def __init__(self, size: int = 16):
-        super().__init__()
-        if not isinstance(size, int) or size < 1:
-            raise UserError(f"embedding option size: expected a positive integer, got {size!r}")
-        self.size = size
-
-    def forward(self, images, inputs):
-        return F.adaptive_avg_pool2d(images.float(), self.size).flatten(1)
-
-
-class DiscriminatorEmbedding(nn.Module):
-    """Activations of a frozen copy of the teacher D, each pooled to ``pool``×``pool``, concatenated.
-
-    D has learned which output statistics matter for this dataset, so its features weigh texture and
-    local structure that pooled pixels average away. Each level is divided by √(its size) so every
-    level counts by its RMS activation, not by its width. A conditional pix2pix D (first conv takes the
-    input and output channels) sees cat(x̃, G(x̃)), the pair it was trained on; an unconditional
-    (CycleGAN) D sees G(x̃) alone.
-    """
-
-    def __init__(self, teacher_D: nn.Module, pool: int = 4, layers=None):
-        super().__init__()
-        if not isinstance(pool, int) or pool < 1:
-            raise UserError(f"embedding option pool: expected a positive integer, got {pool!r}")
-        net = copy.deepcopy(teacher_D).eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        convs = [mod for mod in net.modules() if isinstance(mod, nn.Conv2d)]
-        acts = [mod for mod in net.modules() if isinstance(mod, (nn.LeakyReLU, nn.ReLU))]
-        if not convs or not acts:
-            raise UserError("teacher_D: expected a convolutional discriminator with (Leaky)ReLU activations")
-        if layers is None:
-            layers = list(range(len(acts)))
-        layers = [layers] if isinstance(layers, int) else list(layers)
-        if not layers or any(not isinstance(i, int) or not -len(acts) <= i < len(acts) for i in layers):
-            raise UserError(f"embedding option layers: expected indices into the {len(acts)} activations of teacher_D, got {layers!r}")
-        self.net, self.pool, self.in_channels = net, pool, convs[0].in_channels
-        self._captured: list[torch.Tensor] = []
-        for i in sorted({i % len(acts) for i in layers}):
-            acts[i].register_forward_hook(self._capture)   # a bound method: deep copies rebind it
-
-    def _capture(self, module, inputs, output):
-        self._captured.append(output)
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.net.eval()   # frozen teacher: BatchNorm keeps its running statistics
-        return self
-
-    def forward(self, images, inputs):
-        if self.in_channels == inputs.shape[1] + images.shape[1]:
-            d_in = torch.cat([inputs.to(images.dtype), images], 1)
-        elif self.in_channels == images.shape[1]:
-            d_in = images
-        else:
-            raise UserError(f"teacher_D: its first conv takes {self.in_channels} channels; the generator maps "
-                            f"{inputs.shape[1]} to {images.shape[1]} channels (expected {inputs.shape[1] + images.shape[1]} "
-                            f"for a conditional pix2pix D or {images.shape[1]} for an unconditional one)")
-        self._captured.clear()
-        self.net(d_in)
-        feats = [F.adaptive_avg_pool2d(a.float(), self.pool).flatten(1) for a in self._captured]
-        self._captured.clear()
-        return torch.cat([f / math.sqrt(f.shape[1]) for f in feats], 1)
-
-
-class InceptionEmbedding(nn.Module):
-    """FID-Inception 2048-d pool features: the space FID is measured in (≈5.7 GMACs per image)."""
-
-    def __init__(self):
-        super().__init__()
-        from ganprune.metrics.fid_inception import FIDInceptionFeatures
-        self.net = FIDInceptionFeatures(input_range=(-1.0, 1.0))
-
-    def forward(self, images, inputs):
-        return self.net(images)
-
-
-@register_embedding("pixels")
-def _pixels(teacher_D=None, size: int = 16):
-    return PixelEmbedding(size)
-
-
-@register_embedding("teacher_d")
-def _teacher_d(teacher_D=None, pool: int = 4, layers=None):
-    if teacher_D is None:
-        raise UserError("embedding 'teacher_d' needs the teacher discriminator (teacher_D=...)")
-    return DiscriminatorEmbedding(teacher_D, pool, layers)
-
-
-@register_embedding("inception")
-def _inception(teacher_D=None):
-    return InceptionEmbedding()
 
 # --------------------------------------------------------------------------- the objective
 
@@ -348,7 +135,8 @@ class LocalDensityObjective:
         [0, 2] and sensitive to lost spread; ``nll`` grows like distance²/2h² without bound and ignores
         collapse; ``both`` adds ``nll_weight`` × NLL gap to the MMD.
       * ``embedding="pixels"`` (16×16 average pool): cheap, needs nothing but the generator;
-        ``teacher_d`` adds structure-aware features for about one D forward per image.
+        ``teacher_d`` adds structure-aware features for about one D forward per image (``teacher_D``;
+        ``conditional_D`` says whether it sees cat(x̃, G(x̃)) or G(x̃) alone).
       * ``chunk_size=8`` neighbourhoods (64 images) per forward bounds activation memory when scoring.
     On CUDA the generator and embedding forwards run under float16 autocast (``amp=None`` → on for
     CUDA); kernel math is always float32.
@@ -357,7 +145,7 @@ class LocalDensityObjective:
     def __init__(self, teacher_G, embedding="pixels", m=8, perturbations=("noise",), noise_std=0.05,
                  jitter_px=2, bandwidth="median", discrepancy="mmd", nll_weight=1.0, teacher_D=None, seed=0,
                  device=None, chunk_size=8, mmd_estimator="biased", bandwidth_scales=(1, 4, 16, 64), amp=None,
-                 **embedding_kwargs):
+                 conditional_D: bool = True, **embedding_kwargs):
         if not isinstance(teacher_G, nn.Module):
             raise UserError(f"teacher_G: expected a torch.nn.Module, got {type(teacher_G).__name__}")
         if isinstance(perturbations, str):
@@ -391,20 +179,13 @@ class LocalDensityObjective:
             raise UserError(f"nll_weight: expected a number >= 0, got {nll_weight!r}")
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise UserError(f"chunk_size: expected a positive integer (neighbourhoods per forward), got {chunk_size!r}")
-        if embedding not in EMBEDDINGS:
-            raise UserError(f"embedding: expected one of {', '.join(sorted(EMBEDDINGS))}, got {embedding!r}")
-        factory = EMBEDDINGS[embedding]
-        allowed = [name for name in inspect.signature(factory).parameters if name != "teacher_D"]
-        unknown = sorted(set(embedding_kwargs) - set(allowed))
-        if unknown:
-            raise UserError(f"embedding {embedding!r}: unknown option(s) {', '.join(unknown)} "
-                            f"(it takes: {', '.join(allowed) or 'none'})")
+        embed = build_embedding(embedding, embedding_kwargs, teacher_D=teacher_D, conditional_D=conditional_D)
 
         params = next(teacher_G.parameters(), None)
         self.device = torch.device(device) if device is not None else (params.device if params is not None else torch.device("cpu"))
         self.teacher = teacher_G
         self.embedding_name = embedding
-        self.embed = factory(teacher_D=teacher_D, **embedding_kwargs).to(self.device).eval()
+        self.embed = embed.to(self.device).eval()
         self.m, self.perturbations = m, perturbations
         self.noise_std, self.jitter_px = float(noise_std), int(jitter_px)
         self.bandwidth, self.discrepancy = bandwidth, discrepancy

@@ -376,7 +376,8 @@ def conditional_d(o: Mapping) -> bool:
 
 
 def pair_specs(o: Mapping) -> tuple[dict, dict]:
-    """The G and D build options (``load_generator``/``load_discriminator`` keywords) of resolved pair options.
+    """The G and D build options (``load_generator``/``load_discriminator`` keywords) of resolved pair options;
+    the D spec also carries the ``conditional`` fact (whether D sees cat(A, B)), set here once.
     Your own class (``pkg.module:Class``) gets only its own ``*_arch_options`` and its kind, never the
     reference nets' options (ngf, norm, ...)."""
     if ":" in o["g_arch"]:
@@ -385,11 +386,12 @@ def pair_specs(o: Mapping) -> tuple[dict, dict]:
         g_spec = {"arch": o["g_arch"], "ngf": o["ngf"], "norm": o["norm"], "input_nc": o["input_nc"],
                   "output_nc": o["output_nc"], "dropout": bool(o["dropout"])}
     if ":" in o["d_arch"]:
-        d_spec = {"arch": o["d_arch"], "kind": "discriminator", **(o.get("d_arch_options") or {})}
+        d_spec = {"arch": o["d_arch"], "kind": "discriminator", **(o.get("d_arch_options") or {}),
+                  "conditional": conditional_d(o)}
     else:
         d_in = o["input_nc"] + o["output_nc"] if conditional_d(o) else o["output_nc"]
         d_spec = {"arch": o["d_arch"], "ndf": o["ndf"], "norm": o["d_norm"] or o["norm"], "input_nc": d_in,
-                  "n_layers": o["n_layers_d"]}
+                  "n_layers": o["n_layers_d"], "conditional": conditional_d(o)}
     return g_spec, d_spec
 
 

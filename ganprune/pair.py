@@ -15,17 +15,22 @@ def load_pair(teacher_dir=None, generator=None, discriminator=None, g_spec: dict
     reference-format checkpoints plus their build options (``g_spec``/``d_spec``, e.g. ``{"arch": "unet_256"}``).
 
     Without a ``discriminator`` checkpoint (the reference project's downloads ship only ``latest_net_G.pth``)
-    D is None: the search scores G alone and fine-tuning trains a fresh D built from ``d_spec``."""
+    D is None: the search scores G alone and fine-tuning trains a fresh D built from ``d_spec``.
+    The returned D spec carries ``conditional`` (D sees cat(A, B)): given, or read from D here, once."""
+    from ganprune.models.registry import with_conditional
     if teacher_dir:
         from ganprune.teacher import load_teacher
         G, D, spec = load_teacher(teacher_dir)
-        return G, D, dict(spec["G"]), dict(spec["D"])
+        g_spec = dict(spec["G"])
+        return G, D, g_spec, with_conditional(spec["D"], D, g_spec["input_nc"], g_spec["output_nc"])
     if not generator:
         raise UserError("give a teacher folder (--teacher) or a --generator checkpoint (--discriminator too, "
                         "if you have it)")
     from ganprune.models import load_discriminator, load_generator
     g_spec, d_spec = dict(g_spec or {}), dict(d_spec or {})
     D = load_discriminator(discriminator, **d_spec).eval() if discriminator else None
+    if D is not None or "conditional" in d_spec:
+        d_spec = with_conditional(d_spec, D, g_spec.get("input_nc", 3), g_spec.get("output_nc", 3))
     return load_generator(generator, **g_spec).eval(), D, g_spec, d_spec
 
 

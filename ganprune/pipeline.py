@@ -184,7 +184,7 @@ class _Run:
                 "d_macs": int(row["d_macs"])}
 
     def prune(self) -> dict:
-        from ganprune.prune import save_pruned
+        from ganprune.prune import pruned_info, save_pruned
         from ganprune.search import candidate_rng, load_winner
         self.need("search/widths.yaml")
         winner = load_winner(self.path("search", "widths.yaml"))
@@ -198,13 +198,13 @@ class _Run:
         d_w = evaluator.d_space.validate(winner["discriminator"]["widths"]) if evaluator.d_space is not None else {}
         with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it
             g, d = evaluator.build_pair(g_w, d_w)
-        save_pruned(self.path("pruned_G.pt"), g.cpu(), g_spec, g.ganprune_widths)
+        save_pruned(self.path("pruned_G.pt"), g.cpu(), g_spec, pruned_info(g).widths)
         if d is None:   # G-only: fine-tuning trains a fresh D (the PatchGAN for the data's channels) beside G
             d = self.fresh_d(evaluator.g_example)
             self.log("prune: G-only (no discriminator checkpoint): pruned_D.pt is a freshly initialised D "
                      f"({d_spec.get('arch')}, {_first_conv_in(d)} input channels), trained from scratch when "
                      "fine-tuning")
-        save_pruned(self.path("pruned_D.pt"), d.cpu(), d_spec, d.ganprune_widths)
+        save_pruned(self.path("pruned_D.pt"), d.cpu(), d_spec, pruned_info(d).widths)
         return {"g_macs": winner["generator"]["macs"], "d_macs": winner["discriminator"]["macs"],
                 "g_only": D is None}
 
@@ -235,7 +235,7 @@ class _Run:
         from ganprune.evaluation import evaluate, write_report
         from ganprune.io import atomic_write_yaml
         from ganprune.metrics.complexity import complexity
-        from ganprune.prune import load_pruned
+        from ganprune.prune import load_pruned, pruned_info
         self.need("pruned_G.pt", "finetune/G.pt")
         TG, TD, _, _ = self.pair()
         c = self.c
@@ -247,7 +247,7 @@ class _Run:
                                       progress=self.progress)
         table = table.set_index("model").loc[["teacher", *models]].reset_index()
         # D's cost beside G's: the search prunes both.
-        d_shape = [1, *load_pruned(self.path("pruned_D.pt")).ganprune_input_shape[1:]]
+        d_shape = [1, *pruned_info(load_pruned(self.path("pruned_D.pt"))).input_shape[1:]]
         d_nets = [TD, load_pruned(self.path("pruned_D.pt")), load_pruned(self.path("finetune", "D.pt"))]
         table.insert(3, "D GMACs", [complexity(d, d_shape)["GMACs"] if d is not None else None for d in d_nets])
         write_report(table, computed_on, self.path("evaluate"))
@@ -285,8 +285,8 @@ def pd_frame(rows, columns):
 
 
 def _first_conv_in(net) -> int:
-    from ganprune.search_setup import _first_conv_in_channels
-    return _first_conv_in_channels(net)
+    from ganprune.export import input_channels
+    return input_channels(net)
 
 
 def _plain(value):

@@ -71,8 +71,9 @@ def check_options(owner: str, given: Mapping | None, defaults: Mapping[str, Any]
         raise UserError(f"{owner} options: expected a mapping, got {type(given).__name__}")
     unknown = sorted(map(str, set(given) - set(defaults)))
     if unknown:
-        raise UserError(f"{owner}: unknown option(s) {', '.join(unknown)}{did_you_mean(unknown[0], defaults)}; "
-                        f"known options: {', '.join(defaults) or 'none'}")
+        names = f"option {unknown[0]!r}" if len(unknown) == 1 else f"options {', '.join(map(repr, unknown))}"
+        raise UserError(f"{owner}: unknown {names}{did_you_mean(unknown[0], defaults)}; "
+                        f"known options: {', '.join(sorted(defaults)) or 'none'}")
     merged = dict(defaults)
     for key, value in given.items():
         merged[key] = _typed(owner, key, value, defaults[key])
@@ -97,6 +98,6 @@ def _typed(owner: str, key: str, value, default):
     else:
         ok = isinstance(value, type(default))
     if not ok:
-        raise UserError(f"{owner} option {key}: expected {type(default).__name__} (default {default!r}), "
-                        f"got {value!r}")
+        raise UserError(f"{owner}: option {key!r} expects {type(default).__name__}, got {value!r} "
+                        f"(default {default!r})")
     return value

@@ -10,8 +10,10 @@ so a file can be read with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import numbers
 import os
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -19,10 +21,34 @@ import torch_pruning as tp
 from torch import nn
 
 from ganprune.errors import UserError
-from ganprune.space import coupled_groups, to_device, traced_graph
+from ganprune.graph import coupled_groups, to_device, traced_graph
 
 IMPORTANCES = ("l2", "l1", "bn_scale", "first")
 FORMAT = "ganprune.pruned/1"
+
+
+@dataclass
+class PrunedInfo:
+    """What ``prune`` and ``load_pruned`` know about a net they made, kept on it as ``net.ganprune_info``
+    (read it with ``pruned_info(net)``): ``spec``, the dense net's build options (``save_pruned``'s spec,
+    None until known); ``widths``, channels per group; ``input_shape``, the example input at batch 1
+    that its graph is traced with."""
+    spec: dict | None = None
+    widths: dict | None = None
+    input_shape: list | None = None
+
+
+def pruned_info(net: nn.Module) -> PrunedInfo | None:
+    """The ``PrunedInfo`` of a net made by ``prune``/``load_pruned`` (or given one), else None."""
+    info = net.__dict__.get("ganprune_info")
+    return info if isinstance(info, PrunedInfo) else None
+
+
+def set_pruned_info(net: nn.Module, **fields) -> PrunedInfo:
+    """Set some ``PrunedInfo`` fields of ``net`` (the others are kept); e.g. the spec of a dense net."""
+    info = dataclasses.replace(pruned_info(net) or PrunedInfo(), **fields)
+    net.ganprune_info = info
+    return info
 
 
 def prune(model: nn.Module, widths: Mapping[str, int], example_inputs, importance: str = "l2",
@@ -34,9 +60,9 @@ def prune(model: nn.Module, widths: Mapping[str, int], example_inputs, importanc
     magnitude, ``"bn_scale"`` |γ| of its BatchNorms (``"l2"`` where it has none), or ``"first"`` (keep
     the first channels; for nets whose weights are about to be overwritten). ``ranking`` (from
     ``channel_ranking``) fixes each group's channel order up front instead: a search prunes the same
-    teacher thousands of times, and ranking it once makes every candidate cheaper. The copy carries
-    ``ganprune_widths`` (every group) and ``ganprune_input_shape`` (the example input's shape at batch 1;
-    plain data, for saving and export)."""
+    teacher thousands of times, and ranking it once makes every candidate cheaper. The copy's
+    ``pruned_info`` has its ``widths`` (every group) and ``input_shape`` (the example input's shape at
+    batch 1; plain data, for saving and export)."""
     if importance not in IMPORTANCES:
         raise UserError(f"importance: expected one of {', '.join(IMPORTANCES)}, got {importance!r}")
     pruned = copy.deepcopy(model)
@@ -96,9 +122,8 @@ def _prune_in_place(net: nn.Module, widths: Mapping[str, int], example_inputs, i
             raise RuntimeError(f"group {g.name}: pruned to {now} channels, expected {keep}")
     for name, p in net.named_parameters():
         p.requires_grad_(requires_grad.get(name, True))
-    net.ganprune_widths = target
-    if torch.is_tensor(example_inputs):
-        net.ganprune_input_shape = [1, *example_inputs.shape[1:]]
+    shape = [1, *example_inputs.shape[1:]] if torch.is_tensor(example_inputs) else None
+    set_pruned_info(net, widths=dict(target), **({"input_shape": shape} if shape else {}))
 
 
 def _resolve(groups, widths) -> dict[str, int]:
@@ -144,7 +169,8 @@ def save_pruned(path, model: nn.Module, spec: Mapping, widths: Mapping[str, int]
     from ganprune.io import atomic_torch_save
     _check_spec(spec, "spec")
     _plain(dict(spec), "spec")
-    input_shape = input_shape if input_shape is not None else getattr(model, "ganprune_input_shape", None)
+    info = pruned_info(model)
+    input_shape = input_shape if input_shape is not None else (info.input_shape if info else None)
     if input_shape is None:
         raise UserError("save_pruned: input_shape unknown; pass the example input shape the net was pruned with")
     if not all(isinstance(d, int) and d > 0 for d in input_shape):
@@ -164,7 +190,7 @@ def _check_spec(spec, where: str) -> None:
 
 def load_pruned(path) -> nn.Module:
     """Rebuild a net saved by ``save_pruned``: dense from spec → prune to widths → strict state-dict load.
-    The net carries ``ganprune_spec`` and ``ganprune_widths`` and is in eval mode."""
+    Its ``pruned_info`` has the spec, widths and input shape; it is in eval mode."""
     from ganprune.models.checkpoint import load_state_strict, safe_torch_load
     from ganprune.models.registry import build, check_arch_allowed, kind_of
     source = os.fspath(path)
@@ -186,5 +212,5 @@ def load_pruned(path) -> nn.Module:
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
     load_state_strict(net, data["state_dict"], source, {k: v for k, v in spec.items() if k != "kind"})
-    net.ganprune_spec = spec
+    set_pruned_info(net, spec=spec)
     return net.eval()   # ready for inference, like any loaded model; training code calls .train() itself

@@ -6,24 +6,17 @@ from __future__ import annotations
 import os
 
 import torch
-from torch import nn
 
 from ganprune.errors import UserError
 from ganprune.guard import DEFAULT_TIMEOUT
 
 
-def _first_conv_in_channels(net: nn.Module) -> int:
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    raise UserError(f"{type(net).__name__}: discriminator has no Conv2d layer")
-
-
 def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_space_file=None,
                  g_space=None, d_space=None):
     """``(g_space, d_space, conditional)``: the search spaces of both nets (given ones pass through) and
-    whether D sees cat(A, B) (conditional) or B alone, read from the calibration images. Without a teacher
+    whether D sees cat(A, B) (conditional) or B alone: the D spec's fact (``conditional_d``). Without a teacher
     D (``D`` None: G-only pruning) ``d_space`` is None and nothing about D is searched."""
+    from ganprune.models.registry import conditional_d
     from ganprune.models.sizes import check_image_size
     from ganprune.space import SearchSpace
     x, y = batches[0]["A"][:1], batches[0]["B"][:1]
@@ -33,7 +26,7 @@ def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_s
                                                 config=g_space_file)
     if D is None:
         return g_space, None, False
-    conditional = _first_conv_in_channels(D) == x.shape[1] + y.shape[1]
+    conditional = conditional_d(d_spec, D, x.shape[1], y.shape[1])
     d_x = torch.cat([x, y], 1) if conditional else y
     d_space = d_space or SearchSpace.from_model(D, d_x, arch=d_arch if d_arch and ":" not in d_arch else None,
                                                 config=d_space_file)
@@ -53,7 +46,7 @@ def build_evaluator(G, D, batches, g_space=None, d_space=None, g_spec=None, d_sp
     g_space, d_space, conditional = build_spaces(G, D, batches, g_spec, d_spec, g_space_file, d_space_file,
                                                  g_space, d_space)
     objective = LocalDensityObjective(G, embedding=embedding, m=m, perturbations=tuple(perturbations),
-                                      discrepancy=discrepancy, teacher_D=D, seed=seed)
+                                      discrepancy=discrepancy, teacher_D=D, conditional_D=conditional, seed=seed)
     return CandidateEvaluator(G, D, g_space, d_space, batches, objective, conditional_D=conditional,
                               l1_weight=l1_weight, balance_weight=balance_weight, recalibrate_bn=recalibrate_bn,
                               importance=importance)

@@ -98,9 +98,9 @@ def space():
 @pytest.fixture
 def registry():
     """Restore the agent registry after a test that registers agents."""
-    saved = dict(AGENTS), dict(agent_mod._SOURCES), dict(agent_mod._loaded_files)
+    saved = dict(AGENTS), dict(AGENTS.sources), dict(agent_mod._loaded_files)
     yield
-    for live, old in zip((AGENTS, agent_mod._SOURCES, agent_mod._loaded_files), saved):
+    for live, old in zip((AGENTS, AGENTS.sources, agent_mod._loaded_files), saved):
         live.clear()
         live.update(old)
 

@@ -10,7 +10,7 @@ from ganprune.data.demo import make_demo
 from ganprune.metrics.complexity import complexity
 from ganprune.metrics.quality import PSNR_CAP
 from ganprune.models import load_discriminator, load_generator, save_checkpoint
-from ganprune.prune import prune, save_pruned
+from ganprune.prune import prune, pruned_info, save_pruned
 
 SPEC = {"arch": "unet_64", "ngf": 8, "norm": "batch"}
 
@@ -23,7 +23,7 @@ def setup(tmp_path_factory):
     dense = load_generator(None, **SPEC)
     save_checkpoint(root / "latest_net_G.pth", dense)
     pruned = prune(dense, {"down1": 4, "down4": 24, "up3": 8}, torch.zeros(1, 3, 64, 64)).eval()
-    save_pruned(root / "pruned.pt", pruned, SPEC, pruned.ganprune_widths)
+    save_pruned(root / "pruned.pt", pruned, SPEC, pruned_info(pruned).widths)
     teacher = root / "teacher"
     teacher.mkdir()
     save_checkpoint(teacher / "latest_net_G.pth", dense)

@@ -10,6 +10,7 @@ import ganprune.demo as demo
 import ganprune.teacher as teacher
 from ganprune.cli import main
 from ganprune.pipeline import resolve_config
+from ganprune.prune import pruned_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -129,7 +130,7 @@ def test_readme_search_quick_start_with_the_nni_search_yaml(tiny, tmp_path, caps
                  "--out", str(tmp_path / "a")]) == 0
     from ganprune.prune import load_pruned
     g = load_pruned(tmp_path / "a" / "pruned_G.pt")
-    assert g.ganprune_widths == winner["generator"]["widths"] and not g.training
+    assert pruned_info(g).widths == winner["generator"]["widths"] and not g.training
     assert yaml.safe_load((tmp_path / "a" / "widths.yaml").read_text())["generator"]["widths"] == \
         winner["generator"]["widths"]
 

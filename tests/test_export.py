@@ -14,6 +14,7 @@ from ganprune.errors import UserError
 from ganprune.export import dynamo_available, export_onnx, ort_session
 from ganprune.fuse import count_batchnorm, fold_batchnorm
 from ganprune.models import load_discriminator, load_generator, save_checkpoint
+from ganprune.prune import pruned_info, set_pruned_info
 
 
 def _random_bn_stats(net: nn.Module) -> nn.Module:
@@ -254,13 +255,13 @@ def test_metadata_props_say_what_the_file_holds(tmp_path):
     from ganprune import __version__
     from ganprune.export import read_metadata, recorded_threads
     pruned, _, _ = _pruned_unet(tmp_path)
-    pruned.ganprune_spec = {"arch": "unet_64", "ngf": 8}
+    set_pruned_info(pruned, spec={"arch": "unet_64", "ngf": 8})
     export_onnx(pruned, tmp_path / "p.onnx", torch.randn(1, 3, 64, 64), threads=3,
                 metadata={"stage": "finetune", "source": "teacher/G.pth"})
     meta = read_metadata(tmp_path / "p.onnx")
     assert meta["ganprune_version"] == __version__ and meta["stage"] == "finetune"
     assert meta["source"] == "teacher/G.pth" and json.loads(meta["spec"]) == {"arch": "unet_64", "ngf": 8}
-    assert json.loads(meta["widths"]) == pruned.ganprune_widths
+    assert json.loads(meta["widths"]) == pruned_info(pruned).widths
     assert recorded_threads(tmp_path / "p.onnx") == 3
 
 

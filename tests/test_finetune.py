@@ -12,9 +12,8 @@ from torch.utils.data import Dataset
 from ganprune.data import AlignedDataset, UnalignedDataset
 from ganprune.errors import UserError
 from ganprune.finetune import finetune
-from ganprune.finetune.recipe import first_conv
 from ganprune.models import load_discriminator, load_generator
-from ganprune.prune import load_pruned, prune
+from ganprune.prune import load_pruned, prune, pruned_info, set_pruned_info
 from ganprune.space import SearchSpace
 
 
@@ -51,7 +50,8 @@ def tiny(tmp_path_factory):
     x, xd = torch.zeros(1, 3, 64, 64), torch.zeros(1, 6, 64, 64)
     G = prune(TG, SearchSpace.from_model(TG, x, arch="unet_64").uniform(0.5), x)
     D = prune(TD, SearchSpace.from_model(TD, xd, arch="basic").uniform(0.5), xd)
-    G.ganprune_spec, D.ganprune_spec = {"arch": "unet_64", "ngf": 8}, {"arch": "basic", "ndf": 8}
+    set_pruned_info(G, spec={"arch": "unet_64", "ngf": 8})
+    set_pruned_info(D, spec={"arch": "basic", "ndf": 8})
     return {"root": root, "TG": TG.eval(), "TD": TD.eval(), "G": G, "D": D,
             "train": AlignedDataset(root, "train"), "val": AlignedDataset(root, "val", flip=False)}
 
@@ -105,7 +105,7 @@ def test_outputs_load_and_log(tiny, tmp_path):
     result, G, D = run(tiny, out=tmp_path, eval_dataset=tiny["val"], eval_every=2)
     assert result["steps_run"] == 4 and result["retries"] == 0 and result["paired"]
     G2, D2 = load_pruned(tmp_path / "G.pt"), load_pruned(tmp_path / "D.pt")
-    assert G2.ganprune_widths == tiny["G"].ganprune_widths and D2.ganprune_widths == tiny["D"].ganprune_widths
+    assert pruned_info(G2).widths == pruned_info(tiny["G"]).widths and pruned_info(D2).widths == pruned_info(tiny["D"]).widths
     assert same(G2, G) and same(D2, D)
     log = pd.read_csv(tmp_path / "log.csv")
     assert log["step"].tolist() == [0, 1, 2, 3, 4]
@@ -148,7 +148,7 @@ def test_bad_options_and_mismatched_resume(tiny, tmp_path):
         run(tiny, recipe="nope")
     with pytest.raises(UserError, match="unknown option"):
         run(tiny, recipe_options={"lambda_L1": 10})
-    with pytest.raises(UserError, match="lambda_l1: expected float"):
+    with pytest.raises(UserError, match="option 'lambda_l1' expects float"):
         run(tiny, recipe_options={"lambda_l1": "big"})
     run(tiny, out=tmp_path, steps=2)
     with pytest.raises(UserError, match="lr=0.0002, now lr=0.001"):
@@ -173,8 +173,9 @@ def test_cyclegan_path(tmp_path, recipe):
     assert not result["paired"] and result["steps_run"] == 3
     assert result["val_L1"] is None and result["val_L1_student_to_teacher"] > 0  # no targets: L1 to the teacher only
     G2, D2 = load_pruned(tmp_path / "o" / "G.pt"), load_pruned(tmp_path / "o" / "D.pt")
-    assert same(G2, G) and same(D2, D) and G2.ganprune_widths == G.ganprune_widths
-    assert first_conv(D2).in_channels == 3
+    assert same(G2, G) and same(D2, D) and pruned_info(G2).widths == pruned_info(G).widths
+    assert next(m for m in D2.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 3
+    assert pruned_info(D2).spec["conditional"] is False  # the unconditional-D fact was read once and saved with D
 
 
 def _ddp_worker(rank, world, port, root, out):
@@ -221,16 +222,34 @@ def test_cli(tiny, tmp_path, capsys):
     from ganprune.teacher import train_teacher
     teacher = tmp_path / "teacher"
     train_teacher(tiny["root"], teacher, arch="unet_64", ngf=8, ndf=8, steps=1, batch_size=2, progress=False)
-    save_pruned(tmp_path / "g.pt", tiny["G"], {"arch": "unet_64", "ngf": 8}, tiny["G"].ganprune_widths)
-    save_pruned(tmp_path / "d.pt", tiny["D"], {"arch": "basic", "ndf": 8}, tiny["D"].ganprune_widths)
+    save_pruned(tmp_path / "g.pt", tiny["G"], {"arch": "unet_64", "ngf": 8}, pruned_info(tiny["G"]).widths)
+    save_pruned(tmp_path / "d.pt", tiny["D"], {"arch": "basic", "ndf": 8}, pruned_info(tiny["D"]).widths)
     args = ["finetune", "--pruned-g", str(tmp_path / "g.pt"), "--pruned-d", str(tmp_path / "d.pt"),
             "--teacher", str(teacher), "--dataroot", tiny["root"], "--recipe", "dgl", "--steps", "2",
             "--batch-size", "2", "--out", str(tmp_path / "out"), "--recipe-option", "lambda_teacher_d=0.1"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "finetune dgl: step 2 (2 run" in printed and "val_L1 " in printed
-    assert load_pruned(tmp_path / "out" / "G.pt").ganprune_widths == tiny["G"].ganprune_widths
+    assert pruned_info(load_pruned(tmp_path / "out" / "G.pt")).widths == pruned_info(tiny["G"]).widths
     state = torch.load(tmp_path / "out" / "state.pt", weights_only=True)
     assert state["config"]["recipe_options"]["lambda_teacher_d"] == 0.1
     assert main(args[:-1] + ["lambda_teacher=0.1"]) == 2
-    assert "unknown option(s) lambda_teacher" in capsys.readouterr().err
+    assert "unknown option 'lambda_teacher'" in capsys.readouterr().err
+
+
+def test_log_every_rows_are_window_means_and_teachers_are_optional(tiny, tmp_path):
+    """One training loop for fine-tuning and teacher training: pix2pix runs without teachers, a recipe that
+    learns from the teacher refuses to, and log_every=N rows are the means of the per-step rows."""
+    G, D = copy.deepcopy(tiny["G"]), copy.deepcopy(tiny["D"])
+    kw = dict(recipe="pix2pix", steps=4, batch_size=2, save_every=4, progress=False)
+    finetune(G, D, None, None, tiny["train"], out=tmp_path / "every1", **kw)
+    G, D = copy.deepcopy(tiny["G"]), copy.deepcopy(tiny["D"])
+    finetune(G, D, None, None, tiny["train"], out=tmp_path / "every2", log_every=2, **kw)
+    per_step, windows = (pd.read_csv(tmp_path / n / "log.csv") for n in ("every1", "every2"))
+    assert windows["step"].tolist() == [0, 2, 4]
+    for col in ("loss_G", "loss_D", "G_L1"):
+        means = [per_step[col].iloc[1:3].mean(), per_step[col].iloc[3:5].mean()]
+        assert windows[col].iloc[1:].tolist() == pytest.approx(means, rel=1e-5), col
+    with pytest.raises(UserError, match="needs a teacher generator"):
+        finetune(copy.deepcopy(tiny["G"]), copy.deepcopy(tiny["D"]), None, None, tiny["train"],
+                 **{**kw, "recipe": "density"})

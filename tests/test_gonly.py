@@ -12,7 +12,7 @@ import yaml
 from ganprune.cli import main
 from ganprune.data.demo import make_demo
 from ganprune.models import load_generator, save_checkpoint
-from ganprune.prune import load_pruned
+from ganprune.prune import load_pruned, pruned_info
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FAST = {"supernet_steps": 0, "calib_images": 4, "calib_batch": 4, "finetune_steps": 2, "fid": False, "eval_images": 4, "latency": False,
@@ -88,8 +88,8 @@ def test_g_only_bring_your_own_class(demo, tmp_path, capsys, monkeypatch, one_th
     out, winner, G, D = _prune(tmp_path, {"generator": str(tmp_path / "latest_net_G.pth"),
                                           "g_arch": "byo_nets:TinyResNetG", "g_arch_options": {"base": 16, "depth": 2},
                                           "ndf": 8, "mode": "unaligned", "dataroot": demo["unaligned"]}, capsys)
-    assert G.ganprune_spec == {"arch": "byo_nets:TinyResNetG", "kind": "generator", "base": 16, "depth": 2}
-    assert winner["generator"]["spec"] == G.ganprune_spec
+    assert pruned_info(G).spec == {"arch": "byo_nets:TinyResNetG", "kind": "generator", "base": 16, "depth": 2}
+    assert winner["generator"]["spec"] == pruned_info(G).spec
     assert type(G).__name__ == "TinyResNetG" and G.stem[1].out_channels <= 16
 
 

@@ -18,7 +18,7 @@ ENTRY = ("ganprune.cli", "ganprune.__main__")   # the command line: on top, impo
 LAYERS = {
     "ganprune.errors": 0, "ganprune.io": 0, "ganprune.plugins": 0,
     "ganprune.guard": 0, "ganprune.paths": 0, "ganprune.outdir": 0,   # plugin guard, output checks, lock/markers
-    "ganprune.models": 1, "ganprune.space": 1, "ganprune.prune": 1, "ganprune.fuse": 1, "ganprune.losses": 1,
+    "ganprune.models": 1, "ganprune.graph": 1, "ganprune.space": 1, "ganprune.kernels": 1, "ganprune.prune": 1, "ganprune.fuse": 1, "ganprune.losses": 1,
     "ganprune.device": 1, "ganprune.data": 1,
     "ganprune.nni": 3, "ganprune.pipeline": 3, "ganprune.report": 3, "ganprune.demo": 3,
     "ganprune.cli": 4, "ganprune.__main__": 4,
@@ -180,3 +180,36 @@ def test_one_registry_rule_for_recipes_archs_and_datasets():
     with pytest.raises(UserError, match="unknown recipe 'dgll' \\(did you mean 'dgl'\\?\\)"):
         RECIPES.lookup("dgll")
     assert register_recipe("density")(RECIPES["density"]) is RECIPES["density"]   # the same class: fine
+
+
+def test_agents_and_embeddings_share_the_registry_and_the_option_check():
+    """Agents and embeddings use the same Registry (collision rule, did-you-mean) and the same option
+    check (``plugins.check_options``) as recipes: one message shape for all three."""
+    from ganprune.agent import AGENTS, Agent, get_agent, register_agent
+    from ganprune.embeddings import EMBEDDINGS, build_embedding, register_embedding
+    from ganprune.errors import UserError
+    from ganprune.finetune.recipe import get_recipe
+    from ganprune.plugins import Registry
+
+    get_agent("greedy")
+    assert isinstance(AGENTS, Registry) and isinstance(EMBEDDINGS, Registry)
+    with pytest.raises(UserError, match=r"agent name 'greedy' from .* is already taken by builtin"):
+        register_agent("greedy")(type("Other", (Agent,), {"description": "x"}))
+    with pytest.raises(UserError, match=r"embedding name 'pixels' from .*_pixels2 is already taken by .*_pixels"):
+        def _pixels2(size: int = 16):
+            return None
+        register_embedding("pixels")(_pixels2)
+    with pytest.raises(UserError, match="unknown embedding 'pixel' \\(did you mean 'pixels'\\?\\)"):
+        build_embedding("pixel")
+    with pytest.raises(UserError, match="unknown agent 'gredy' \\(did you mean 'greedy'\\?\\)"):
+        get_agent("gredy")
+    # one option check: the same unknown-option and wrong-type messages for an agent, a recipe, an embedding
+    with pytest.raises(UserError, match=r"^embedding 'pixels': unknown option 'sise' \(did you mean 'size'\?\)"):
+        build_embedding("pixels", {"sise": 8})
+    with pytest.raises(UserError, match=r"^recipe 'pix2pix': unknown option 'lambda_l2' \(did you mean 'lambda_l1'\?\)"):
+        get_recipe("pix2pix").check_options({"lambda_l2": 1.0})
+    with pytest.raises(UserError, match=r"^embedding 'pixels': option 'size' expects int, got 'big'"):
+        build_embedding("pixels", {"size": "big"})
+    with pytest.raises(UserError, match=r"^recipe 'pix2pix': option 'lambda_l1' expects float, got 'big'"):
+        get_recipe("pix2pix").check_options({"lambda_l1": "big"})
+    assert get_agent("random").option_table() == {"max_tries": 100}

@@ -329,8 +329,11 @@ def test_pixel_and_teacher_d_embeddings(teacher, teacher_D, x):
 def test_teacher_d_unconditional_and_mismatched(teacher, x):
     torch.manual_seed(6)
     D3 = ganprune.load_discriminator(None, arch="basic", ndf=8, input_nc=3)
-    obj = LocalDensityObjective(teacher, embedding="teacher_d", m=3, teacher_D=D3)
+    obj = LocalDensityObjective(teacher, embedding="teacher_d", m=3, teacher_D=D3, conditional_D=False)
     assert obj.reference(x).features.shape == (3, 3, (8 + 16 + 32 + 64) * 16)
+    # whether D is conditional is the spec's fact, never guessed from D: a mismatch is one clear error
+    with pytest.raises(UserError, match="takes 3 channels, but a conditional D gets cat.*6 channels"):
+        LocalDensityObjective(teacher, embedding="teacher_d", m=3, teacher_D=D3).reference(x)
     D4 = ganprune.load_discriminator(None, arch="basic", ndf=8, input_nc=4)
     with pytest.raises(UserError, match="first conv takes 4 channels"):
         LocalDensityObjective(teacher, embedding="teacher_d", m=3, teacher_D=D4).reference(x)
@@ -371,7 +374,7 @@ def test_inception_embedding(teacher, x):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(embedding="vgg"), "embedding: expected one of"),
+    (dict(embedding="vgg"), "unknown embedding .*expected one of"),
     (dict(discrepancy="kl"), "discrepancy: expected one of"),
     (dict(perturbations=("noise", "rotate")), "perturbations: expected"),
     (dict(perturbations=()), "perturbations: expected"),

@@ -262,3 +262,26 @@ def test_threads_are_set_before_torch_loads():
     assert out.split()[-4:] == ["0", "PASSIVE", "1", "1"]
     from ganprune.threads import physical_cores
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_the_conditional_d_fact_is_set_once_in_the_d_spec(tmp_path):
+    """Whether D sees cat(A, B) is written in the D spec when the pair is loaded (options or checkpoint)
+    and read from there; only a spec without it makes the one helper look at D's first conv."""
+    from ganprune.models import load_discriminator, save_checkpoint
+    from ganprune.models.registry import conditional_d
+    from ganprune.options import PAIR, pair_specs
+    from ganprune.pair import load_pair
+    o = resolve(PAIR, {"generator": "g.pth"})
+    assert pair_specs(o)[1]["conditional"] is True and pair_specs(o)[1]["input_nc"] == 6
+    o = resolve(PAIR, {"generator": "g.pth", "unconditional_d": True})
+    assert pair_specs(o)[1]["conditional"] is False and pair_specs(o)[1]["input_nc"] == 3
+    D6 = load_discriminator(None, ndf=4, input_nc=6)
+    assert conditional_d({"conditional": False}, D6) is False   # the spec wins: D is not consulted
+    assert conditional_d({}, D6, 3, 3) is True and conditional_d(None, load_discriminator(None, ndf=4, input_nc=3)) is False
+    with pytest.raises(UserError, match="takes 6 channels"):
+        conditional_d({}, D6, 1, 1)
+    save_checkpoint(tmp_path / "g.pth", ganprune.load_generator(None, arch="unet_64", ngf=4))
+    save_checkpoint(tmp_path / "d.pth", D6)
+    *_, d_spec = load_pair(None, tmp_path / "g.pth", tmp_path / "d.pth", {"arch": "unet_64", "ngf": 4},
+                           {"arch": "basic", "ndf": 4})
+    assert d_spec["conditional"] is True   # read from D once, at load time, and carried from then on

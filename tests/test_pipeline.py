@@ -10,6 +10,7 @@ from ganprune.data.demo import make_demo
 from ganprune.errors import UserError
 from ganprune.models import load_discriminator, load_generator, save_checkpoint
 from ganprune.pipeline import STAGES, resolve_config, run_pipeline
+from ganprune.prune import pruned_info
 
 OUTPUTS = ["metrics.csv", "metrics.md", "pareto.png", "G.onnx", "pruned_G.pt", "pruned_D.pt", "finetune/G.pt",
            "finetune/D.pt", "widths.yaml", "history.csv", "config.yaml", "search/history.csv"]
@@ -131,7 +132,7 @@ def test_winner_starts_from_its_supernet_slice(tiny, tmp_path):
     from ganprune.prune import channel_ranking, prune
     x = torch.zeros(1, 3, 64, 64)
     ranking = channel_ranking(load_generator(tiny["generator"], arch="unet_64", ngf=8), x)
-    sliced = prune(shared, G.ganprune_widths, x, ranking=ranking)
+    sliced = prune(shared, pruned_info(G).widths, x, ranking=ranking)
     for (name, a), (_, b) in zip(G.named_parameters(), sliced.named_parameters()):
         assert torch.equal(a, b), name
     moved = [k for k in state if k.endswith("weight") and not torch.equal(state[k], teacher[k])]

@@ -8,7 +8,7 @@ from torch import nn
 
 from ganprune.errors import UserError
 from ganprune.models import build, load_discriminator, load_generator, save_checkpoint
-from ganprune.prune import FORMAT, load_pruned, prune, save_pruned
+from ganprune.prune import FORMAT, load_pruned, prune, pruned_info, save_pruned
 from ganprune.space import SearchSpace, builtin_names
 
 # arch, kind, build options, input size
@@ -75,7 +75,7 @@ def test_exact_widths_shapes_and_untouched_input(arch, kind, options, size):
     for path, name in builtin_names(pruned).items():
         roots.setdefault(name, path)
     assert {name: pruned.get_submodule(roots[name]).out_channels for name in widths} == widths
-    assert pruned.ganprune_widths == widths and pruned.ganprune_input_shape == list(x.shape)
+    assert pruned_info(pruned).widths == widths and pruned_info(pruned).input_shape == list(x.shape)
     macs, params = tp.utils.count_ops_and_params(pruned, x)
     assert (space.macs(widths), space.params(widths)) == (macs, params)
     y, norms = _norms_match_channels(pruned, x)
@@ -160,12 +160,12 @@ def test_save_load_round_trip_from_reference_checkpoint(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     pruned = prune(net, {"down1": 4, "down4": 24, "up3": 8}, x[:1]).eval()
     spec = {"arch": "unet_64", "ngf": 8, "norm": "batch"}
-    save_pruned(tmp_path / "g.pth", pruned, spec, pruned.ganprune_widths)
+    save_pruned(tmp_path / "g.pth", pruned, spec, pruned_info(pruned).widths)
     data = torch.load(tmp_path / "g.pth", weights_only=True)
     assert data["format"] == FORMAT and data["input_shape"] == [1, 3, 64, 64] and data["spec"] == spec
     loaded = load_pruned(tmp_path / "g.pth").eval()
-    assert loaded.ganprune_spec == spec and loaded.ganprune_widths == pruned.ganprune_widths
-    assert isinstance(loaded.ganprune_spec, dict) and isinstance(loaded.ganprune_widths, dict)
+    assert pruned_info(loaded).spec == spec and pruned_info(loaded).widths == pruned_info(pruned).widths
+    assert isinstance(pruned_info(loaded).spec, dict) and isinstance(pruned_info(loaded).widths, dict)
     with torch.no_grad():
         assert torch.equal(loaded(x), pruned(x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.pth", "latest_net_G.pth"]  # no temp files left
@@ -185,7 +185,7 @@ def test_old_instance_norm_checkpoint_prunes_saves_reloads(tmp_path):
     x = torch.randn(1, 3, 32, 32)
     pruned = prune(net, {"trunk": 16, "block2.inner": 8, "up2": 5}, x).eval()
     spec = {"arch": "resnet_6blocks", "ngf": 8, "norm": "instance"}
-    save_pruned(tmp_path / "g.pth", pruned, spec, pruned.ganprune_widths)
+    save_pruned(tmp_path / "g.pth", pruned, spec, pruned_info(pruned).widths)
     loaded = load_pruned(tmp_path / "g.pth").eval()
     y, _ = _norms_match_channels(loaded, x)
     assert torch.equal(y, pruned(x))
@@ -195,7 +195,7 @@ def test_discriminator_and_byo_round_trip(tmp_path):
     d = load_discriminator(None, arch="basic", ndf=8)
     x = torch.randn(1, 6, 64, 64)
     pruned = prune(d, {"conv3": 12, "conv4": 20}, x).eval()
-    save_pruned(tmp_path / "d.pth", pruned, {"arch": "basic", "ndf": 8}, pruned.ganprune_widths)
+    save_pruned(tmp_path / "d.pth", pruned, {"arch": "basic", "ndf": 8}, pruned_info(pruned).widths)
     with torch.no_grad():
         assert torch.equal(load_pruned(tmp_path / "d.pth").eval()(x), pruned(x))
 
@@ -205,8 +205,8 @@ def test_discriminator_and_byo_round_trip(tmp_path):
     pruned = prune(own, {"head": 8, "block.0": 4}, torch.zeros(1, 3, 8, 8)).eval()
     spec = {"arch": f"{__name__}:Residual", "kind": "generator", "width": 16}
     with pytest.raises(UserError, match="kind"):
-        save_pruned(tmp_path / "own.pth", pruned, {"arch": spec["arch"]}, pruned.ganprune_widths)
-    save_pruned(tmp_path / "own.pth", pruned, spec, pruned.ganprune_widths)
+        save_pruned(tmp_path / "own.pth", pruned, {"arch": spec["arch"]}, pruned_info(pruned).widths)
+    save_pruned(tmp_path / "own.pth", pruned, spec, pruned_info(pruned).widths)
     from ganprune.models.registry import allow_arch
     allow_arch(spec["arch"])                   # a file's class path loads only once the user names it
     loaded = load_pruned(tmp_path / "own.pth").eval()
@@ -258,3 +258,20 @@ def test_precomputed_ranking_keeps_the_top_channels():
     assert with_rank.model.model[0].out_channels == 4
     plain = prune(net, {"down1": 4}, x)  # a single group: same channels either way
     assert torch.equal(plain.model.model[0].weight, prune(net, {"down1": 4}, x, ranking=ranking).model.model[0].weight)
+
+
+def test_pruned_metadata_is_one_declared_object():
+    """Pruned-model metadata is a PrunedInfo dataclass, not loose attributes read back with defaults."""
+    import dataclasses
+
+    from ganprune.prune import PrunedInfo, set_pruned_info
+    G = load_generator(None, arch="unet_64", ngf=8)
+    assert pruned_info(G) is None
+    x = torch.zeros(2, 3, 64, 64)
+    small = prune(G, {}, x, importance="first")
+    info = pruned_info(small)
+    assert isinstance(info, PrunedInfo) and info.input_shape == [1, 3, 64, 64] and info.spec is None
+    assert {f.name for f in dataclasses.fields(PrunedInfo)} == {"spec", "widths", "input_shape"}
+    assert not any(k.startswith("ganprune_") and k != "ganprune_info" for k in vars(small))
+    assert set_pruned_info(small, spec={"arch": "unet_64", "ngf": 8}).widths == info.widths
+    assert pruned_info(small).spec == {"arch": "unet_64", "ngf": 8} and pruned_info(G) is None

@@ -10,7 +10,7 @@ from ganprune.errors import UserError
 from ganprune.finetune import get_recipe
 from ganprune.finetune.trainer import build_phases, train_step
 from ganprune.models import init_weights, load_discriminator, load_generator
-from ganprune.prune import prune
+from ganprune.prune import prune, pruned_info
 from ganprune.space import SearchSpace
 
 
@@ -42,7 +42,7 @@ def nets():
     x, xd = torch.zeros(1, 3, 64, 64), torch.zeros(1, 6, 64, 64)
     G = prune(TG, SearchSpace.from_model(TG, x, arch="unet_64").uniform(0.5), x)
     D = prune(TD, SearchSpace.from_model(TD, xd, arch="basic").uniform(0.5), xd)
-    assert G.ganprune_widths["down1"] == 4 and D.ganprune_widths
+    assert pruned_info(G).widths["down1"] == 4 and pruned_info(D).widths
     TG.requires_grad_(False)
     TD.requires_grad_(False)
     torch.manual_seed(2)
@@ -54,7 +54,7 @@ def nets():
 def make(nets, name, paired=True, student_G=None, student_D=None, **options):
     G = copy.deepcopy(student_G if student_G is not None else nets["G"]).train()
     D = copy.deepcopy(student_D if student_D is not None else nets["D"]).train()
-    return get_recipe(name)(G, D, nets["TG"], nets["TD"], paired, options)
+    return get_recipe(name)(G, D, nets["TG"], nets["TD"], paired, options, conditional_D=True)  # D takes cat(A, B)
 
 
 def train(rec, batch, steps, lr=2e-4):

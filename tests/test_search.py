@@ -157,7 +157,7 @@ def test_resume_after_interruption_reproduces_the_straight_run(tmp_path, evaluat
 class FlakyAgent(Agent):
     """Fails on its third proposal: raises, or returns an unknown group (option ``mode``)."""
     description = "test agent that breaks on purpose"
-    option_defaults = {"mode": "raise"}
+    OPTIONS = {"mode": "raise"}
 
     def ask(self, peer):
         if len(self.history) == 2:

@@ -12,8 +12,8 @@ from ganprune.data.demo import make_demo
 from ganprune.errors import UserError
 from ganprune.models import load_discriminator, load_generator
 from ganprune.models.checkpoint import safe_torch_load
-from ganprune.teacher import load_teacher, train_teacher, val_l1
-from ganprune.training import StepBatches
+from ganprune.teacher import load_teacher, train_teacher
+from ganprune.training import StepBatches, l1_scores
 
 TINY = dict(arch="unet_64", ngf=8, ndf=8, progress=False)
 
@@ -53,10 +53,12 @@ def test_teacher_learns_and_writes_reference_checkpoints(demo64, tmp_path):
     G2, D2, spec2 = load_teacher(out)
     assert _same(G2.state_dict(), G.state_dict()) and _same(D2.state_dict(), D.state_dict()) and spec2 == spec
     val = AlignedDataset(demo64, "val", flip=False, max_items=72)
-    assert val_l1(G2, val) == pytest.approx(r["val_L1_end"], rel=1e-5)
+    assert l1_scores(G2, val)["val_L1"] == pytest.approx(r["val_L1_end"], rel=1e-5)
     # The state file holds only plain data (weights_only load) and the log has the promised columns.
     state = _weights(out / "train_state.pt")
-    assert state["step"] == 100 and set(state) >= {"opt_G", "opt_D", "rng", "G", "D"}
+    assert state["step"] == 100
+    assert set(state["nets"]) == {"G", "D"} and set(state["optimizers"]) == {"G", "D"} and "rng" in state
+    assert _same(state["nets"]["G"], _weights(out / "latest_net_G.pth"))
     log = pd.read_csv(out / "log.csv")
     assert list(log.columns) == teacher.LOG_COLUMNS
     assert log["step"].tolist() == sorted(list(range(0, 101, 10)) + [45])  # every 10 steps, and evaluations
@@ -76,19 +78,19 @@ def test_resume_after_a_kill_is_exact(demo64, tmp_path, monkeypatch):
     kw = dict(steps=20, save_every=5, eval_every=0, decay_from=0.5, val_items=16, **TINY)
     train_teacher(demo64, tmp_path / "straight", **kw)
 
-    save = teacher._save
+    save = teacher.TeacherFiles.write
 
-    def save_then_die(out, G, D, state, spec, rows):
-        save(out, G, D, state, spec, rows)
-        if state["step"] == 10:  # the LR decay starts here: the resumed half must redo it exactly
+    def save_then_die(files, state, G, D):
+        save(files, state, G, D)
+        if state["step"] == 15:  # inside the LR decay and a log window: the resumed part must redo both exactly
             raise _Killed
 
-    monkeypatch.setattr(teacher, "_save", save_then_die)
+    monkeypatch.setattr(teacher.TeacherFiles, "write", save_then_die)
     with pytest.raises(_Killed):
         train_teacher(demo64, tmp_path / "killed", **kw)
-    monkeypatch.setattr(teacher, "_save", save)
+    monkeypatch.setattr(teacher.TeacherFiles, "write", save)
     r = train_teacher(demo64, tmp_path / "killed", **kw)
-    assert r["steps_run"] == 10
+    assert r["steps_run"] == 5
     for f in ("latest_net_G.pth", "latest_net_D.pth"):
         assert _same(_weights(tmp_path / "straight" / f), _weights(tmp_path / "killed" / f)), f
     assert (tmp_path / "straight" / "log.csv").read_text() == (tmp_path / "killed" / "log.csv").read_text()
@@ -159,3 +161,28 @@ def test_cli_train_teacher_and_demo(demo64, tmp_path, monkeypatch, capsys):
         text = capsys.readouterr().out
         assert "| G     | unet_64" in text and "val L1 after" in text and "GMACs" in text
         assert ("cached: reused" in text) == (attempt == 1)
+
+
+@pytest.mark.slow
+def test_a_folder_from_the_old_training_loop_loads_and_resumes(demo64, tmp_path):
+    """tests/data/old_teacher was written by the hand-written loop teacher training had before it ran on
+    the fine-tuning trainer (unet_64 ngf 1, 3 of 3 steps): it must load, count as done, and continue."""
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(Path(__file__).parent / "data" / "old_teacher", old)
+    old_log = pd.read_csv(old / "log.csv")
+    G, D, spec = load_teacher(old)
+    assert spec["G"]["ngf"] == 1 and not G.training
+    kw = dict(arch="unet_64", ngf=1, ndf=1, save_every=3, eval_every=3, log_every=2, val_items=8, progress=False)
+    done = train_teacher(demo64, old, steps=3, **kw)
+    assert done["steps_run"] == 0 and done["val_L1_end"] == spec["val_L1"]["end"]
+    more = train_teacher(demo64, old, steps=6, **kw)
+    assert more["steps_run"] == 3 and more["steps"] == 6
+    state = _weights(old / "train_state.pt")
+    assert set(state["nets"]) == {"G", "D"} and state["step"] == 6
+    assert not _same(_weights(old / "latest_net_G.pth"), G.state_dict())  # it trained on from the old weights
+    log = pd.read_csv(old / "log.csv")
+    assert log["step"].tolist() == [0, 2, 3, 4, 6]
+    pd.testing.assert_frame_equal(log.iloc[:3], old_log, check_exact=False, rtol=1e-12)
+    with pytest.raises(UserError, match="lambda_l1"):
+        train_teacher(demo64, old, steps=9, lambda_l1=10.0, **kw)

@@ -115,9 +115,9 @@ def _export(args):
                         f"(got {', '.join('--' + s for s in sources) or 'none'})")
     size = args.size or 256
     if args.pruned:
-        from ganprune.prune import load_pruned
+        from ganprune.prune import load_pruned, pruned_info
         net = load_pruned(args.pruned)
-        size = args.size or getattr(net, "ganprune_input_shape", [256])[-1]
+        size = args.size or pruned_info(net).input_shape[-1]
     elif args.generator:
         from ganprune.models import load_generator
         net = load_generator(args.generator, arch=args.arch or "unet_256", ngf=args.ngf, norm=args.norm,

@@ -42,32 +42,32 @@ def get_recipe(name: str) -> type:
     return RECIPES.lookup(name)
 
 
-def first_conv(net: nn.Module) -> nn.Conv2d:
-    for m in net.modules():
-        if isinstance(m, nn.Conv2d):
-            return m
-    raise UserError(f"{type(net).__name__}: discriminator has no Conv2d layer")
-
-
 class Recipe:
     """Base class. Subclasses set ``OPTIONS`` (name → default; the default's type is the expected type)
     and implement ``generator_loss`` / ``discriminator_loss``; ``paired_only`` recipes refuse unpaired data.
 
+    ``conditional_D``: whether the discriminators see cat(A, image) (pix2pix) or the image alone (CycleGAN);
+    the trainer passes the D spec's fact, and without one it follows the data (paired: conditional).
     Attributes set by the trainer before each step: ``step`` (0-based) and ``steps`` (the target)."""
 
     name = "base"
     OPTIONS: dict = {}
     paired_only = False
+    needs_teacher = True        # the recipe learns from the teacher's generator (pix2pix trains without one)
     needs_teacher_D = False     # the recipe learns from the teacher's discriminator
 
     def __init__(self, student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | None,
-                 teacher_D: nn.Module | None, paired: bool, options: dict | None = None):
+                 teacher_D: nn.Module | None, paired: bool, options: dict | None = None,
+                 conditional_D: bool | None = None):
         self.student_G, self.student_D = student_G, student_D
         self.teacher_G, self.teacher_D = teacher_G, teacher_D
         self.paired = bool(paired)
+        self.conditional_D = self.paired if conditional_D is None else bool(conditional_D)
         self.options = self.check_options(options or {})
         self.step, self.steps = 0, 1
         self._closers = []
+        if self.needs_teacher and teacher_G is None:
+            raise UserError(f"recipe {self.name!r}: needs a teacher generator; 'pix2pix' trains without one")
         if self.needs_teacher_D and teacher_D is None:
             raise UserError(f"recipe {self.name!r}: needs the teacher's discriminator (--discriminator); a G "
                             "pruned alone fine-tunes with 'density', 'pix2pix' or 'cyclegan'")
@@ -153,14 +153,8 @@ class Recipe:
     # ----------------------------------------------------------------------- helpers for subclasses
 
     def d_input(self, D: nn.Module, a: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """What D sees: cat(A, image) for a conditional D (first conv takes both), else the image."""
-        in_ch = first_conv(D).in_channels
-        if in_ch == a.shape[1] + image.shape[1]:
-            return torch.cat([a, image], 1)
-        if in_ch == image.shape[1]:
-            return image
-        raise UserError(f"discriminator takes {in_ch} channels, but the input has {a.shape[1]} and the "
-                        f"generator's output {image.shape[1]}")
+        """What D sees: cat(A, image) for a conditional D, else the image (``conditional_D``)."""
+        return torch.cat([a, image], 1) if self.conditional_D else image
 
     def teacher_output(self, a: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -311,7 +311,7 @@ def _fit_whole_model(rows) -> list[float]:
 
 def _conv_layers(model: nn.Module, x: torch.Tensor, space) -> list[dict]:
     """Each conv's in/out channels as affine forms of the group widths, its config and feature-map size."""
-    from ganprune.space import coupled_groups, dependency_graph
+    from ganprune.graph import coupled_groups, dependency_graph
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     DG = dependency_graph(net, x)
     groups = {g.name: g for g in coupled_groups(net, DG)}

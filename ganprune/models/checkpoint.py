@@ -121,6 +121,7 @@ def load_generator(path=None, arch: str = "unet_256", ngf: int = 64, norm: str =
     it here allows it (code passing an arch read from a file checks ``registry.check_arch_allowed`` first)."""
     allow_arch(arch)
     kwargs.pop("kind", None)   # a saved spec's kind says which loader; it is no option of the net
+    kwargs.pop("conditional", None)
     if ":" in arch:
         return _load(path, "generator", arch, **kwargs)
     return _load(path, "generator", arch, ngf=ngf, norm=norm, input_nc=input_nc, output_nc=output_nc,
@@ -132,6 +133,7 @@ def load_discriminator(path=None, arch: str = "basic", ndf: int = 64, norm: str 
     """A reference-format discriminator checkpoint (``latest_net_D.pth``); see ``load_generator``."""
     allow_arch(arch)
     kwargs.pop("kind", None)
+    kwargs.pop("conditional", None)   # a D spec's fact (``registry.conditional_d``), no option of the net
     if ":" in arch:
         return _load(path, "discriminator", arch, **kwargs)
     return _load(path, "discriminator", arch, ndf=ndf, norm=norm, input_nc=input_nc, n_layers=n_layers, **kwargs)

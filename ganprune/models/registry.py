@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib
 import re
+from typing import Mapping
+
 from torch import nn
 
 from ganprune.errors import UserError
@@ -125,9 +127,14 @@ def _check_sizes(kind: str, arch: str, kwargs: dict) -> None:
             raise UserError(f"{kind} arch {arch!r}: {key} must be a whole number from 1 to {MAX_SIZE}, got {value!r}")
 
 
+# Spec keys that describe a net rather than configure it: never passed to its constructor.
+SPEC_FACTS = ("kind", "conditional")
+
+
 def build(arch: str, kind: str, **kwargs) -> nn.Module:
     """Build a network by registered name or an allowed ``module:Class`` path; ``kind`` is
-    "generator"/"discriminator"."""
+    "generator"/"discriminator". A spec's facts (``SPEC_FACTS``) are dropped, not passed on."""
+    kwargs = {k: v for k, v in kwargs.items() if k not in SPEC_FACTS}
     if not isinstance(arch, str):
         raise UserError(f"{kind} arch must be a string, got {type(arch).__name__}")
     if is_class_path(arch):
@@ -152,3 +159,26 @@ def kind_of(arch: str) -> str:
     if arch in DISCRIMINATORS:
         return "discriminator"
     raise UserError(f"unknown arch {arch!r}; choose one of {', '.join(sorted(GENERATORS) + sorted(DISCRIMINATORS))}")
+
+
+def conditional_d(d_spec: Mapping | None, D: nn.Module | None = None, a_channels: int = 3,
+                  b_channels: int = 3) -> bool:
+    """Whether a discriminator sees cat(A, B) (pix2pix) or B alone (CycleGAN): the D spec's ``conditional``
+    fact, set once when the pair is loaded (from ``--unconditional-d``/the data, or by ``with_conditional``).
+    Only a spec without it (your own code calling the library) makes this read D's first conv."""
+    if d_spec and d_spec.get("conditional") is not None:
+        return bool(d_spec["conditional"])
+    if D is None:
+        return True
+    conv = next((m for m in D.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is None:
+        raise UserError(f"{type(D).__name__}: discriminator has no Conv2d layer")
+    if conv.in_channels not in (a_channels + b_channels, b_channels):
+        raise UserError(f"discriminator takes {conv.in_channels} channels, but the input has {a_channels} and the "
+                        f"generator's output {b_channels} (expected {a_channels + b_channels} or {b_channels})")
+    return conv.in_channels == a_channels + b_channels
+
+
+def with_conditional(d_spec: Mapping | None, D: nn.Module | None, a_channels: int, b_channels: int) -> dict:
+    """``d_spec`` with its ``conditional`` fact set (read from D once, here, when it is not given)."""
+    return {**dict(d_spec or {}), "conditional": conditional_d(d_spec, D, a_channels, b_channels)}

@@ -28,7 +28,8 @@ class Density(Recipe):
             raise UserError("recipe 'density' option embedding=teacher_d: needs the teacher discriminator")
         self.objective = LocalDensityObjective(self.teacher_G, embedding=o["embedding"], m=o["m"],
                                                perturbations=tuple(o["perturbations"]), noise_std=o["noise_std"],
-                                               discrepancy=o["discrepancy"], teacher_D=self.teacher_D, seed=0)
+                                               discrepancy=o["discrepancy"], teacher_D=self.teacher_D,
+                                               conditional_D=self.conditional_D, seed=0)
 
     def generator_loss(self, out):
         o = self.options

@@ -1,7 +1,8 @@
 """Plain Pix2Pix losses (Isola et al.): the baseline every other recipe is compared with.
 
 G: GAN(D_S(A, G_S(A)) → real) + λ·|G_S(A) − B|₁; D: ½(D_S(A, B) → real + D_S(A, G_S(A)) → fake).
-No teacher is used: this is "prune, then retrain with the original objective".
+No teacher is used: this is "prune, then retrain with the original objective", and it is how
+``ganprune.teacher.train_teacher`` trains the teacher itself.
 """
 from ganprune.finetune.recipe import Recipe, register_recipe
 from ganprune.losses import GANLoss
@@ -11,6 +12,7 @@ from ganprune.losses import GANLoss
 class Pix2Pix(Recipe):
     OPTIONS = {"gan_mode": "vanilla", "lambda_l1": 100.0}
     paired_only = True
+    needs_teacher = False
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
