@@ -25,7 +25,15 @@ def net_space():
 def table(net_space, tmp_path_factory):
     net, space, x = net_space
     path = str(tmp_path_factory.mktemp("lat") / "latency_G.yaml")
-    return latency_table(net, space, x, path, threads=1, progress=False), path
+    table = latency_table(net, space, x, path, threads=1, progress=False)
+    # The table's structure is real; its timings are replaced by a monotone stand-in (per conv: in × out
+    # channels, plus call overhead): these tests check how agents and the fill use a table, and measured
+    # timings of an 8-channel net on a loaded machine are noise (a 2-core CI run at load 6 failed here).
+    for layer in table.data["layers"]:
+        layer["ms"] = [[1e-4 * cin * cout for cout in layer["out_values"]] for cin in layer["in_values"]]
+    table.data["fit"] = [1.0, 0.05, 0.0]
+    table.save(path)
+    return table, path
 
 
 def test_macs_spellings(net_space):
