@@ -5,11 +5,14 @@ import os
 
 from ganprune.cli import command, need, pick
 from ganprune.errors import UserError
-from ganprune.nni.experiment import TUNERS
+from ganprune.nni.experiment import ENCODINGS, TUNERS
 from ganprune.options import NNI, Option
 
 
-@command("nni space", "write the NNI search space (one choice per prunable G and D group) for a search config", NNI)
+@command("nni space", "write the NNI search space (one dimension per prunable G and D group) for a search config",
+         NNI + (Option("encoding", "choice", choices=ENCODINGS[1:], help="choice: keys G/<group>, values the widths "
+                       "(any tuner, ours included); ordinal: keys G/<group>:index, a quniform position in the "
+                       "ascending widths (ordered: better for TPE and Anneal) (default choice)"),))
 def _nni_space(args):
     import json
 
@@ -17,9 +20,9 @@ def _nni_space(args):
     out = args.out       # a .json file, or a folder that receives search_space.json (default: print)
     if out and not out.endswith(".json"):
         out = os.path.join(out, "search_space.json")
-    space = export_search_space(pick(args, NNI), out)
+    space = export_search_space(pick(args, NNI), out, encoding=args.encoding)
     if out:
-        print(f"{len(space)} choices ({sum(k.startswith('G/') for k in space)} G, "
+        print(f"{len(space)} {args.encoding} dimensions ({sum(k.startswith('G/') for k in space)} G, "
               f"{sum(k.startswith('D/') for k in space)} D groups) -> {out}")
     else:
         print(json.dumps(space, indent=2))
@@ -44,6 +47,9 @@ def _nni_trial(args):
                     "default 1)"),
              Option("port", 8080, "int", min=1, max=65535, help="NNI web UI / REST port (default 8080)"),
              Option("timeout", 3600.0, "float", min=0, help="seconds to wait for the trials (default 3600)"),
+             Option("encoding", "auto", choices=ENCODINGS, help="widths as the tuner sees them: choice (unordered "
+                    "values), ordinal (an ordered position per group) or auto: ordinal for TPE and Anneal, which "
+                    "model order, choice for the others (default auto)"),
              Option("keep_alive", False, "flag", help="after the last trial keep the experiment and its web UI "
                     "running until Ctrl-C (default: stop it)"),
          ))
@@ -52,7 +58,7 @@ def _nni_run(args):
     need(args, "out", "dataroot")
     r = run_experiment(pick(args, NNI), args.out, tuner=args.tuner, trials=args.trials or args.rounds,
                        port=args.port, timeout=args.timeout, concurrency=args.concurrency, progress=True,
-                       keep_alive=args.keep_alive)
+                       keep_alive=args.keep_alive, encoding=args.encoding)
     _print_history(r.history)
     t = r.timings
     print(f"experiment {r.experiment_id} {r.status}: startup {t['startup_s']:.1f} s, trials {t['wait_s']:.1f} s"

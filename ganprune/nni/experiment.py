@@ -31,6 +31,11 @@ from ganprune.errors import UserError
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
+# Tuners that model an ordered number (TPE: Parzen densities; Anneal: hyperopt's annealing near good values)
+# and so gain from ordinal widths. NNI 3.0's Random samples each value alike either way, Evolution's mutation
+# re-draws a dimension uniformly, GridSearch enumerates: order tells them nothing, so they keep `choice`.
+ORDINAL_TUNERS = ("TPE", "Anneal")
+ENCODINGS = ("auto", "choice", "ordinal")
 _log = logging.getLogger("ganprune.nni")
 
 
@@ -67,6 +72,17 @@ def _tuner_config(tuner: str, trials: int, seed: int, trial_config: str, tuner_o
             "Evolution": {"optimize_mode": "minimize", "population_size": max(2, min(32, trials // 2))},
             "GridSearch": None}[tuner]
     return AlgorithmConfig(name=tuner, class_args=args)
+
+
+def width_encoding(tuner: str, encoding: str = "auto") -> str:
+    """The search-space encoding an experiment uses: ``auto`` is ordinal for ``ORDINAL_TUNERS``, else choice."""
+    if encoding not in ENCODINGS:
+        raise UserError(f"--encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    if encoding == "auto":
+        return "ordinal" if tuner in ORDINAL_TUNERS else "choice"
+    if tuner == "ours" and encoding == "ordinal":
+        raise UserError("--encoding ordinal: --tuner ours proposes widths itself; use --encoding choice (or auto)")
+    return encoding
 
 
 def _trial_error(exp_dir: str, trial_id: str) -> str:
@@ -245,15 +261,16 @@ def _report_progress(jobs: list, setup, exp_dir: str, seen: set, trials: int, sa
 def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int | None = None, port: int = 8080,
                    timeout: float = 3600, concurrency: int = 1, search_space: dict | None = None,
                    tuner_options: dict | None = None, poll: float = 1.0, progress: bool = False,
-                   keep_alive: bool = False, **overrides) -> ExperimentResult:
+                   keep_alive: bool = False, encoding: str = "auto", **overrides) -> ExperimentResult:
     """Start a local NNI experiment for the search described by the ``ganprune nni`` options (``values``,
     e.g. ``load_options(path)``, and/or keyword ``overrides``), wait for ``trials`` trials (at most
     ``timeout`` seconds), stop it, and write history + winner to ``out``.
 
     ``tuner``: "ours" (GanpruneTuner with the options' g_agent/d_agent) or an NNI built-in tuner name.
     ``trials`` None: ``default_trials``. ``search_space``: replaces the exported space (NNI tuners only; e.g.
-    a restricted or edited space). ``progress``: a line per finished trial. ``keep_alive``: leave the
-    experiment (and its web UI) running after the last trial until Ctrl-C."""
+    a restricted or edited space). ``encoding``: the widths as NNI sees them (``width_encoding``: auto is
+    ordinal for TPE and Anneal, choice otherwise). ``progress``: a line per finished trial. ``keep_alive``:
+    leave the experiment (and its web UI) running after the last trial until Ctrl-C."""
     from nni.experiment import ExperimentConfig
 
     from ganprune.io import atomic_write_text, atomic_write_yaml
@@ -266,6 +283,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
         o["repair"] = False
     if (trials is not None and trials < 1) or concurrency < 1:
         raise UserError(f"--trials and --concurrency must be >= 1 (got {trials}, {concurrency})")
+    encoding = width_encoding(tuner, encoding)
     if tuner == "ours" and search_space is not None:
         raise UserError("a custom search space works with NNI's tuners only; ours searches the config's spaces")
     with socket.socket() as s:
@@ -277,7 +295,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     setup = Setup(o, calib_images=1)
     trial_config = os.path.join(out, "trial_config.yaml")
     atomic_write_yaml(trial_config, resolved_options(o))
-    space = search_space if search_space is not None else make_space(setup.g_space, setup.d_space)
+    space = search_space if search_space is not None else make_space(setup.g_space, setup.d_space, encoding)
     atomic_write_text(os.path.join(out, "search_space.json"), json.dumps(space, indent=2) + "\n")
     trials = trials or default_trials(tuner, setup, space)
     say = (lambda line: print(line, flush=True)) if progress else _log.info
@@ -301,7 +319,9 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     exp = _start(config, port)
     exp_dir = os.path.join(config.experiment_working_directory, exp.id)
     status, jobs, timings, seen = "NOT STARTED", [], {}, set()
-    say(f"NNI experiment {exp.id}: {trials} trials, tuner {tuner}, web UI http://localhost:{port}")
+    say(f"NNI experiment {exp.id}: {trials} trials, tuner {tuner}"
+        + (f" ({encoding} widths)" if search_space is None else " (given search space)")
+        + f", web UI http://localhost:{port}")
     from nni.experiment import rest
     try:
         timings["startup_s"] = time.perf_counter() - t0
@@ -336,7 +356,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     if history["seconds"].notna().any():
         timings["trial_wall_s"] = float(history["seconds"].median())
     result = ExperimentResult(history, best, exp.id, status, timings)
-    result.setup = setup
+    result.setup, result.encoding = setup, encoding
     if status == "ERROR":
         raise UserError(f"NNI experiment {exp.id} ended in ERROR after {len(history)} trials (logs: "
                         f"{os.path.join(exp_dir, 'log')}; history kept in {os.path.join(out, 'history.csv')})")
@@ -346,4 +366,5 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     return result
 
 
-__all__ = ["run_experiment", "collect_history", "best_row", "closest_row", "default_trials", "free_port", "ExperimentResult", "TUNERS"]
+__all__ = ["run_experiment", "collect_history", "best_row", "closest_row", "default_trials", "free_port", "ExperimentResult",
+           "TUNERS", "ORDINAL_TUNERS", "width_encoding"]

@@ -1,8 +1,17 @@
-"""The search as NNI sees it: one ``choice`` per prunable group, and the options shared by every NNI step.
+"""The search as NNI sees it: one dimension per prunable group, and the options shared by every NNI step.
 
-NNI needs a flat search space, so each prunable group becomes a key ``G/<group>`` or ``D/<group>`` whose
-values are the group's allowed widths. Groups with a single allowed width (frozen) are left out: they
-are not search dimensions, and a trial puts every missing group at its full width.
+NNI needs a flat search space, so each prunable group becomes one key. Two encodings:
+
+* ``choice``: key ``G/<group>`` (or ``D/<group>``), an NNI ``choice`` of the group's allowed widths. NNI's
+  tuners treat a choice as unordered categories: to TPE, 16 channels is no closer to 24 than to 64.
+* ``ordinal``: key ``G/<group>:index``, an NNI ``quniform`` over [-0.49, n - 0.51] with q = 1: the position
+  (0 … n-1) in the group's ascending widths, ordered, each position (nearly) equally likely a priori; the
+  range stays just inside ±0.5 because NNI rounds before it clips, so every value is whole. Tuners that
+  model numbers (TPE, Anneal) can then learn "narrower is worse here". NNI 3.0's HPO search space has no
+  ordinal type (its ``randint`` is categorical to TPE), hence the index.
+
+A trial reads either encoding (the key says which). Groups with a single allowed width (frozen) are left
+out: they are not search dimensions, and a trial puts every missing group at its full width.
 
 The NNI commands take exactly the options of ``ganprune search`` (minus ``on_agent_error`` and
 ``agent_timeout``: an NNI tuner that fails stops the experiment) plus ``infeasible_penalty``, so one YAML
@@ -19,6 +28,8 @@ from ganprune.errors import UserError
 from ganprune.options import NNI, read_config, resolve
 
 SEPARATOR = "/"
+INDEX = ":index"   # key suffix of an ordinal dimension (a position); not "#": NNI reads "#" and "//" as comments
+ENCODINGS = ("choice", "ordinal")
 # History columns a trial does not report (the experiment fills them in: round, widths, feasibility,
 # timing, error); every other history column is a metric the trial's final result must carry.
 NOT_METRICS = ("round", "phase", "g_ms", "d_ms", "g_widths", "d_widths", "g_feasible", "d_feasible", "feasible",
@@ -97,14 +108,40 @@ class Setup:
                                   if k not in ("g_space_file", "d_space_file")})
 
 
-def search_space(g_space, d_space) -> dict:
-    """NNI search-space dict: ``{"G/<group>": {"_type": "choice", "_value": [widths...]}, "D/...": ...}``."""
+def search_space(g_space, d_space, encoding: str = "choice") -> dict:
+    """NNI search-space dict. ``choice``: ``{"G/<group>": {"_type": "choice", "_value": [widths...]}, ...}``;
+    ``ordinal``: ``{"G/<group>:index": {"_type": "quniform", "_value": [-0.49, n - 0.51, 1]}, ...}``."""
+    if encoding not in ENCODINGS:
+        raise UserError(f"encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     out = {}
     for role, space in (("G", g_space), ("D", d_space)):
         for g in space.groups if space is not None else ():   # d_space None: G-only
-            if len(g.choices) > 1:
+            if len(g.choices) < 2:
+                continue
+            if encoding == "choice":
                 out[f"{role}{SEPARATOR}{g.name}"] = {"_type": "choice", "_value": [int(c) for c in g.choices]}
+            else:
+                out[f"{role}{SEPARATOR}{g.name}{INDEX}"] = {"_type": "quniform",
+                                                           "_value": [-0.49, len(g.choices) - 0.51, 1]}
     return out
+
+
+def _index_to_width(key: str, value, space, role: str) -> tuple[str, int]:
+    """(group, width) of an ordinal parameter; one line when the group or the index is not valid."""
+    name = key.partition(SEPARATOR)[2][:-len(INDEX)]
+    if space is None:
+        raise UserError("NNI parameters for D given, but this search prunes G only (no discriminator)")
+    group = next((g for g in space.groups if g.name == name), None)
+    if group is None:
+        raise UserError(f"NNI parameter {key!r}: {role} has no prunable group {name!r} (export the search space "
+                        "with `ganprune nni space`)")
+    n = len(group.choices)
+    whole = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and float(value).is_integer()
+    if not (whole and 0 <= value < n):
+        raise UserError(f"NNI parameter {key!r} = {value!r}: expected a whole index 0-{n - 1} into {role} "
+                        f"{name}'s widths ({', '.join(map(str, group.choices))})")
+    return name, int(group.choices[int(value)])
 
 
 def to_params(g_widths: dict, d_widths: dict) -> dict:
@@ -114,8 +151,10 @@ def to_params(g_widths: dict, d_widths: dict) -> dict:
 
 
 def from_params(params: dict, g_space, d_space) -> tuple[dict, dict]:
-    """Validated full width dicts of both nets from an NNI parameter dict (missing groups at full width)."""
+    """Validated full width dicts of both nets from an NNI parameter dict of widths (``G/<group>``) or
+    ordinal positions (``G/<group>:index``); missing groups at full width."""
     widths = {"G": {}, "D": {}}
+    spaces = {"G": g_space, "D": d_space}
     if params is not None and not isinstance(params, dict):
         raise UserError(f"NNI parameters: expected a mapping of 'G/<group>'/'D/<group>' to widths, got "
                         f"{type(params).__name__}")
@@ -124,8 +163,12 @@ def from_params(params: dict, g_space, d_space) -> tuple[dict, dict]:
         if role not in widths or not name:
             raise UserError(f"NNI parameter {key!r}: expected 'G/<group>' or 'D/<group>' (export the search "
                             "space with `ganprune nni space`)")
-        if isinstance(value, float) and value.is_integer():
+        if name.endswith(INDEX):      # ordinal encoding: a position in the group's widths
+            name, value = _index_to_width(str(key), value, spaces[role], role)
+        elif isinstance(value, float) and value.is_integer():
             value = int(value)
+        if name in widths[role]:
+            raise UserError(f"NNI parameters: {role} group {name!r} is given twice (as a width and as an index)")
         widths[role][name] = value
     try:
         g = g_space.validate(widths["G"])
@@ -142,11 +185,11 @@ def from_params(params: dict, g_space, d_space) -> tuple[dict, dict]:
     return g, d
 
 
-def export_search_space(values: Mapping | None = None, out=None, **overrides) -> dict:
+def export_search_space(values: Mapping | None = None, out=None, encoding: str = "choice", **overrides) -> dict:
     """Build the spaces from the NNI options (``values`` and keyword ``overrides``) and write the NNI search
-    space JSON to ``out`` (if given)."""
+    space JSON (``encoding``: choice or ordinal) to ``out`` (if given)."""
     setup = Setup(values, calib_images=1, **overrides)
-    space = search_space(setup.g_space, setup.d_space)
+    space = search_space(setup.g_space, setup.d_space, encoding)
     if out:
         from ganprune.io import atomic_write_text
         atomic_write_text(out, json.dumps(space, indent=2) + "\n")

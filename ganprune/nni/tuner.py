@@ -67,7 +67,8 @@ class GanpruneTuner(Tuner):
         self._build()
         if search_space != self.expected_space:
             raise UserError("the NNI search space differs from the one built from the tuner's config; export it "
-                            "with `ganprune nni space --config` from the same config")
+                            "with `ganprune nni space --config` from the same config (--encoding choice: our "
+                            "agents propose widths)")
 
     def generate_parameters(self, parameter_id, **kwargs):
         from ganprune.nni.space import to_params
