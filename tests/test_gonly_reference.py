@@ -16,11 +16,8 @@ from ganprune.models import load_generator
 from test_gonly import _prune
 
 
-@pytest.fixture(scope="module")
-def demo256(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gonly256")
-    return {"aligned": make_demo(root / "aligned", size=256, task="gray2color")["out"],
-            "unaligned": make_demo(root / "unaligned", size=256, task="gray2color", layout="unaligned")["out"]}
+def demo256(root, layout: str) -> str:
+    return make_demo(root / layout, size=256, task="gray2color", layout=layout)["out"]
 
 
 def save_like_reference(path, arch: str, norm: str, ngf: int, old_instance_norm_stats: bool = False) -> dict:
@@ -52,21 +49,21 @@ SMALL = {"calib_images": 2, "calib_batch": 2, "eval_images": 2, "batch_size": 1,
 
 
 @pytest.mark.slow
-def test_g_only_reference_unet_256_pix2pix(demo256, tmp_path, capsys, one_thread):
+def test_g_only_reference_unet_256_pix2pix(tmp_path, capsys, one_thread):
     ckpt = tmp_path / "latest_net_G.pth"
     save_like_reference(ckpt, "unet_256", "batch", ngf=8)
     out, winner, G, D = _prune(tmp_path, {**SMALL, "generator": str(ckpt), "g_arch": "unet_256", "ngf": 8, "ndf": 8,
-                                          "dropout": True, "dataroot": demo256["aligned"]}, capsys)
+                                          "dropout": True, "dataroot": demo256(tmp_path, "aligned")}, capsys)
     assert D.model[0].in_channels == 6                          # conditional PatchGAN for aligned pairs
     assert G(torch.zeros(1, 3, 256, 256)).shape == (1, 3, 256, 256)
 
 
 @pytest.mark.slow
-def test_g_only_reference_resnet_9blocks_cyclegan(demo256, tmp_path, capsys, one_thread):
+def test_g_only_reference_resnet_9blocks_cyclegan(tmp_path, capsys, one_thread):
     ckpt = tmp_path / "latest_net_G.pth"
     save_like_reference(ckpt, "resnet_9blocks", "instance", ngf=8, old_instance_norm_stats=True)
     out, winner, G, D = _prune(tmp_path, {**SMALL, "generator": str(ckpt), "g_arch": "resnet_9blocks", "ngf": 8,
                                           "ndf": 8, "norm": "instance", "mode": "unaligned",
-                                          "dataroot": demo256["unaligned"]}, capsys)
+                                          "dataroot": demo256(tmp_path, "unaligned")}, capsys)
     assert D.model[0].in_channels == 3                          # unconditional PatchGAN for unaligned data
     assert G(torch.zeros(1, 3, 256, 256)).shape == (1, 3, 256, 256)

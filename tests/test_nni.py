@@ -83,7 +83,8 @@ def test_ordinal_space_maps_every_index_nni_draws_to_a_width(config, setup, tmp_
     groups = {f"{r}/{g.name}:index": g for r, s in (("G", setup.g_space), ("D", setup.d_space)) for g in s.groups
               if len(g.choices) > 1}
     assert set(space) == set(groups) and len(space) == len(search_space(setup.g_space, setup.d_space))
-    assert all(space[k] == {"_type": "quniform", "_value": [-0.49, len(g.choices) - 0.51, 1]} for k, g in groups.items())
+    assert all(space[k] == {"_type": "quniform", "_value": [-0.49, len(g.choices) - 0.51, 1]}
+               for k, g in groups.items())
     formatted = format_search_space(space)
     seen = {k: set() for k in groups}
     top = max(len(g.choices) for g in groups.values())
@@ -113,9 +114,10 @@ def test_ordinal_space_maps_every_index_nni_draws_to_a_width(config, setup, tmp_
     with pytest.raises(UserError, match="given twice"):
         from_params({key: 0, "G/down4": 8}, setup.g_space, setup.d_space)
     # the CLI writes it; choice stays the export default (our tuner and every NNI tuner take it)
-    assert main(["nni", "space", "--config", str(config), "--encoding", "ordinal", "--out", str(tmp_path / "o.json")]) == 0
+    export = ["nni", "space", "--config", str(config), "--out"]
+    assert main([*export, str(tmp_path / "o.json"), "--encoding", "ordinal"]) == 0
     assert json.loads((tmp_path / "o.json").read_text()) == space
-    assert main(["nni", "space", "--config", str(config), "--encoding", "index", "--out", str(tmp_path / "x.json")]) == 2
+    assert main([*export, str(tmp_path / "x.json"), "--encoding", "index"]) == 2 and not (tmp_path / "x.json").exists()
 
 
 def test_ordinal_is_the_default_only_for_tuners_that_model_order():

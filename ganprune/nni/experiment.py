@@ -366,5 +366,5 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     return result
 
 
-__all__ = ["run_experiment", "collect_history", "best_row", "closest_row", "default_trials", "free_port", "ExperimentResult",
-           "TUNERS", "ORDINAL_TUNERS", "width_encoding"]
+__all__ = ["run_experiment", "collect_history", "best_row", "closest_row", "default_trials", "free_port",
+           "ExperimentResult", "TUNERS", "ORDINAL_TUNERS", "width_encoding"]
