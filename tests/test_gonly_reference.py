@@ -1,9 +1,9 @@
 """G-only pruning of the reference project's own generators, as its users hold them: a pix2pix unet_256
 (batch norm, 256² images) and a CycleGAN resnet_9blocks (instance norm, as older reference versions saved
-it: with InstanceNorm running statistics) saved the way the reference code saves ``latest_net_G.pth`` —
-a plain CPU state dict whose key names and (ngf-scaled) shapes match tests/data/reference_keys — go
-through `ganprune prune --config` with no discriminator: searched, pruned, fine-tuned, evaluated and
-exported. Small ngf and few images keep each run within seconds."""
+it: with InstanceNorm running statistics; fully convolutional, so 64² images keep it fast), saved the way
+the reference code saves ``latest_net_G.pth`` — a plain CPU state dict whose key names and (ngf-scaled)
+shapes match tests/data/reference_keys — go through `ganprune prune --config` with no discriminator:
+searched, pruned, fine-tuned, evaluated and exported. Small ngf and few images keep each run short."""
 import json
 import os
 
@@ -16,8 +16,8 @@ from ganprune.models import load_generator
 from test_gonly import _prune
 
 
-def demo256(root, layout: str) -> str:
-    return make_demo(root / layout, size=256, task="gray2color", layout=layout)["out"]
+def demo(root, layout: str, size: int) -> str:
+    return make_demo(root / layout, size=size, task="gray2color", layout=layout)["out"]
 
 
 def save_like_reference(path, arch: str, norm: str, ngf: int, old_instance_norm_stats: bool = False) -> dict:
@@ -42,7 +42,7 @@ def save_like_reference(path, arch: str, norm: str, ngf: int, old_instance_norm_
     return state
 
 
-# The reference nets at 256² are costly on a CPU even at ngf 8: two images, two fine-tune steps, and a
+# unet_256 at 256² is costly on a CPU even at ngf 8: two images, two fine-tune steps, and a
 # greedy search that shrinks in one round, trying 6 groups a round (about 10 candidates instead of 30).
 SMALL = {"calib_images": 2, "calib_batch": 2, "eval_images": 2, "batch_size": 1, "finetune_steps": 2,
          "g_agent_options": {"refine": False, "rounds": 1, "max_trials_per_round": 6}}
@@ -53,7 +53,7 @@ def test_g_only_reference_unet_256_pix2pix(tmp_path, capsys, one_thread):
     ckpt = tmp_path / "latest_net_G.pth"
     save_like_reference(ckpt, "unet_256", "batch", ngf=8)
     out, winner, G, D = _prune(tmp_path, {**SMALL, "generator": str(ckpt), "g_arch": "unet_256", "ngf": 8, "ndf": 8,
-                                          "dropout": True, "dataroot": demo256(tmp_path, "aligned")}, capsys)
+                                          "dropout": True, "dataroot": demo(tmp_path, "aligned", 256)}, capsys)
     assert D.model[0].in_channels == 6                          # conditional PatchGAN for aligned pairs
     assert G(torch.zeros(1, 3, 256, 256)).shape == (1, 3, 256, 256)
 
@@ -64,6 +64,6 @@ def test_g_only_reference_resnet_9blocks_cyclegan(tmp_path, capsys, one_thread):
     save_like_reference(ckpt, "resnet_9blocks", "instance", ngf=8, old_instance_norm_stats=True)
     out, winner, G, D = _prune(tmp_path, {**SMALL, "generator": str(ckpt), "g_arch": "resnet_9blocks", "ngf": 8,
                                           "ndf": 8, "norm": "instance", "mode": "unaligned",
-                                          "dataroot": demo256(tmp_path, "unaligned")}, capsys)
+                                          "dataroot": demo(tmp_path, "unaligned", 64)}, capsys)
     assert D.model[0].in_channels == 3                          # unconditional PatchGAN for unaligned data
-    assert G(torch.zeros(1, 3, 256, 256)).shape == (1, 3, 256, 256)
+    assert G(torch.zeros(1, 3, 64, 64)).shape == (1, 3, 64, 64)
