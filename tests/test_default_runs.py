@@ -51,7 +51,7 @@ def test_default_rounds_reach_25_and_10_percent(arch, d_space, one_thread):
         d = get_agent("greedy")(d_space, d_budget, seed=1, role="D")
         rounds = default_rounds(g, d)
         result = CollaborativeSearch(WidthsOnly(g_space, d_space), g, d, g_budget, d_budget, rounds,
-                                     progress=False, fill=False).run()
+                                     progress=False, fill=False, uniform=False).run()
         assert result.best is not None, f"{arch} at {fraction:.0%}: no winner in {rounds} rounds"
         assert result.best["g_macs"] <= g_budget.limit and result.best["d_macs"] <= d_budget.limit
         assert len(result.history) <= rounds      # reached within the sized rounds, no extension needed
@@ -68,7 +68,7 @@ def test_search_goes_on_past_rounds_while_nothing_fits(d_space):
         g = get_agent("greedy")(g_space, g_budget, seed=0, role="G")
         d = get_agent("greedy")(d_space, d_budget, seed=1, role="D")
         return CollaborativeSearch(WidthsOnly(g_space, d_space), g, d, g_budget, d_budget, 3, progress=False,
-                                   fill=False, max_rounds=max_rounds).run()
+                                   fill=False, uniform=False, max_rounds=max_rounds).run()
     assert run(None).best is None and len(run(None).history) == 3
     extended = run(200)
     assert extended.best is not None and 3 < len(extended.history) <= 200

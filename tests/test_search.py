@@ -102,9 +102,9 @@ def test_fill_grows_the_winner_into_the_unused_budget(evaluator):
     assert fill_budget(space, filled, 0.6 * full) == filled
 
     g, d, g_max, d_max = _agents(evaluator)
-    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False)
+    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False, uniform=False)
     g, d, g_max, d_max = _agents(evaluator)
-    result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False)
+    result = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, uniform=False)
     h = result.history
     assert list(h["phase"].iloc[:5]) == ["search"] * 5 and list(h["g_widths"].iloc[:5]) == list(plain.history["g_widths"])
     assert len(h) == 6 and h["phase"].iloc[5] == "fill"   # the winner left budget unused: one more scored row
@@ -129,11 +129,45 @@ def test_fill_never_replaces_a_better_winner(evaluator):
                 r["score"] += 10.0      # the grown pair scores far worse
             return r
     g, d, g_max, d_max = _agents(evaluator)
-    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False)
+    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False, uniform=False)
     g, d, g_max, d_max = _agents(evaluator)
-    result = search(Worse(evaluator), g, d, g_max, d_max, rounds=5, progress=False)
+    result = search(Worse(evaluator), g, d, g_max, d_max, rounds=5, progress=False, uniform=False)
     assert result.history["phase"].iloc[-1] == "fill"
     assert result.best["round"] == plain.best["round"] and result.best["score"] == plain.best["score"]
+
+
+@pytest.mark.parametrize("uniform_offset", [-10.0, 0.0, 10.0])
+def test_uniform_pruning_is_scored_and_wins_only_when_strictly_better(evaluator, uniform_offset):
+    """After the rounds (and the fill) uniform pruning at the same budgets is scored as one more row; it is
+    the result only when it scores strictly better than the search's own winner."""
+    from ganprune.search import uniform_widths
+
+    class Shifted:
+        def __init__(self, inner):
+            self.inner, self.g_space, self.d_space = inner, inner.g_space, inner.d_space
+            self.evaluations = 0
+
+        def evaluate(self, g_widths, d_widths):
+            r = dict(self.inner.evaluate(g_widths, d_widths))
+            if g_widths == uniform_widths(self.g_space, g_max):
+                r["score"] = baseline + uniform_offset
+            return r
+    g, d, g_max, d_max = _agents(evaluator)
+    plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, uniform=False)
+    baseline = plain.best["score"]
+    g, d, g_max, d_max = _agents(evaluator)
+    result = search(Shifted(evaluator), g, d, g_max, d_max, rounds=5, progress=False)
+    h = result.history
+    assert len(h) == len(plain.history) + 1 and h["phase"].iloc[-1] == "uniform"
+    u = h.iloc[-1]
+    gw = json.loads(u["g_widths"])
+    space = evaluator.g_space
+    assert gw == uniform_widths(space, g_max) and u["g_macs"] <= g_max and u["d_macs"] <= d_max
+    assert fill_budget(space, gw, g_max) == gw            # grown into the budget like every searched winner
+    if uniform_offset < 0:
+        assert result.best["phase"] == "uniform" and result.best["g_widths"] == gw
+    else:                                                 # a tie keeps the search's own pick
+        assert result.best["round"] == plain.best["round"] and result.best["score"] == plain.best["score"]
 
 
 def test_resume_after_interruption_reproduces_the_straight_run(tmp_path, evaluator):
