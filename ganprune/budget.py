@@ -6,6 +6,10 @@ whole-model map: microseconds per prediction, so agents can probe thousands of w
 search loop and the budget fill all ask the same object, so a latency budget needs nothing new from
 an agent.
 
+Widths that fit a budget (``fill_budget``: grow into it; ``shrink_into_budget``: shrink into it;
+``uniform_widths``: uniform pruning at that cost) live here too: the search, the NNI trials and the
+benchmarks share them.
+
 Spellings: ``0.25`` or ``"25%"`` (of the dense MACs), ``3e8`` (absolute MACs), ``"12ms"`` (predicted
 milliseconds per image at batch 1 on the table's backend and thread count).
 
@@ -119,3 +123,63 @@ def latency_table(model, space, example_input, path=None, backend: str = "torch+
 def _mismatch(have: dict, want: dict) -> str:
     key = next(k for k in want if have.get(k) != want[k])
     return f"{key}={have.get(key)!r}, this run needs {key}={want[key]!r}"
+
+
+# --------------------------------------------------------------------------- widths that fit a budget
+
+def fill_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
+    """``widths`` grown into ``budget`` (a ``Budget`` or MACs): one choice at a time, always the group
+    furthest below its full width (relative; ties: the earlier group), while it fits. Deterministic."""
+    budget = as_budget(budget, space)
+    widths = dict(widths)
+    full = space.full_widths()
+    while True:
+        grown = []
+        for g in space.groups:
+            i = g.choices.index(widths[g.name])
+            if i + 1 < len(g.choices):
+                trial = {**widths, g.name: g.choices[i + 1]}
+                if budget.fits(trial):
+                    grown.append((widths[g.name] / full[g.name], len(grown), trial))
+        if not grown:
+            return widths
+        widths = min(grown)[2]
+
+
+def uniform_widths(space, budget) -> dict[str, int]:
+    """Uniform pruning at equal cost: the widest ``space.uniform`` fraction within ``budget`` (bisection),
+    then grown into the budget it leaves (``fill_budget``). Deterministic."""
+    budget = as_budget(budget, space)
+    lo, hi, best = 0.0, 1.0, {g.name: min(g.choices) for g in space.groups}
+    if budget.fits(space.full_widths()):
+        return space.full_widths()
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        widths = {k: int(v) for k, v in space.uniform(mid).items()}
+        if budget.fits(widths):
+            lo, best = mid, widths
+        else:
+            hi = mid
+    return fill_budget(space, best, budget) if budget.fits(best) else best
+
+
+def shrink_into_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
+    """``widths`` shrunk until they fit ``budget`` (a ``Budget`` or MACs): one choice at a time, always the
+    group widest relative to its full width (ties: the earlier group). Deterministic; the widths come
+    back unchanged when they fit already. How an NNI tuner's over-budget proposal is repaired."""
+    budget = as_budget(budget, space)
+    widths = dict(widths)
+    full = space.full_widths()
+    while not budget.fits(widths):
+        shrinkable = [(-widths[g.name] / full[g.name], i, g) for i, g in enumerate(space.groups)
+                      if g.choices.index(widths[g.name]) > 0]
+        if not shrinkable:
+            return widths
+        g = min(shrinkable, key=lambda t: t[:2])[2]
+        widths[g.name] = g.choices[g.choices.index(widths[g.name]) - 1]
+    return widths
+
+
+def as_budget(budget, space) -> Budget:
+    """A ``Budget`` as is; a number as a MACs limit on ``space``."""
+    return budget if isinstance(budget, Budget) else Budget(space, budget, "MACs")

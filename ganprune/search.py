@@ -32,7 +32,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ganprune.agent import Feedback
-from ganprune.budget import Budget
+from ganprune.budget import as_budget, fill_budget, shrink_into_budget, uniform_widths  # noqa: F401 (re-exported)
 from ganprune.errors import UserError
 from ganprune.guard import DEFAULT_TIMEOUT, PluginTimeout, guarded_call
 from ganprune.io import atomic_write_text, atomic_write_yaml
@@ -46,25 +46,6 @@ REQUIRED_COLUMNS = ("round", "phase", "g_widths", "d_widths", "g_macs", "d_macs"
                     "score", "error")
 HISTORY_COLUMNS = ["round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_ms", "d_ms", "g_feasible", "d_feasible", "feasible",
                    "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
-
-
-def fill_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
-    """``widths`` grown into ``budget`` (a ``Budget`` or MACs): one choice at a time, always the group
-    furthest below its full width (relative; ties: the earlier group), while it fits. Deterministic."""
-    budget = as_budget(budget, space)
-    widths = dict(widths)
-    full = space.full_widths()
-    while True:
-        grown = []
-        for g in space.groups:
-            i = g.choices.index(widths[g.name])
-            if i + 1 < len(g.choices):
-                trial = {**widths, g.name: g.choices[i + 1]}
-                if budget.fits(trial):
-                    grown.append((widths[g.name] / full[g.name], len(grown), trial))
-        if not grown:
-            return widths
-        widths = min(grown)[2]
 
 
 @contextmanager
@@ -85,45 +66,6 @@ def candidate_rng(seed: int, g_widths: dict, d_widths: dict, device=None):
         if cuda:
             torch.cuda.manual_seed(mixed)
         yield
-
-
-def uniform_widths(space, budget) -> dict[str, int]:
-    """Uniform pruning at equal cost: the widest ``space.uniform`` fraction within ``budget`` (bisection),
-    then grown into the budget it leaves (``fill_budget``). Deterministic."""
-    budget = as_budget(budget, space)
-    lo, hi, best = 0.0, 1.0, {g.name: min(g.choices) for g in space.groups}
-    if budget.fits(space.full_widths()):
-        return space.full_widths()
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        widths = {k: int(v) for k, v in space.uniform(mid).items()}
-        if budget.fits(widths):
-            lo, best = mid, widths
-        else:
-            hi = mid
-    return fill_budget(space, best, budget) if budget.fits(best) else best
-
-
-def shrink_into_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
-    """``widths`` shrunk until they fit ``budget`` (a ``Budget`` or MACs): one choice at a time, always the
-    group widest relative to its full width (ties: the earlier group). Deterministic; the widths come
-    back unchanged when they fit already. How an NNI tuner's over-budget proposal is repaired."""
-    budget = as_budget(budget, space)
-    widths = dict(widths)
-    full = space.full_widths()
-    while not budget.fits(widths):
-        shrinkable = [(-widths[g.name] / full[g.name], i, g) for i, g in enumerate(space.groups)
-                      if g.choices.index(widths[g.name]) > 0]
-        if not shrinkable:
-            return widths
-        g = min(shrinkable, key=lambda t: t[:2])[2]
-        widths[g.name] = g.choices[g.choices.index(widths[g.name]) - 1]
-    return widths
-
-
-def as_budget(budget, space) -> Budget:
-    """A ``Budget`` as is; a number as a MACs limit on ``space``."""
-    return budget if isinstance(budget, Budget) else Budget(space, budget, "MACs")
 
 
 @dataclass
