@@ -116,22 +116,28 @@ def test_fill_grows_the_winner_into_the_unused_budget(evaluator):
     assert result.best["round"] == expected and result.best["score"] <= plain.best["score"]
 
 
+class _Rescored:
+    """The test evaluator with one candidate's score changed by ``rescore(g_widths, row)``."""
+
+    def __init__(self, inner, rescore):
+        self.inner, self.g_space, self.d_space, self.rescore = inner, inner.g_space, inner.d_space, rescore
+        self.evaluations = 0
+
+    def evaluate(self, g_widths, d_widths):
+        r = dict(self.inner.evaluate(g_widths, d_widths))
+        self.rescore(g_widths, r)
+        return r
+
+
 def test_fill_never_replaces_a_better_winner(evaluator):
     """A fill scoring worse than the best candidate stays in the history but is not the result."""
-    class Worse:
-        def __init__(self, inner):
-            self.inner, self.g_space, self.d_space = inner, inner.g_space, inner.d_space
-            self.evaluations = 0
-
-        def evaluate(self, g_widths, d_widths):
-            r = dict(self.inner.evaluate(g_widths, d_widths))
-            if g_widths == fill_budget(self.g_space, plain.best["g_widths"], g_max):
-                r["score"] += 10.0      # the grown pair scores far worse
-            return r
+    def worse(g_widths, r):
+        if g_widths == fill_budget(evaluator.g_space, plain.best["g_widths"], g_max):
+            r["score"] += 10.0      # the grown pair scores far worse
     g, d, g_max, d_max = _agents(evaluator)
     plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, fill=False, uniform=False)
     g, d, g_max, d_max = _agents(evaluator)
-    result = search(Worse(evaluator), g, d, g_max, d_max, rounds=5, progress=False, uniform=False)
+    result = search(_Rescored(evaluator, worse), g, d, g_max, d_max, rounds=5, progress=False, uniform=False)
     assert result.history["phase"].iloc[-1] == "fill"
     assert result.best["round"] == plain.best["round"] and result.best["score"] == plain.best["score"]
 
@@ -142,21 +148,14 @@ def test_uniform_pruning_is_scored_and_wins_only_when_strictly_better(evaluator,
     the result only when it scores strictly better than the search's own winner."""
     from ganprune.search import uniform_widths
 
-    class Shifted:
-        def __init__(self, inner):
-            self.inner, self.g_space, self.d_space = inner, inner.g_space, inner.d_space
-            self.evaluations = 0
-
-        def evaluate(self, g_widths, d_widths):
-            r = dict(self.inner.evaluate(g_widths, d_widths))
-            if g_widths == uniform_widths(self.g_space, g_max):
-                r["score"] = baseline + uniform_offset
-            return r
+    def shifted(g_widths, r):
+        if g_widths == uniform_widths(evaluator.g_space, g_max):
+            r["score"] = baseline + uniform_offset
     g, d, g_max, d_max = _agents(evaluator)
     plain = search(evaluator, g, d, g_max, d_max, rounds=5, progress=False, uniform=False)
     baseline = plain.best["score"]
     g, d, g_max, d_max = _agents(evaluator)
-    result = search(Shifted(evaluator), g, d, g_max, d_max, rounds=5, progress=False)
+    result = search(_Rescored(evaluator, shifted), g, d, g_max, d_max, rounds=5, progress=False)
     h = result.history
     assert len(h) == len(plain.history) + 1 and h["phase"].iloc[-1] == "uniform"
     u = h.iloc[-1]
