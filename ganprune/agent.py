@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 
-from ganprune.budget import Budget
+from ganprune.budget import Budget, widest_uniform
 from ganprune.errors import UserError
 from ganprune.guard import guarded_call
 from ganprune.plugins import Registry, check_options
@@ -224,19 +224,8 @@ class Agent:
 
     def fit_uniform(self) -> dict[str, int]:
         """The widest uniformly scaled widths (``space.uniform``) within the budget, by bisection on the
-        fraction; the smallest widths when even a tiny fraction is over budget."""
-        full = self.space.validate(self.space.uniform(1.0))
-        if self.is_feasible(full):
-            return dict(full)
-        lo, hi, best = 0.0, 1.0, dict(self.smallest)
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            widths = {k: int(v) for k, v in self.space.uniform(mid).items()}
-            if self.is_feasible(widths):
-                lo, best = mid, widths
-            else:
-                hi = mid
-        return best
+        fraction; the smallest widths when even a tiny fraction is over budget (``budget.widest_uniform``)."""
+        return widest_uniform(self.space, self.budget)
 
     def shrink_until_feasible(self, widths: dict[str, int], choose: Callable[[dict, list[str]], str]
                               ) -> dict[str, int]:

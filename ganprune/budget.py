@@ -146,13 +146,14 @@ def fill_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
         widths = min(grown)[2]
 
 
-def uniform_widths(space, budget) -> dict[str, int]:
-    """Uniform pruning at equal cost: the widest ``space.uniform`` fraction within ``budget`` (bisection),
-    then grown into the budget it leaves (``fill_budget``). Deterministic."""
+def widest_uniform(space, budget) -> dict[str, int]:
+    """The widest uniformly scaled widths (``space.uniform``) within ``budget``, by bisection on the fraction;
+    the smallest widths when even a tiny fraction is over budget."""
     budget = as_budget(budget, space)
-    lo, hi, best = 0.0, 1.0, {g.name: min(g.choices) for g in space.groups}
-    if budget.fits(space.full_widths()):
-        return space.full_widths()
+    full = space.validate(space.uniform(1.0))
+    if budget.fits(full):
+        return dict(full)
+    lo, hi, best = 0.0, 1.0, {g.name: int(g.choices[0]) for g in space.groups}
     for _ in range(30):
         mid = (lo + hi) / 2
         widths = {k: int(v) for k, v in space.uniform(mid).items()}
@@ -160,7 +161,14 @@ def uniform_widths(space, budget) -> dict[str, int]:
             lo, best = mid, widths
         else:
             hi = mid
-    return fill_budget(space, best, budget) if budget.fits(best) else best
+    return best
+
+
+def uniform_widths(space, budget) -> dict[str, int]:
+    """Uniform pruning at equal cost: ``widest_uniform``, then grown into the budget it leaves
+    (``fill_budget``). Deterministic."""
+    best = widest_uniform(space, budget)
+    return fill_budget(space, best, budget) if as_budget(budget, space).fits(best) else best
 
 
 def shrink_into_budget(space, widths: dict[str, int], budget) -> dict[str, int]:
