@@ -42,7 +42,8 @@ from ganprune.data import build_dataset, make_demo
 from ganprune.finetune import finetune
 from ganprune.pipeline import build_evaluator
 from ganprune.scoring import calibration_batches, recalibrate_batchnorm
-from ganprune.search import fill_budget
+from ganprune.finalists import Distiller
+from ganprune.search import fill_budget, uniform_widths
 from ganprune.supernet import train_supernet
 from ganprune.teacher import load_teacher, train_teacher
 
@@ -108,10 +109,8 @@ def random_at_budget(space, budget: float, rng: random.Random, tol: float = 0.01
 
 
 def uniform_at_budget(space, budget: float) -> dict:
-    full = space.macs(space.full_widths())
-    best = max((space.uniform(float(f)) for f in np.arange(0.01, 1.0, 0.0025)
-                if space.macs(space.uniform(float(f))) <= budget * full), key=space.macs)
-    return fill_budget(space, best, int(budget * full))
+    """What the search's own uniform row is: the widest uniform widths within the budget, grown into it."""
+    return uniform_widths(space, int(budget * space.macs(space.full_widths())))
 
 
 # --------------------------------------------------------------------------- fidelity
@@ -216,7 +215,14 @@ def score_all(evs, T_G, train, cands, d_widths, supernet):
     ev_recal.use_supernet(supernet)
     run("supernet slice, density", lambda w: ev_recal.evaluate(w, d_widths)["density"])
     run("supernet slice, L1 to teacher", lambda w: ev_recal.evaluate(w, d_widths)["l1"])
-    ev_recal.supernet = None
+    ev_recal.refine = Distiller(T_G, train, steps=60, seed=0)   # what the search does to its finalists
+    finals = []
+    run(f"finalist score: slice + {ev_recal.refine.steps} distillation steps, density",
+        lambda w: finals.append(ev_recal.evaluate(w, d_widths)) or finals[-1]["density"])
+    scores[f"finalist score: slice + {ev_recal.refine.steps} distillation steps, L1"] = [f["l1"] for f in finals]
+    cost[f"finalist score: slice + {ev_recal.refine.steps} distillation steps, L1"] = cost[
+        f"finalist score: slice + {ev_recal.refine.steps} distillation steps, density"]
+    ev_recal.refine = ev_recal.supernet = None
     return scores, cost
 
 
@@ -244,19 +250,21 @@ def rank_table(scores, cost, fidelity, kid=None, slice_fidelity=None):
 
 # --------------------------------------------------------------------------- winners
 
-def searched(ev, budget, d_widths, agent, rounds, seed):
-    """The G widths a search with ``agent`` picks (D held at ``d_widths`` by the uniform D-agent)."""
+def searched(ev, budget, d_widths, agent, rounds, seed, distiller=None):
+    """The G widths a search with ``agent`` picks (D held at ``d_widths`` by the uniform D-agent); with a
+    ``distiller``, among its 4 finalists (the default search)."""
     from ganprune.agent import get_agent
     from ganprune.search import search
     g_max = int(budget * ev.g_space.macs(ev.g_space.full_widths()))
     d_max = ev.d_space.macs(d_widths)
     g = get_agent(agent)(ev.g_space, g_max, seed=seed, role="G")
     d = get_agent("template")(ev.d_space, d_max, seed=seed + 1, role="D")
-    result = search(ev, g, d, g_max, d_max, rounds=rounds, progress=False)
+    result = search(ev, g, d, g_max, d_max, rounds=rounds, progress=False, finalists=4 if distiller else 0,
+                    distiller=distiller)
     return result.best["g_widths"], result.best["d_widths"]
 
 
-def winners(evs, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame:
+def winners(evs, supernet, judge, budget, d_widths, s, fidelity, train) -> pd.DataFrame:
     """Each method's pick at ``budget``, fine-tuned like the rank-study candidates, per seed."""
     ev, ev_l1 = evs
     full = ev.g_space.macs(ev.g_space.full_widths())
@@ -270,6 +278,10 @@ def winners(evs, supernet, judge, budget, d_widths, s, fidelity) -> pd.DataFrame
         gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed)
         ev.supernet = None
         picks["greedy agents, supernet slice density, from slice"] = (gw, dw, supernet)
+        ev.use_supernet(supernet)
+        gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed, Distiller(judge.T_G, train, seed=seed))
+        ev.supernet = None
+        picks["greedy agents + finalists (default), from slice"] = (gw, dw, supernet)
         ev.use_supernet(supernet)
         gw, dw = searched(ev, budget, d_widths, "random", s["rounds"], seed)
         ev.supernet = None
@@ -371,7 +383,7 @@ def main(argv=None):
               f"{min(slice_fidelity):.2f} from supernet slices")
         print(table.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
         if not args.skip_winners:
-            win, per_seed = winners((ev, ev_l1), supernet, judge, budget, d_widths, s, fidelity)
+            win, per_seed = winners((ev, ev_l1), supernet, judge, budget, d_widths, s, fidelity, train)
             wins.append(win)
             per_seed.to_csv(os.path.join(args.out, f"winners_per_seed_{int(budget * 100)}.csv"), index=False)
             print(f"\nwinners at {budget:.0%} G MACs, {s['steps']} fine-tuning steps, {s['seeds']} seed(s):")

@@ -288,6 +288,10 @@ SEARCH_ONLY = (
     Option("supernet_steps", 300, "int", min=0, help="train a weight-sharing supernet of G for this many steps "
            "before the search, score candidates as its slices and fine-tune the winner from its slice (default "
            "300; 0: score weights inherited from the teacher)"),
+    Option("finalists", 4, "int", min=0, help="after the search, distil its best N distinct candidates and uniform "
+           "pruning briefly from where fine-tuning would start and pick the best of them by the same score "
+           "(default 4; 0: the best score before distillation wins)"),
+    Option("finalist_steps", 60, "int", min=1, help="L1-distillation steps per finalist (default 60)"),
 )
 
 ALLOW_ARCH = Option("allow_arch", None, "strings", metavar="PKG.MODULE:CLASS", help="allow this network class to "
@@ -314,9 +318,10 @@ PIPELINE = SEARCH + (
 )
 """``ganprune prune`` (``run_pipeline``'s config): the search options plus fine-tuning and evaluation."""
 
-NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps")
+NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps", "finalists", "finalist_steps")
 """Search options the NNI commands do not take: an NNI tuner that fails stops the experiment; trials score
-weights inherited from the teacher (each trial is its own process: a supernet would be trained per trial)."""
+weights inherited from the teacher (each trial is its own process: a supernet would be trained per trial) and
+NNI picks the best trial itself (no finalists)."""
 
 NNI = tuple(o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
     Option("infeasible_penalty", 1.0, "float", min=0, help="added to the objective (NNI 'default') of an "
@@ -399,7 +404,8 @@ def search_keywords(o: Mapping) -> dict:
     """``run_search`` keyword arguments from resolved search options (shared by ``search`` and ``prune``)."""
     names = ("mode", "direction", "size", "phase", "calib_images", "calib_batch", "g_budget", "d_budget", "g_agent",
              "d_agent", "agent_file", "rounds", "seed", "on_agent_error", "agent_timeout", "fill", "latency_table",
-             "latency_backend", "latency_threads", "supernet_steps", "g_agent_options", "d_agent_options")
+             "latency_backend", "latency_threads", "supernet_steps", "g_agent_options", "d_agent_options",
+             "finalists", "finalist_steps")
     return {**{k: o[k] for k in names}, **evaluator_keywords(o)}
 
 

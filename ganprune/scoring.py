@@ -136,6 +136,7 @@ class CandidateEvaluator:
         self.supernet = None
         if supernet is not None:
             self.use_supernet(supernet)
+        self.refine = None   # g -> g applied to each built G before BN re-estimation (``ganprune.finalists``)
         self.evaluations = 0
 
     def use_supernet(self, supernet) -> None:
@@ -164,6 +165,10 @@ class CandidateEvaluator:
         g_source = self.supernet.net if self.supernet is not None else self.teacher_G
         g = prune(g_source, g_widths, self.g_example, ranking=self.g_ranking).to(self.device)
         g_changed = self.supernet is not None or self.g_space.validate(g_widths) != self.g_space.full_widths()
+        if self.refine is not None:
+            with torch.enable_grad():
+                g = self.refine(g)
+            g_changed = True
         if self.recalibrate_bn and g_changed:
             recalibrate_batchnorm(g, self.cache.inputs)
         if self.teacher_D is None:

@@ -15,6 +15,9 @@ Then uniform pruning itself is scored (``uniform`` row: every group at the wides
 budget, grown into it like the winner) and wins if it scores strictly better: a search never returns a pair
 its own objective rates below the standard baseline (measured at 10% G MACs on supernet slices: the
 greedy agents' pick scored 0.9612 against uniform's 0.9607 and fine-tuned to 27.0 vs 27.4 dB).
+
+Last, with ``finalists`` > 0, the best few distinct pairs found so far are each briefly distilled and scored
+again (``finalist`` rows, ``ganprune.finalists``); the best finalist is the result.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from ganprune.guard import DEFAULT_TIMEOUT, PluginTimeout, guarded_call
 from ganprune.io import atomic_write_text, atomic_write_yaml
 from ganprune.outdir import run_lock
 
-AFTER_ROUNDS = ("fill", "uniform")   # history rows scored after the agents' rounds, never replayed to them
+AFTER_ROUNDS = ("fill", "uniform", "finalist")   # history rows scored after the agents' rounds, never replayed to them
 
 # Columns a history needs to be resumed (g_ms/d_ms came later and may be missing from older histories).
 REQUIRED_COLUMNS = ("round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible",
@@ -189,7 +192,7 @@ class CollaborativeSearch:
     def __init__(self, evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int,
                  history_path=None, on_agent_error: str = "stop", progress: bool = True, fill: bool = True,
                  seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT, max_rounds: int | None = None,
-                 uniform: bool = True):
+                 uniform: bool = True, finalists: int = 0, distiller=None):
         if on_agent_error not in ("stop", "skip"):
             raise UserError(f"on_agent_error must be 'stop' or 'skip' (got {on_agent_error!r})")
         self.evaluator, self.g_agent, self.d_agent = evaluator, g_agent, d_agent
@@ -200,6 +203,9 @@ class CollaborativeSearch:
         self.history_path = os.fspath(history_path) if history_path else None
         self.on_agent_error, self.progress, self.fill = on_agent_error, progress, fill
         self.seed, self.agent_timeout, self.uniform = seed, agent_timeout, uniform
+        if finalists and distiller is None:
+            raise UserError("finalists > 0 needs a distiller (ganprune.finalists.Distiller) to train them with")
+        self.finalists, self.distiller = finalists, distiller
         self.rows: list[dict] = []
 
     # -- one round ---------------------------------------------------------------------------
@@ -270,6 +276,24 @@ class CollaborativeSearch:
         self._score(row, g_widths, d_widths)
         self.rows.append(row)
         self._save()
+
+    def _finalists(self) -> None:
+        """Distil and score again the best few distinct pairs (see ``ganprune.finalists``)."""
+        from ganprune.finalists import finalist_rows, widths_of
+        chosen = finalist_rows(self.rows, self.finalists)
+        bar = tqdm(chosen, desc="finalists", disable=not self.progress, leave=False)
+        self.evaluator.refine = self.distiller
+        try:
+            for found in bar:
+                g_widths, d_widths = widths_of(found)
+                row = {"round": len(self.rows), "phase": "finalist", "g_widths": found["g_widths"],
+                       "d_widths": found["d_widths"], "error": ""}
+                self._score(row, g_widths, d_widths)
+                self.rows.append(row)
+                self._save()
+        finally:
+            self.evaluator.refine = None
+        bar.close()
 
     def _observe(self, row) -> tuple[Feedback, Feedback]:
         metrics = _row_metrics(row)
@@ -343,13 +367,19 @@ class CollaborativeSearch:
             self._fill()
         if self.uniform:
             self._uniform()
+        if self.finalists and self.best() is not None:
+            self._finalists()
         return SearchResult(self.history(), self.best())
 
     def best(self) -> dict | None:
         """The lowest-scoring feasible pair of the rounds; the fill row instead when it scores at least as
         well (a fill that scores worse is kept in the history, never the result); the uniform row instead
-        when it scores strictly better than both."""
+        when it scores strictly better than both; once finalists are scored, the best finalist."""
         feasible = [r for r in self.rows if r.get("feasible") is True and not r.get("error")]
+        finalists = [r for r in feasible if r.get("phase") == "finalist"]
+        if finalists:
+            row = min(finalists, key=lambda r: (r["score"], r["round"]))
+            return dict(row, g_widths=json.loads(row["g_widths"]), d_widths=json.loads(row["d_widths"]))
         found = [r for r in feasible if r.get("phase") not in AFTER_ROUNDS]
         if not found:
             return None
@@ -383,16 +413,19 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
 def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int = 50, out_dir=None,
            on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None,
            fill: bool = True, seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT,
-           max_rounds: int | None = None, uniform: bool = True) -> SearchResult:
+           max_rounds: int | None = None, uniform: bool = True, finalists: int = 0,
+           distiller=None) -> SearchResult:
     """Run a collaborative search; with ``out_dir``, write/resume ``history.csv`` and write ``widths.yaml``.
     ``seed`` keys the RNG each candidate is scored under (``candidate_rng``); ``agent_timeout``: seconds one
     agent call may take (None/0: no limit); ``d_agent`` None: G alone; ``max_rounds``: see
-    ``CollaborativeSearch``; ``uniform``: also score uniform pruning, which wins if it scores better."""
+    ``CollaborativeSearch``; ``uniform``: also score uniform pruning, which wins if it scores better;
+    ``finalists``: distil the best few with ``distiller`` and pick among them (``ganprune.finalists``)."""
     history = os.path.join(out_dir, "history.csv") if out_dir else None
     t0 = time.perf_counter()
     with run_lock(out_dir) if out_dir else nullcontext():   # two searches appending to one history: refused
         loop = CollaborativeSearch(evaluator, g_agent, d_agent, g_budget, d_budget, rounds, history,
-                                   on_agent_error, progress, fill, seed, agent_timeout, max_rounds, uniform)
+                                   on_agent_error, progress, fill, seed, agent_timeout, max_rounds, uniform,
+                                   finalists, distiller)
         result = loop.run()
         if out_dir and result.best:
             save_winner(os.path.join(out_dir, "widths.yaml"), result.best, g_spec, d_spec,

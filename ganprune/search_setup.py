@@ -112,14 +112,16 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
-               **evaluator_options):
+               finalists=4, finalist_steps=60, **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
     ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
     reused by reruns; ``latency_table`` names a saved table to use for G instead; ``agent_timeout``: seconds
     one agent call may take (0: no limit); ``supernet_steps`` > 0 first trains a weight-sharing supernet
-    (``attach_supernet``, kept in ``out/supernet``) and scores G candidates as its slices."""
+    (``attach_supernet``, kept in ``out/supernet``) and scores G candidates as its slices; ``finalists`` > 0:
+    the best few are distilled ``finalist_steps`` steps on the ``phase`` split and scored again
+    (``ganprune.finalists``)."""
     from ganprune.agent import make_agent
     from ganprune.budget import latency_table as build_table
     from ganprune.budget import parse_budget
@@ -147,6 +149,12 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     # the budgets are checked above, before the supernet (minutes) is trained
     attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
                     direction=direction, size=size, phase=phase, seed=seed, progress=progress)
+    distiller = None
+    if finalists:
+        from ganprune.data.datasets import build_dataset
+        from ganprune.finalists import Distiller
+        data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size)
+        distiller = Distiller(G, data, steps=finalist_steps, seed=seed)
     max_rounds = None
     if rounds is None:   # sized from the agents and the space; on past it while nothing fits yet
         rounds = default_rounds(g, d)
@@ -155,6 +163,6 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
         os.makedirs(out, exist_ok=True)
     result = search(evaluator, g, d, g_max, d_max, rounds=rounds, out_dir=out, on_agent_error=on_agent_error,
                     progress=progress, g_spec=g_spec, d_spec=d_spec, fill=fill, seed=seed, agent_timeout=agent_timeout,
-                    max_rounds=max_rounds)
+                    max_rounds=max_rounds, finalists=finalists, distiller=distiller)
     result.evaluator = evaluator
     return result
