@@ -6,10 +6,11 @@ three seeds each. Every method is one ``run_pipeline`` run with the same fine-tu
 evaluation; every method fills its budget (equal G MACs within 1%):
 
 * ``ganprune (greedy agents)`` — the defaults: supernet (``supernet_steps`` 300), collaborative greedy G/D
-  agents scoring slices with the density objective, the winner fine-tuned from its slice;
+  agents scoring slices with the density objective, 4 finalists (and uniform) distilled and scored again, the
+  winner fine-tuned from its slice;
 * ``ganprune (RL agents)`` — the same with the RL agents;
-* ``random search (supernet)`` — random G/D agents, same supernet, same number of candidates: the search's own
-  worth, with the supernet's head start held equal;
+* ``random search (supernet)`` — random G/D agents, same supernet, same number of candidates, same finalists:
+  the agents' own worth, with the supernet's head start held equal;
 * ``uniform (supernet slice)`` — every group at the same fraction, filled to the budget, fine-tuned from its
   supernet slice: the supernet without any search;
 * ``uniform L1 (plain pruning)`` — the same uniform widths, channels kept by L1 magnitude, no supernet: what
@@ -39,12 +40,12 @@ import torch
 from bench_rank import teacher_dir
 from ganprune.pipeline import run_pipeline
 
-METHODS = {  # name: (G agent, D agent, rounds override, channel importance, supernet)
-    "ganprune (greedy agents)": ("greedy", "greedy", None, "l2", True),
-    "ganprune (RL agents)": ("rl", "rl", None, "l2", True),
-    "random search (supernet)": ("random", "random", None, "l2", True),
-    "uniform (supernet slice)": ("template", "template", 1, "l2", True),
-    "uniform L1 (plain pruning)": ("template", "template", 1, "l1", False),
+METHODS = {  # name: (G agent, D agent, rounds override, channel importance, supernet, finalists)
+    "ganprune (greedy agents)": ("greedy", "greedy", None, "l2", True, 4),
+    "ganprune (RL agents)": ("rl", "rl", None, "l2", True, 4),
+    "random search (supernet)": ("random", "random", None, "l2", True, 4),
+    "uniform (supernet slice)": ("template", "template", 1, "l2", True, 0),
+    "uniform L1 (plain pruning)": ("template", "template", 1, "l1", False, 0),
 }
 
 
@@ -71,13 +72,13 @@ def main():
     for budget in (float(b) for b in args.budgets.split(",")):
         for seed in range(args.seeds):
             shared = None   # the first supernet run's search/supernet folder, reused by the others
-            for method, (g_agent, d_agent, rounds, importance, supernet) in METHODS.items():
+            for method, (g_agent, d_agent, rounds, importance, supernet, finalists) in METHODS.items():
                 folder = method.split(" (")[0].replace(" ", "_").lower() + "_" + method.split("(")[1].split()[0].lower()
                 out = os.path.join(args.out, f"b{int(budget * 100)}", folder, f"seed{seed}")
                 config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": g_agent,
                           "d_agent": d_agent, "importance": importance, "fill": True, "recipe": "density",
                           "latency": True, "seed": seed, **s, "rounds": rounds or s["rounds"],
-                          "supernet_steps": s["supernet_steps"] if supernet else 0}
+                          "supernet_steps": s["supernet_steps"] if supernet else 0, "finalists": finalists}
                 if supernet and shared and not os.path.isdir(os.path.join(out, "search", "supernet")):
                     shutil.copytree(shared, os.path.join(out, "search", "supernet"))
                 start = time.perf_counter()
