@@ -196,8 +196,9 @@ def proxy_finetune_l1(ev, T_G, train, g_widths, d_widths, steps=30):
         return float(sum((g(x) - y).abs().mean() for x, y in zip(ev.cache.inputs, ev.cache.outputs)) / len(ev.cache.inputs))
 
 
-def score_all(evs, T_G, train, cands, d_widths, supernet):
-    """{scorer: [score per candidate]} (lower = better) and {scorer: seconds per candidate}."""
+def score_all(evs, T_G, train, cands, d_widths, supernet, variants=None):
+    """{scorer: [score per candidate]} (lower = better) and {scorer: seconds per candidate}; ``variants``:
+    {label: evaluator} scored on the slices too (other embeddings, more calibration images)."""
     ev_recal, ev_teacher_bn = evs
     scores, cost = {}, {}
 
@@ -215,6 +216,10 @@ def score_all(evs, T_G, train, cands, d_widths, supernet):
     ev_recal.use_supernet(supernet)
     run("supernet slice, density", lambda w: ev_recal.evaluate(w, d_widths)["density"])
     run("supernet slice, L1 to teacher", lambda w: ev_recal.evaluate(w, d_widths)["l1"])
+    for label, other in (variants or {}).items():
+        other.use_supernet(supernet)
+        run(f"supernet slice, density, {label}", lambda w: other.evaluate(w, d_widths)["density"])
+        other.supernet = None
     ev_recal.refine = Distiller(T_G, train, steps=60, seed=0)   # what the search does to its finalists
     finals = []
     run(f"finalist score: slice + {ev_recal.refine.steps} distillation steps, density",
@@ -342,6 +347,12 @@ def main(argv=None):
                                     **common)
     ev_l1 = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space,
                             **{**common, "l1_weight": 10.0})
+    variants = {  # the cheaper alternatives the issue asked for, scored on the same slices
+        "teacher-D features": build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space,
+                                              **{**common, "embedding": "teacher_d"}),
+        f"{2 * s['calib']} calibration images": build_evaluator(
+            T_G, T_D, calibration_batches(data, "train", n_images=2 * s["calib"], batch_size=8), g_space=ev.g_space,
+            d_space=ev.d_space, **common)}
     judge = Judge(args.out, T_G, T_D, train, val, ev, s["steps"], args.kid)
     val_set_psnr = psnr_to(judge.teacher_val, torch.stack([val[i]["B"] for i in range(len(val))]))
     print(f"teacher: PSNR to ground truth on {len(val)} val images {val_set_psnr:.2f} dB")
@@ -367,7 +378,7 @@ def main(argv=None):
         fidelity = [float(np.mean([j["psnr_teacher"] for j in js])) for js in judged]
         slice_fidelity = [float(np.mean([j["psnr_teacher"] for j in js])) for js in sliced]
         kid = [float(np.mean([j["kid_teacher"] for j in js])) for js in judged] if args.kid else None
-        scores, cost = score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet)
+        scores, cost = score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet, variants)
         table = rank_table(scores, cost, fidelity, kid, slice_fidelity)
         if len(seeds) > 1:   # the ceiling: how well one fine-tune seed's result ranks another's
             row = {"scorer": "fine-tune seed 0 result (noise ceiling vs seed 1)"}

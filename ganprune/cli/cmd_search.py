@@ -26,7 +26,9 @@ def _search(args):
         raise UserError(f"no candidate pair met both budgets in {len(result.history)} rounds; "
                         "raise --rounds or loosen --g-budget/--d-budget")
     best = result.best
-    print(f"best: round {best['round']} score {best['score']:.4g} G MACs {best['g_macs']:,} "
+    found = {"finalist": ", a finalist after distillation", "uniform": ", uniform pruning",
+             "fill": ", grown into the budget"}.get(best.get("phase"), "")
+    print(f"best: round {best['round']}{found} score {best['score']:.4g} G MACs {best['g_macs']:,} "
           f"D MACs {best['d_macs']:,}" + (f" -> {os.path.join(args.out, 'widths.yaml')}" if args.out else ""))
 
 
