@@ -5,19 +5,12 @@ import json
 import pytest
 import torch
 
-import ganprune
 from ganprune.agent import get_agent
 from ganprune.budget import resolve_macs
 from ganprune.errors import UserError
 from ganprune.finalists import Distiller, finalist_rows
-from ganprune.pipeline import build_evaluator
 from ganprune.search import read_history, search, uniform_widths
-
-
-def _batches(n=2, size=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return [{"A": torch.rand(4, 3, size, size, generator=g) * 2 - 1,
-             "B": torch.rand(4, 3, size, size, generator=g) * 2 - 1} for _ in range(n)]
+from test_search import evaluator, pair  # noqa: F401 (the same tiny unet_64/basic pair and evaluator fixtures)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -32,19 +25,6 @@ class _Images(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return {"A": self.a[i]}
-
-
-@pytest.fixture(scope="module")
-def pair():
-    torch.manual_seed(0)
-    G = ganprune.load_generator(None, arch="unet_64", ngf=8).eval()
-    D = ganprune.load_discriminator(None, arch="basic", ndf=8).eval()
-    return G, D
-
-
-@pytest.fixture(scope="module")
-def evaluator(pair):
-    return build_evaluator(*pair, _batches(), g_spec={"arch": "unet_64"}, d_spec={"arch": "basic"}, m=4)
 
 
 def _agents(evaluator, seed=0):
