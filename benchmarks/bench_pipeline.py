@@ -6,11 +6,12 @@ three seeds each. Every method is one ``run_pipeline`` run with the same fine-tu
 evaluation; every method fills its budget (equal G MACs within 1%):
 
 * ``ganprune (greedy agents)`` — the defaults: supernet (``supernet_steps`` 300), collaborative greedy G/D
-  agents scoring slices with the density objective, 4 finalists (and uniform) distilled and scored again, the
-  winner fine-tuned from its slice;
+  agents scoring slices with the density objective (uniform pruning scored too), the winner fine-tuned from its
+  slice;
 * ``ganprune (RL agents)`` — the same with the RL agents;
-* ``random search (supernet)`` — random G/D agents, same supernet, same number of candidates, same finalists:
-  the agents' own worth, with the supernet's head start held equal;
+* ``random search (supernet)`` — random G/D agents, same supernet, same number of candidates: the agents' own
+  worth, with the supernet's head start held equal;
+* the same three with ``finalists`` 4: the best four pairs and uniform distilled 60 steps and scored again;
 * ``uniform (supernet slice)`` — every group at the same fraction, filled to the budget, fine-tuned from its
   supernet slice: the supernet without any search;
 * ``uniform L1 (plain pruning)`` — the same uniform widths, channels kept by L1 magnitude, no supernet: what
@@ -40,12 +41,15 @@ import torch
 from bench_rank import teacher_dir
 from ganprune.pipeline import run_pipeline
 
-METHODS = {  # name: (G agent, D agent, rounds override, channel importance, supernet, finalists)
-    "ganprune (greedy agents)": ("greedy", "greedy", None, "l2", True, 4),
-    "ganprune (RL agents)": ("rl", "rl", None, "l2", True, 4),
-    "random search (supernet)": ("random", "random", None, "l2", True, 4),
-    "uniform (supernet slice)": ("template", "template", 1, "l2", True, 0),
-    "uniform L1 (plain pruning)": ("template", "template", 1, "l1", False, 0),
+METHODS = {  # name: (run folder, G agent, D agent, rounds override, channel importance, supernet, finalists)
+    "ganprune (greedy agents)": ("ganprune_greedy_f0", "greedy", "greedy", None, "l2", True, 0),
+    "ganprune (RL agents)": ("ganprune_rl_f0", "rl", "rl", None, "l2", True, 0),
+    "random search (supernet)": ("random_supernet_f0", "random", "random", None, "l2", True, 0),
+    "ganprune (greedy agents), 4 finalists": ("ganprune_greedy", "greedy", "greedy", None, "l2", True, 4),
+    "ganprune (RL agents), 4 finalists": ("ganprune_rl", "rl", "rl", None, "l2", True, 4),
+    "random search (supernet), 4 finalists": ("random_supernet", "random", "random", None, "l2", True, 4),
+    "uniform (supernet slice)": ("uniform_supernet", "template", "template", 1, "l2", True, 0),
+    "uniform L1 (plain pruning)": ("uniform_l1", "template", "template", 1, "l1", False, 0),
 }
 
 
@@ -71,9 +75,11 @@ def main():
     rows = []
     for budget in (float(b) for b in args.budgets.split(",")):
         for seed in range(args.seeds):
-            shared = None   # the first supernet run's search/supernet folder, reused by the others
-            for method, (g_agent, d_agent, rounds, importance, supernet, finalists) in METHODS.items():
-                folder = method.split(" (")[0].replace(" ", "_").lower() + "_" + method.split("(")[1].split()[0].lower()
+            # one supernet per (budget, seed), reused by every method that has one (a finished one from a run before)
+            shared = next((f for f in (os.path.join(args.out, f"b{int(budget * 100)}", m[0], f"seed{seed}", "search",
+                                                    "supernet") for m in METHODS.values() if m[5])
+                           if os.path.isfile(os.path.join(f, "supernet_G.pt"))), None)
+            for method, (folder, g_agent, d_agent, rounds, importance, supernet, finalists) in METHODS.items():
                 out = os.path.join(args.out, f"b{int(budget * 100)}", folder, f"seed{seed}")
                 config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": g_agent,
                           "d_agent": d_agent, "importance": importance, "fill": True, "recipe": "density",

@@ -288,9 +288,9 @@ SEARCH_ONLY = (
     Option("supernet_steps", 300, "int", min=0, help="train a weight-sharing supernet of G for this many steps "
            "before the search, score candidates as its slices and fine-tune the winner from its slice (default "
            "300; 0: score weights inherited from the teacher)"),
-    Option("finalists", 4, "int", min=0, help="after the search, distil its best N distinct candidates and uniform "
-           "pruning briefly from where fine-tuning would start and pick the best of them by the same score "
-           "(default 4; 0: the best score before distillation wins)"),
+    Option("finalists", 0, "int", min=0, help="after the search, distil its best N distinct candidates and uniform "
+           "pruning briefly from where fine-tuning would start and pick the best of them by the same score (default "
+           "0: off: it ranks candidates better, but its winners measured no better; README, rank benchmark)"),
     Option("finalist_steps", 60, "int", min=1, help="L1-distillation steps per finalist (default 60)"),
 )
 

@@ -112,7 +112,7 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
-               finalists=4, finalist_steps=60, **evaluator_options):
+               finalists=0, finalist_steps=60, **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
