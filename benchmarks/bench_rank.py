@@ -269,7 +269,7 @@ def searched(ev, budget, d_widths, agent, rounds, seed, distiller=None):
     return result.best["g_widths"], result.best["d_widths"]
 
 
-def winners(evs, supernet, judge, budget, d_widths, s, fidelity, train) -> pd.DataFrame:
+def winners(evs, supernet, judge, budget, d_widths, s, fidelity, train, variants=None) -> pd.DataFrame:
     """Each method's pick at ``budget``, fine-tuned like the rank-study candidates, per seed."""
     ev, ev_l1 = evs
     full = ev.g_space.macs(ev.g_space.full_widths())
@@ -286,7 +286,13 @@ def winners(evs, supernet, judge, budget, d_widths, s, fidelity, train) -> pd.Da
         ev.use_supernet(supernet)
         gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed, Distiller(judge.T_G, train, seed=seed))
         ev.supernet = None
-        picks["greedy agents + finalists (default), from slice"] = (gw, dw, supernet)
+        picks["greedy agents + finalists, from slice"] = (gw, dw, supernet)
+        for label, other in (variants or {}).items():
+            if "calibration" in label:    # more calibration images: the same search, a steadier score
+                other.use_supernet(supernet)
+                gw, dw = searched(other, budget, d_widths, "greedy", s["rounds"], seed)
+                other.supernet = None
+                picks[f"greedy agents, supernet slice density, {label}, from slice"] = (gw, dw, supernet)
         ev.use_supernet(supernet)
         gw, dw = searched(ev, budget, d_widths, "random", s["rounds"], seed)
         ev.supernet = None
@@ -327,6 +333,7 @@ def main(argv=None):
     p.add_argument("--budgets", help="G MACs budgets, comma-separated (default 0.25,0.10)")
     p.add_argument("--kid", action="store_true", help="also KID to the teacher's outputs (64 val images)")
     p.add_argument("--skip-winners", action="store_true")
+    p.add_argument("--skip-rank", action="store_true", help="winners only (the rank study's fine-tunes must be cached)")
     args = p.parse_args(argv)
     s = settings(args.quick)
     for k in ("candidates", "steps", "seeds", "supernet_steps", "ft_seeds"):
@@ -378,7 +385,8 @@ def main(argv=None):
         fidelity = [float(np.mean([j["psnr_teacher"] for j in js])) for js in judged]
         slice_fidelity = [float(np.mean([j["psnr_teacher"] for j in js])) for js in sliced]
         kid = [float(np.mean([j["kid_teacher"] for j in js])) for js in judged] if args.kid else None
-        scores, cost = score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet, variants)
+        scores, cost = (({}, {}) if args.skip_rank else
+                        score_all((ev, ev_teacher_bn), T_G, train, cands, d_widths, supernet, variants))
         table = rank_table(scores, cost, fidelity, kid, slice_fidelity)
         if len(seeds) > 1:   # the ceiling: how well one fine-tune seed's result ranks another's
             row = {"scorer": "fine-tune seed 0 result (noise ceiling vs seed 1)"}
@@ -394,12 +402,13 @@ def main(argv=None):
               f"{min(slice_fidelity):.2f} from supernet slices")
         print(table.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
         if not args.skip_winners:
-            win, per_seed = winners((ev, ev_l1), supernet, judge, budget, d_widths, s, fidelity, train)
+            win, per_seed = winners((ev, ev_l1), supernet, judge, budget, d_widths, s, fidelity, train, variants)
             wins.append(win)
             per_seed.to_csv(os.path.join(args.out, f"winners_per_seed_{int(budget * 100)}.csv"), index=False)
             print(f"\nwinners at {budget:.0%} G MACs, {s['steps']} fine-tuning steps, {s['seeds']} seed(s):")
             print(win.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
-    pd.concat(tables).to_csv(os.path.join(args.out, "rank.csv"), index=False)
+    if not args.skip_rank:
+        pd.concat(tables).to_csv(os.path.join(args.out, "rank.csv"), index=False)
     if wins:
         pd.concat(wins).to_csv(os.path.join(args.out, "winners.csv"), index=False)
     print(f"\ntotal {time.perf_counter() - began:.0f} s")
