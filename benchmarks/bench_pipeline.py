@@ -66,6 +66,7 @@ def main():
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budgets", default="0.25,0.10", help="G MACs budgets, comma-separated (default 0.25,0.10)")
+    ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -80,6 +81,8 @@ def main():
                                                     "supernet") for m in METHODS.values() if m[5])
                            if os.path.isfile(os.path.join(f, "supernet_G.pt"))), None)
             for method, (folder, g_agent, d_agent, rounds, importance, supernet, finalists) in METHODS.items():
+                if args.methods and folder not in args.methods.split(","):
+                    continue
                 out = os.path.join(args.out, f"b{int(budget * 100)}", folder, f"seed{seed}")
                 config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": g_agent,
                           "d_agent": d_agent, "importance": importance, "fill": True, "recipe": "density",
