@@ -231,6 +231,28 @@ def score_all(evs, T_G, train, cands, d_widths, supernet, variants=None):
     return scores, cost
 
 
+def calibration_study(T_G, T_D, data, common, ev, supernet, cands, d_widths, slice_fidelity, budget) -> pd.DataFrame:
+    """τ of the slice density score against the from-slice fidelity for calibration sets of 16–128 images,
+    the first n of the train split (the default) or n spread evenly over it (the split keeps each photo's
+    crops together)."""
+    from ganprune.data.datasets import build_dataset
+    split = build_dataset(data, mode="aligned", phase="train", flip=False)
+    rows = []
+    for n in (16, 32, 64, 128):
+        for how, idx in (("first", list(range(n))), ("spread", [int(round(i * len(split) / n)) for i in range(n)])):
+            items = [split[i] for i in idx]
+            batches = [{"A": torch.stack([it["A"] for it in items[i:i + 8]]),
+                        "B": torch.stack([it["B"] for it in items[i:i + 8]]), "phase": "train"}
+                       for i in range(0, n, 8)]
+            other = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space, **common)
+            other.use_supernet(supernet)
+            score = [other.evaluate(w, d_widths)["density"] for w in cands]
+            rows.append({"G budget": f"{budget:.0%}", "calibration images": f"{how} {n}",
+                         "τ from slice": kendalltau(-np.array(score), slice_fidelity).statistic,
+                         "pick PSNR from slice": slice_fidelity[int(np.argmin(score))]})
+    return pd.DataFrame(rows)
+
+
 def rank_table(scores, cost, fidelity, kid=None, slice_fidelity=None):
     """τ/ρ of each scorer against the fidelity after fine-tuning from the teacher's inherited channels and
     (when given) after fine-tuning from the candidates' supernet slices — what the pipeline does with a
@@ -334,6 +356,8 @@ def main(argv=None):
     p.add_argument("--kid", action="store_true", help="also KID to the teacher's outputs (64 val images)")
     p.add_argument("--skip-winners", action="store_true")
     p.add_argument("--skip-rank", action="store_true", help="winners only (the rank study's fine-tunes must be cached)")
+    p.add_argument("--calib-study", action="store_true", help="also τ of the slice score for calibration sets of "
+                   "16-128 images, first n vs spread over the split")
     args = p.parse_args(argv)
     s = settings(args.quick)
     for k in ("candidates", "steps", "seeds", "supernet_steps", "ft_seeds"):
@@ -401,6 +425,9 @@ def main(argv=None):
               f"channels; best {max(slice_fidelity):.2f}, median {np.median(slice_fidelity):.2f}, worst "
               f"{min(slice_fidelity):.2f} from supernet slices")
         print(table.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
+        if args.calib_study:
+            study = calibration_study(T_G, T_D, data, common, ev, supernet, cands, d_widths, slice_fidelity, budget)
+            print(study.drop(columns="G budget").to_markdown(index=False, floatfmt=".3g"))
         if not args.skip_winners:
             win, per_seed = winners((ev, ev_l1), supernet, judge, budget, d_widths, s, fidelity, train, variants)
             wins.append(win)

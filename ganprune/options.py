@@ -245,7 +245,7 @@ SEARCH_DATA = (
     Option("direction", "AtoB", choices=("AtoB", "BtoA"), help="which side is G's input (default AtoB)"),
     Option("size", None, "int", min=1, help="image size (default: the images' own)"),
     Option("phase", "train", help="search split (never val/test; default train)"),
-    Option("calib_images", 16, "int", min=1, help="calibration images, spread evenly over the search split "
+    Option("calib_images", 16, "int", min=1, help="calibration images: the first N of the search split "
            "(default 16)"),
     Option("calib_batch", 8, "int", min=1, help="calibration batch size (default 8)"),
     Option("out", kind="path", help="output folder: history.csv (resumable), widths.yaml, pareto.csv"),

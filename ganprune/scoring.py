@@ -40,18 +40,17 @@ def guard_search_split(phase: str) -> None:
 
 def calibration_batches(dataroot, phase="train", n_images=16, batch_size=8, mode="aligned",
                         direction="AtoB", size=None) -> list[dict]:
-    """``n_images`` of ``phase`` spread evenly over it (deterministic evaluation transform), in batches.
+    """The first ``n_images`` of ``phase`` with the deterministic evaluation transform, in batches.
 
-    Spread, not the first n: a split sorted by file name keeps crops of one photo together, and the first 16
-    or 32 then show a few photos only. Measured on the rank benchmark (12 candidates at 25% G MACs, slice
-    scores vs PSNR after fine-tuning from the slice): Kendall τ 0.06–0.21 with the first 16/32 images,
-    0.42–0.64 with 16/32 spread over the split (300- and 1,200-step supernets)."""
+    The first n, not n spread over the split: spread images were tried (a split sorted by name keeps one
+    photo's crops together) and ranked candidates no better on average over both budgets and supernet lengths
+    of the rank benchmark, while the default pipeline's 10% winner got worse (README, rank benchmark)."""
     guard_search_split(phase)
     from ganprune.data.datasets import build_dataset
     dataset = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size,
                             crop_size=size, flip=False)
     n = min(n_images, len(dataset))
-    items = [dataset[int(round(i * len(dataset) / n))] for i in range(n)]
+    items = [dataset[i] for i in range(n)]
     return [{"A": torch.stack([it["A"] for it in items[i:i + batch_size]]),
              "B": torch.stack([it["B"] for it in items[i:i + batch_size]]), "phase": phase}
             for i in range(0, n, batch_size)]

@@ -63,24 +63,3 @@ def test_evaluation_split_refused():
     with pytest.raises(ganprune.UserError, match="evaluation split"):
         CandidateEvaluator(G, None, full_ev.g_space, None, _batches("val"), full_ev.objective)
 
-
-def test_calibration_images_are_spread_over_the_split(tmp_path):
-    """Not the first n: a split sorted by name keeps one photo's crops together (README, rank benchmark)."""
-    import numpy as np
-    from PIL import Image
-
-    from ganprune.data.datasets import build_dataset
-    from ganprune.scoring import calibration_batches
-    folder = tmp_path / "train"
-    folder.mkdir()
-    for i in range(10):
-        a = np.full((16, 16, 3), 20 * i, dtype=np.uint8)
-        Image.fromarray(np.concatenate([a, 255 - a], axis=1)).save(folder / f"{i:02d}.png")
-    data = build_dataset(tmp_path, mode="aligned", phase="train", flip=False)
-    batches = calibration_batches(tmp_path, "train", n_images=4, batch_size=3)
-    got = torch.cat([b["A"] for b in batches])
-    assert [len(b["A"]) for b in batches] == [3, 1]
-    expected = [0, 2, 5, 8]          # round(i · 10 / 4): evenly spaced, first image included
-    assert torch.equal(got, torch.stack([data[i]["A"] for i in expected]))
-    everything = torch.cat([b["A"] for b in calibration_batches(tmp_path, "train", n_images=50, batch_size=4)])
-    assert torch.equal(everything, torch.stack([data[i]["A"] for i in range(10)]))
