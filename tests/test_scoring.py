@@ -62,4 +62,3 @@ def test_evaluation_split_refused():
     full_ev = _evaluator(G, ganprune.load_discriminator(None, arch="basic", ndf=8).eval())
     with pytest.raises(ganprune.UserError, match="evaluation split"):
         CandidateEvaluator(G, None, full_ev.g_space, None, _batches("val"), full_ev.objective)
-
