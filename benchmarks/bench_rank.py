@@ -207,26 +207,30 @@ def score_all(evs, T_G, train, cands, d_widths, supernet, variants=None):
         scores[name] = [fn(w) for w in cands]
         cost[name] = (time.perf_counter() - t) / len(cands)
 
+    def run_terms(names, ev):
+        """One evaluation per candidate, several of its terms as scorers ({term: scorer name})."""
+        t = time.perf_counter()
+        metrics = [ev.evaluate(w, d_widths) for w in cands]
+        for term, name in names.items():
+            scores[name] = [m[term] for m in metrics]
+            cost[name] = (time.perf_counter() - t) / len(cands)
+
     ev_recal.supernet = None
-    run("density, inherited + BN re-estimated (old default)", lambda w: ev_recal.evaluate(w, d_widths)["density"])
+    run_terms({"density": "density, inherited + BN re-estimated (old default)",
+               "l1": "L1 to teacher, inherited + BN re-estimated"}, ev_recal)
     run("density, inherited + teacher BN", lambda w: ev_teacher_bn.evaluate(w, d_widths)["density"])
-    run("L1 to teacher, inherited + BN re-estimated", lambda w: ev_recal.evaluate(w, d_widths)["l1"])
     run("params (more = better)", lambda w: -ev_recal.g_space.params(w))
     run("proxy fine-tune 30 steps, L1", lambda w: proxy_finetune_l1(ev_recal, T_G, train, w, d_widths))
     ev_recal.use_supernet(supernet)
-    run("supernet slice, density", lambda w: ev_recal.evaluate(w, d_widths)["density"])
-    run("supernet slice, L1 to teacher", lambda w: ev_recal.evaluate(w, d_widths)["l1"])
+    run_terms({"density": "supernet slice, density", "l1": "supernet slice, L1 to teacher"}, ev_recal)
     for label, other in (variants or {}).items():
         other.use_supernet(supernet)
         run(f"supernet slice, density, {label}", lambda w: other.evaluate(w, d_widths)["density"])
         other.supernet = None
     ev_recal.refine = Distiller(T_G, train, steps=60, seed=0)   # what the search does to its finalists
-    finals = []
-    run(f"finalist score: slice + {ev_recal.refine.steps} distillation steps, density",
-        lambda w: finals.append(ev_recal.evaluate(w, d_widths)) or finals[-1]["density"])
-    scores[f"finalist score: slice + {ev_recal.refine.steps} distillation steps, L1"] = [f["l1"] for f in finals]
-    cost[f"finalist score: slice + {ev_recal.refine.steps} distillation steps, L1"] = cost[
-        f"finalist score: slice + {ev_recal.refine.steps} distillation steps, density"]
+    steps = ev_recal.refine.steps
+    run_terms({"density": f"finalist score: slice + {steps} distillation steps, density",
+               "l1": f"finalist score: slice + {steps} distillation steps, L1"}, ev_recal)
     ev_recal.refine = ev_recal.supernet = None
     return scores, cost
 

@@ -16,7 +16,6 @@ Off by default (``finalists`` 0): the search's winners measured no better with i
 """
 from __future__ import annotations
 
-import json
 
 import torch
 from torch import nn
@@ -73,6 +72,3 @@ class Distiller:
             opt.step()
         return g.requires_grad_(False).eval()
 
-
-def widths_of(row: dict) -> tuple[dict, dict]:
-    return json.loads(row["g_widths"]), json.loads(row["d_widths"])

@@ -249,6 +249,14 @@ class CollaborativeSearch:
             row[f"{net}_feasible"] = budget.fits(widths)
         row["feasible"] = row["g_feasible"] and row["d_feasible"]
 
+    def _score_after_rounds(self, phase: str, g_widths: dict, d_widths: dict) -> None:
+        """Score one pair as a history row of ``phase`` (one of ``AFTER_ROUNDS``), append and save it."""
+        row = {"round": len(self.rows), "phase": phase, "g_widths": json.dumps(g_widths),
+               "d_widths": json.dumps(d_widths), "error": ""}
+        self._score(row, g_widths, d_widths)
+        self.rows.append(row)
+        self._save()
+
     def _fill(self) -> None:
         """Score the winner grown into the unused budget (see the module docstring)."""
         best = self.best()
@@ -259,11 +267,7 @@ class CollaborativeSearch:
                     else best["d_widths"])
         if (g_widths, d_widths) == (best["g_widths"], best["d_widths"]):
             return
-        row = {"round": len(self.rows), "phase": "fill", "g_widths": json.dumps(g_widths),
-               "d_widths": json.dumps(d_widths), "error": ""}
-        self._score(row, g_widths, d_widths)
-        self.rows.append(row)
-        self._save()
+        self._score_after_rounds("fill", g_widths, d_widths)
 
     def _uniform(self) -> None:
         """Score uniform pruning at the same budgets (see the module docstring); only beside a winner."""
@@ -271,26 +275,17 @@ class CollaborativeSearch:
             return
         g_widths = uniform_widths(self.evaluator.g_space, self.g_budget)
         d_widths = uniform_widths(self.evaluator.d_space, self.d_budget) if self.d_budget is not None else {}
-        row = {"round": len(self.rows), "phase": "uniform", "g_widths": json.dumps(g_widths),
-               "d_widths": json.dumps(d_widths), "error": ""}
-        self._score(row, g_widths, d_widths)
-        self.rows.append(row)
-        self._save()
+        self._score_after_rounds("uniform", g_widths, d_widths)
 
     def _finalists(self) -> None:
         """Distil and score again the best few distinct pairs (see ``ganprune.finalists``)."""
-        from ganprune.finalists import finalist_rows, widths_of
+        from ganprune.finalists import finalist_rows
         chosen = finalist_rows(self.rows, self.finalists)
         bar = tqdm(chosen, desc="finalists", disable=not self.progress, leave=False)
         self.evaluator.refine = self.distiller
         try:
             for found in bar:
-                g_widths, d_widths = widths_of(found)
-                row = {"round": len(self.rows), "phase": "finalist", "g_widths": found["g_widths"],
-                       "d_widths": found["d_widths"], "error": ""}
-                self._score(row, g_widths, d_widths)
-                self.rows.append(row)
-                self._save()
+                self._score_after_rounds("finalist", json.loads(found["g_widths"]), json.loads(found["d_widths"]))
         finally:
             self.evaluator.refine = None
         bar.close()
