@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import math
 
-from ganprune.agent import Agent, Feedback, register_agent
-from ganprune.errors import UserError
+from ganprune.search.agent import Agent, Feedback, register_agent
+from ganprune.core.errors import UserError
 
 
 @register_agent("greedy")

@@ -7,8 +7,8 @@ The peer's feedback is ignored: that is what makes it a baseline.
 """
 from __future__ import annotations
 
-from ganprune.agent import Agent, register_agent
-from ganprune.errors import UserError
+from ganprune.search.agent import Agent, register_agent
+from ganprune.core.errors import UserError
 
 
 @register_agent("random")

@@ -31,8 +31,8 @@ import math
 import numpy as np
 import torch
 
-from ganprune.agent import Agent, register_agent
-from ganprune.errors import UserError
+from ganprune.search.agent import Agent, register_agent
+from ganprune.core.errors import UserError
 
 N_FEATURES = 4
 LOW, SPAN = 0.25, 1.5     # group centres live in (-0.25, 1.25): past either end of the choices, not far

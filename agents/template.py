@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 
-from ganprune.agent import Agent, register_agent
-from ganprune.errors import UserError
+from ganprune.search.agent import Agent, register_agent
+from ganprune.core.errors import UserError
 
 
 @register_agent("template")            # the name users give to --g-agent / --d-agent; must be unique

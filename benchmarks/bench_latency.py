@@ -37,9 +37,9 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from ganprune.metrics.latency import available_backends, measure_latency, parse_backend  # noqa: E402
-from ganprune.models import load_discriminator, load_generator  # noqa: E402
-from ganprune.prune import prune  # noqa: E402
-from ganprune.space import SearchSpace  # noqa: E402
+from ganprune.models.checkpoint import load_discriminator, load_generator  # noqa: E402
+from ganprune.pruning.physical import prune  # noqa: E402
+from ganprune.pruning.space import SearchSpace  # noqa: E402
 
 FRACTIONS = (0.25, 0.125)
 ARCHS = {  # name: (builder, input channels)
@@ -101,8 +101,8 @@ def profile_arch(arch: str, variants: dict, x: torch.Tensor) -> list[str]:
     """Per-op-type tables, dense vs the smallest variant, ONNX Runtime and torch at 1 thread."""
     import tempfile
 
-    from ganprune.export import export_onnx
-    from ganprune.fuse import fold_batchnorm
+    from ganprune.deploy.export import export_onnx
+    from ganprune.deploy.fuse import fold_batchnorm
     from ganprune.metrics.op_profile import op_breakdown, ort_op_times, torch_op_times
     small = min(variants, key=lambda k: variants[k][1])
     reduction = variants["dense"][1] / variants[small][1]
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
     for text in profiles:
         print(text)
     if args.out:
-        from ganprune.io import atomic_write_text
+        from ganprune.core.io import atomic_write_text
         atomic_write_text(args.out, table.to_csv(index=False))
     return 0
 

@@ -2,7 +2,7 @@
 NNI experiments.
 
 Task: the embedded 64² demo (``--task``, default the project's demo task), teacher from
-``ganprune.teacher.demo_teacher(quick=True)`` (unet_64 ngf 8 and a basic PatchGAN ndf 8, 200 training
+``ganprune.train.teacher.demo_teacher(quick=True)`` (unet_64 ngf 8 and a basic PatchGAN ndf 8, 200 training
 steps; built once and cached in the output folder). Every
 tuner gets the same trials, the same search config (G budget 30 %, D budget 50 % of dense MACs) and
 one trial at a time. NNI's tuners minimise the trial's ``default`` (the score, penalised when over
@@ -54,7 +54,7 @@ def main() -> None:
     out = os.path.abspath(a.out)
     os.makedirs(out, exist_ok=True)
 
-    from ganprune.teacher import demo_teacher
+    from ganprune.train.teacher import demo_teacher
     t0 = time.perf_counter()
     demo = demo_teacher(os.path.join(out, "demo"), quick=True, progress=False,
                         **({"task": a.task} if a.task else {}))

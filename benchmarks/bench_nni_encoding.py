@@ -77,7 +77,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if a.quick:
-        from ganprune.teacher import demo_teacher
+        from ganprune.train.teacher import demo_teacher
         demo = demo_teacher(os.path.join(a.work, "demo"), quick=True, progress=False)
         a.teacher, a.dataroot = str(demo["out"]), str(demo["dataroot"])
     import yaml

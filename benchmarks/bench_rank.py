@@ -38,14 +38,15 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau, spearmanr
 
-from ganprune.data import build_dataset, make_demo
-from ganprune.finetune import finetune
-from ganprune.pipeline import build_evaluator
-from ganprune.scoring import calibration_batches, recalibrate_batchnorm
-from ganprune.finalists import Distiller
-from ganprune.search import fill_budget, uniform_widths
-from ganprune.supernet import train_supernet
-from ganprune.teacher import load_teacher, train_teacher
+from ganprune.data.datasets import build_dataset
+from ganprune.data.demo import make_demo
+from ganprune.train.trainer import finetune
+from ganprune.search.setup import build_evaluator
+from ganprune.scoring.candidates import calibration_batches, recalibrate_batchnorm
+from ganprune.search.finalists import Distiller
+from ganprune.search.budget import fill_budget, uniform_widths
+from ganprune.search.supernet import train_supernet
+from ganprune.train.teacher import load_teacher, train_teacher
 
 TEACHER = dict(size=64, arch="unet_64", ngf=32, ndf=32, steps=3000, batch_size=4)
 
@@ -284,8 +285,8 @@ def rank_table(scores, cost, fidelity, kid=None, slice_fidelity=None):
 def searched(ev, budget, d_widths, agent, rounds, seed, distiller=None):
     """The G widths a search with ``agent`` picks (D held at ``d_widths`` by the uniform D-agent); with a
     ``distiller``, among its 4 finalists (the default search)."""
-    from ganprune.agent import get_agent
-    from ganprune.search import search
+    from ganprune.search.agent import get_agent
+    from ganprune.search.loop import search
     g_max = int(budget * ev.g_space.macs(ev.g_space.full_widths()))
     d_max = ev.d_space.macs(d_widths)
     g = get_agent(agent)(ev.g_space, g_max, seed=seed, role="G")

@@ -1,6 +1,6 @@
 """Fine-tuning recipes side by side: same teacher, same pruned pair, same steps, same held-out data.
 
-On the embedded edges→photo set, a Pix2Pix teacher is trained with ``ganprune.teacher.train_teacher``
+On the embedded edges→photo set, a Pix2Pix teacher is trained with ``ganprune.train.teacher.train_teacher``
 (cached under ``--out``), G is pruned to ≈25% of its MACs and D to ≈50% by uniform width scaling
 (``SearchSpace.uniform``, magnitude-ranked channels from the teacher's weights), and every recipe
 fine-tunes its own copy of that pair for the same number of steps (selfsup trains the dense D, as the
@@ -45,13 +45,14 @@ import pandas as pd
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from ganprune.data import build_dataset, make_demo
-from ganprune.finetune import finetune
+from ganprune.data.datasets import build_dataset
+from ganprune.data.demo import make_demo
+from ganprune.train.trainer import finetune
 from ganprune.metrics.quality import frechet_distance
-from ganprune.pipeline import run_search
-from ganprune.prune import prune
-from ganprune.space import SearchSpace
-from ganprune.teacher import load_teacher, train_teacher
+from ganprune.search.setup import run_search
+from ganprune.pruning.physical import prune
+from ganprune.pruning.space import SearchSpace
+from ganprune.train.teacher import load_teacher, train_teacher
 
 RECIPES = ("pix2pix", "density", "dgl", "dcd", "gcc", "selfsup", "cyclegan")
 

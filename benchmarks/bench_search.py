@@ -1,7 +1,7 @@
 """Search quality before fine-tuning: collaborative greedy / RL vs random vs uniform width scaling.
 
 One command, one table. On the embedded edges→photo data with a teacher trained by
-``ganprune.teacher.train_teacher``, at G budgets of 25% and 10% MACs (D budget 50%), each method gets the
+``ganprune.train.teacher.train_teacher``, at G budgets of 25% and 10% MACs (D budget 50%), each method gets the
 same number of candidate evaluations on the *train* split; its winner is then scored on the held-out
 *val* split: density discrepancy, PSNR vs the teacher output, G/D balance. ``cost ×fwd`` is the time to
 score one candidate divided by one forward of the winning (pruned) student G over the perturbed
@@ -19,13 +19,13 @@ import time
 import pandas as pd
 import torch
 
-from ganprune.agent import get_agent
-from ganprune.data import make_demo
-from ganprune.scoring import CandidateEvaluator, calibration_batches
-from ganprune.pipeline import build_evaluator
-from ganprune.budget import resolve_macs
-from ganprune.search import search
-from ganprune.teacher import load_teacher, train_teacher
+from ganprune.search.agent import get_agent
+from ganprune.data.demo import make_demo
+from ganprune.scoring.candidates import CandidateEvaluator, calibration_batches
+from ganprune.search.setup import build_evaluator
+from ganprune.search.budget import resolve_macs
+from ganprune.search.loop import search
+from ganprune.train.teacher import load_teacher, train_teacher
 
 METHODS = {  # name: (G agent, D agent); "uniform" = the widest uniform scaling that fits (one candidate)
     "collab greedy": ("greedy", "greedy"),
@@ -109,7 +109,7 @@ def main():
 
 
 def _val_batches(data, n):
-    from ganprune.data import build_dataset
+    from ganprune.data.datasets import build_dataset
     ds = build_dataset(data, phase="val", flip=False)
     items = [ds[i] for i in range(min(n, len(ds)))]
     return [{"A": torch.stack([it["A"] for it in items[i:i + 8]]), "B": torch.stack([it["B"] for it in items[i:i + 8]])}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 
-from ganprune.agent import Agent, register_agent
+from ganprune.search.agent import Agent, register_agent
 
 
 @register_agent("local_search")

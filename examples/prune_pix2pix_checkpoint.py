@@ -16,16 +16,17 @@ import tempfile
 
 import torch
 
-from ganprune.export import export_onnx
+from ganprune.deploy.export import export_onnx
 from ganprune.metrics.complexity import macs_params
-from ganprune.pipeline import load_pair, run_search
-from ganprune.prune import pruned_info, save_pruned
+from ganprune.train.pair import load_pair
+from ganprune.search.setup import run_search
+from ganprune.pruning.physical import pruned_info, save_pruned
 
 
 def selftest_inputs(root: str) -> tuple[str, str, str]:
     """Fresh-init unet_64 (ngf 8) / basic (ndf 8) checkpoints and the 64x64 demo set under ``root``."""
-    from ganprune.data import make_demo
-    from ganprune.models import load_discriminator, load_generator, save_checkpoint
+    from ganprune.data.demo import make_demo
+    from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
     torch.manual_seed(0)
     g_path, d_path = os.path.join(root, "latest_net_G.pth"), os.path.join(root, "latest_net_D.pth")
     save_checkpoint(g_path, load_generator(arch="unet_64", ngf=8))

@@ -1,60 +1,26 @@
 """ganprune: make Pix2Pix / CycleGAN generators small and fast.
 
-The pipeline, in the order it runs: load a checkpoint (``ganprune.models``) → build the search space
-(``ganprune.space``) → let a G-agent and a D-agent search widths (``ganprune.search``) scored by the
-local-density objective (``ganprune.objective``, ``ganprune.scoring``) → prune physically
-(``ganprune.prune``) → fine-tune (``ganprune.finetune``) → measure and export (``ganprune.metrics``,
-``ganprune.evaluation``, ``ganprune.export``).
+The subpackages are the pipeline's stages, in the order it runs: ``models`` (load a checkpoint) →
+``pruning`` (dependency graph, search space, physical pruning) → ``scoring`` (the local-density objective,
+candidate scores) → ``search`` (agents, budgets, supernet, the collaborative loop) → ``train`` (one trainer,
+every recipe, the teacher) → ``metrics`` and ``evaluation`` (cost and quality) → ``deploy`` (ONNX and edge
+runtimes) → ``report``. ``core`` holds what they all stand on (options, errors, files, plugins); ``pipeline``
+runs the stages in order, resumably; ``nni`` runs the search as an NNI experiment; ``cli`` is the command line.
+This module lists the public API: each name once, loaded on first use.
 """
-import importlib.util as _util
-import os as _os
-import sys as _sys
-import types as _types
+from ganprune.core.errors import UserError
 
-from ganprune.errors import UserError
-
-
-def _beside_the_package(name: str) -> None:
-    """In a source checkout ``agents/`` and ``search_spaces/`` sit beside this folder, not in it (an
-    installed copy has them inside, via setuptools' package_dir): load them as ``ganprune.<name>``."""
-    here = _os.path.dirname(_os.path.abspath(__file__))
-    folder = _os.path.join(_os.path.dirname(here), name)
-    init = _os.path.join(folder, "__init__.py")
-    if _os.path.isdir(_os.path.join(here, name)) or f"ganprune.{name}" in _sys.modules or not _os.path.exists(init):
-        return        # installed, already loaded, or missing (the import that needs it says so)
-    spec = _util.spec_from_file_location(f"ganprune.{name}", init, submodule_search_locations=[folder])
-    module = _util.module_from_spec(spec)
-    _sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    globals()[name] = module
-
-
-_beside_the_package("agents")
-_beside_the_package("search_spaces")
 # The public names load on first use (PEP 562), so ``import ganprune`` (and the CLI) does not import torch:
 # the CLI sets OpenMP's thread settings first, which only take effect before torch loads.
-_PUBLIC = {"export_onnx": "ganprune.export", "finetune": "ganprune.finetune", "Agent": "ganprune.agent",
-           "Feedback": "ganprune.agent", "available_agents": "ganprune.agent", "get_agent": "ganprune.agent",
-           "make_agent": "ganprune.agent", "register_agent": "ganprune.agent",
-           "LocalDensityObjective": "ganprune.objective", "allow_arch": "ganprune.models",
-           "load_discriminator": "ganprune.models", "load_generator": "ganprune.models",
-           "save_checkpoint": "ganprune.models", "run_pipeline": "ganprune.pipeline", "load_pruned": "ganprune.prune",
-           "prune": "ganprune.prune", "save_pruned": "ganprune.prune",
-           "pruned_info": "ganprune.prune", "PrunedInfo": "ganprune.prune", "Group": "ganprune.space",
-           "SearchSpace": "ganprune.space", "load_teacher": "ganprune.teacher", "train_teacher": "ganprune.teacher"}
-
-
-class _Package(_types.ModuleType):
-    """``ganprune.prune`` and ``ganprune.finetune`` are the functions, as they always were, not the
-    submodules of the same name that the import system binds on the package when it loads them."""
-
-    def __setattr__(self, name, value):
-        if name in ("prune", "finetune") and isinstance(value, _types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-_sys.modules[__name__].__class__ = _Package
+_PUBLIC = {"export_onnx": "ganprune.deploy.export", "finetune": "ganprune.train.trainer", "Agent": "ganprune.search.agent",
+           "Feedback": "ganprune.search.agent", "available_agents": "ganprune.search.agent", "get_agent": "ganprune.search.agent",
+           "make_agent": "ganprune.search.agent", "register_agent": "ganprune.search.agent",
+           "LocalDensityObjective": "ganprune.scoring.objective", "allow_arch": "ganprune.models.registry",
+           "load_discriminator": "ganprune.models.checkpoint", "load_generator": "ganprune.models.checkpoint",
+           "save_checkpoint": "ganprune.models.checkpoint", "run_pipeline": "ganprune.pipeline", "load_pruned": "ganprune.pruning.physical",
+           "prune": "ganprune.pruning.physical", "save_pruned": "ganprune.pruning.physical",
+           "pruned_info": "ganprune.pruning.physical", "PrunedInfo": "ganprune.pruning.physical", "Group": "ganprune.pruning.space",
+           "SearchSpace": "ganprune.pruning.space", "load_teacher": "ganprune.train.teacher", "train_teacher": "ganprune.train.teacher"}
 
 
 def __getattr__(name: str):

@@ -1,7 +1,7 @@
 """``ganprune demo``'s pruning half: the settings the demo prunes its cached teacher with, and the run.
 
 The teacher half (``demo_teacher``, its presets and cache folder) lives with teacher training in
-``ganprune.teacher``; the demo data set is built by ``ganprune.data.demo``.
+``ganprune.train.teacher``; the demo data set is built by ``ganprune.data.demo``.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import os
 import pandas as pd
 from torch import nn
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 COLUMNS = {"psnr": "PSNR", "ssim": "SSIM", "psnr_teacher": "PSNR vs teacher", "ssim_teacher": "SSIM vs teacher",
            "fid": "FID", "kid_mean": "KID", "kid_std": "KID std", "miou": "mIoU"}
@@ -26,7 +26,7 @@ def load_model(generator=None, pruned=None, teacher=None, arch: str = "unet_256"
         raise UserError("give exactly one of --generator, --pruned, --teacher "
                         f"(got {', '.join('--' + g for g in given) or 'none'})")
     if pruned:
-        from ganprune.prune import load_pruned, pruned_info
+        from ganprune.pruning.physical import load_pruned, pruned_info
         from ganprune.models.registry import kind_of
         net = load_pruned(pruned)
         spec = pruned_info(net).spec
@@ -34,10 +34,10 @@ def load_model(generator=None, pruned=None, teacher=None, arch: str = "unet_256"
             raise UserError(f"{pruned}: holds a discriminator; evaluation needs a generator")
         return f"pruned {os.path.basename(os.fspath(pruned))}", net
     if teacher:
-        from ganprune.teacher import load_teacher
+        from ganprune.train.teacher import load_teacher
         G, _, spec = load_teacher(teacher)
         return f"teacher {spec['G']['arch']} ngf {spec['G'].get('ngf')}", G
-    from ganprune.models import load_generator
+    from ganprune.models.checkpoint import load_generator
     net = load_generator(generator, arch=arch, ngf=ngf, norm=norm, input_nc=input_nc, output_nc=output_nc,
                          dropout=dropout)
     return f"{arch} ngf {ngf} ({os.path.basename(os.fspath(generator))})", net
@@ -123,7 +123,7 @@ def report_markdown(table: pd.DataFrame, computed_on: dict) -> str:
 
 def write_report(table: pd.DataFrame, computed_on: dict, out) -> dict:
     """``eval.csv`` and ``eval.md`` (table + computed-on line) in ``out``, each written atomically."""
-    from ganprune.io import atomic_write_text
+    from ganprune.core.io import atomic_write_text
     out = os.fspath(out)
     paths = {"csv": os.path.join(out, "eval.csv"), "md": os.path.join(out, "eval.md")}
     atomic_write_text(paths["csv"], table.to_csv(index=False))

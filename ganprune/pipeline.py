@@ -1,19 +1,19 @@
 """The whole pipeline, resumable: search → prune → fine-tune → evaluate → export → report.
 
-``run_pipeline`` takes ``ganprune prune``'s options as a plain dict (``ganprune.options.PIPELINE``); the
+``run_pipeline`` takes ``ganprune prune``'s options as a plain dict (``ganprune.core.options.PIPELINE``); the
 CLI and the Python API both call it. Each stage takes the previous stage's outputs from the folder.
 """
 from __future__ import annotations
 
 import os
 
-from ganprune.errors import UserError
-from ganprune.outdir import one_run_at_a_time
-from ganprune.options import PIPELINE, STAGES, evaluator_keywords, resolve, search_keywords
-from ganprune.pair import load_pair, pair_from_options
-from ganprune.search_setup import attach_supernet, build_evaluator, calibration, run_search
+from ganprune.core.errors import UserError
+from ganprune.core.outdir import one_run_at_a_time
+from ganprune.core.options import PIPELINE, STAGES, evaluator_keywords, resolve, search_keywords
+from ganprune.train.pair import pair_from_options
+from ganprune.search.setup import attach_supernet, build_evaluator, calibration, run_search
 
-__all__ = ["run_pipeline", "resolve_config", "eval_phase", "finetune_pruned", "STAGES", "load_pair", "build_evaluator", "run_search"]
+__all__ = ["run_pipeline", "resolve_config", "eval_phase", "finetune_pruned"]
 
 
 # --------------------------------------------------------------------------- the whole pipeline
@@ -33,7 +33,7 @@ _NOT_RESULTS = ("out", "save_every", "agent_timeout")
 
 
 def resolve_config(config: dict) -> dict:
-    """Every option of ``ganprune prune`` (``ganprune.options.PIPELINE``) with its default, overlaid by
+    """Every option of ``ganprune prune`` (``ganprune.core.options.PIPELINE``) with its default, overlaid by
     ``config``: unknown keys and bad values refused in one line naming the option."""
     return resolve(PIPELINE, config, source="config")
 
@@ -53,23 +53,23 @@ def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, 
                     progress=True, **trainer) -> dict:
     """Fine-tune the pruned files ``pruned_g``/``pruned_d`` (``pruned_d`` None: a trainable copy of the
     teacher's D, or with no teacher D either a fresh one built from ``d_spec``) on ``dataroot`` into ``out``; the val L1 checks run on the held-out
-    split (its first ``eval_images``), if there is one. ``trainer``: ``ganprune.finetune.finetune``'s
+    split (its first ``eval_images``), if there is one. ``trainer``: ``ganprune.train.trainer.finetune``'s
     keywords (recipe, steps, batch_size, lr, ...). What ``ganprune finetune`` and the pipeline stage run."""
     import copy
 
     from torch.utils.data import Subset
 
-    from ganprune.data import build_dataset
+    from ganprune.data.datasets import build_dataset
     from ganprune.data.datasets import held_out_phase
-    from ganprune.finetune import finetune
-    from ganprune.prune import load_pruned
+    from ganprune.train.trainer import finetune
+    from ganprune.pruning.physical import load_pruned
     G = load_pruned(pruned_g)
     if pruned_d:
         D = load_pruned(pruned_d)
     elif teacher_D is not None:
         D = copy.deepcopy(teacher_D)
     else:
-        from ganprune.pair import fresh_discriminator
+        from ganprune.train.pair import fresh_discriminator
         D = fresh_discriminator(d_spec, trainer.get("seed", 0))
     data = {"direction": direction, "load_size": load_size, "crop_size": crop_size}
     train = build_dataset(dataroot, mode, train_phase, **data)
@@ -127,7 +127,7 @@ class _Run:
         if r.best is None:
             raise UserError(f"no candidate pair met both budgets in {len(r.history)} rounds; raise rounds or "
                             "loosen g_budget/d_budget")
-        from ganprune.io import atomic_write_text
+        from ganprune.core.io import atomic_write_text
         atomic_write_text(self.path("search", "pareto.csv"), r.pareto().to_csv(index=False))
         for name in ("history.csv", "widths.yaml"):
             with open(self.path("search", name), encoding="utf-8") as fh:
@@ -151,9 +151,9 @@ class _Run:
         they are checked against this pair's spaces, scored once, and become the winner."""
         import json
 
-        from ganprune.io import atomic_write_text
-        from ganprune.options import read_yaml
-        from ganprune.search import HISTORY_COLUMNS, candidate_rng, save_winner
+        from ganprune.core.io import atomic_write_text
+        from ganprune.core.options import read_yaml
+        from ganprune.search.loop import HISTORY_COLUMNS, candidate_rng, save_winner
         given = read_yaml(path, "widths file")
         try:
             g_w, d_w = given["generator"]["widths"], given["discriminator"]["widths"]
@@ -184,8 +184,8 @@ class _Run:
                 "d_macs": int(row["d_macs"])}
 
     def prune(self) -> dict:
-        from ganprune.prune import pruned_info, save_pruned
-        from ganprune.search import candidate_rng, load_winner
+        from ganprune.pruning.physical import pruned_info, save_pruned
+        from ganprune.search.loop import candidate_rng, load_winner
         self.need("search/widths.yaml")
         winner = load_winner(self.path("search", "widths.yaml"))
         G, D, g_spec, d_spec = self.pair()
@@ -212,8 +212,8 @@ class _Run:
         """A new D from ``d_spec`` as a full-width 'pruned' net (seeded), for a G pruned without its D."""
         import torch
 
-        from ganprune.pair import fresh_discriminator
-        from ganprune.prune import prune
+        from ganprune.train.pair import fresh_discriminator
+        from ganprune.pruning.physical import prune
         _, _, _, d_spec = self.pair()
         d = fresh_discriminator(d_spec, self.c["seed"])
         return prune(d, {}, torch.zeros(1, _first_conv_in(d), *g_example.shape[-2:]))
@@ -233,9 +233,9 @@ class _Run:
 
     def evaluate(self) -> dict:
         from ganprune.evaluation import evaluate, write_report
-        from ganprune.io import atomic_write_yaml
+        from ganprune.core.io import atomic_write_yaml
         from ganprune.metrics.complexity import complexity
-        from ganprune.prune import load_pruned, pruned_info
+        from ganprune.pruning.physical import load_pruned, pruned_info
         self.need("pruned_G.pt", "finetune/G.pt")
         TG, TD, _, _ = self.pair()
         c = self.c
@@ -257,12 +257,12 @@ class _Run:
     def export(self) -> dict:
         import torch
 
-        from ganprune.export import export_onnx
-        from ganprune.prune import load_pruned
+        from ganprune.deploy.export import export_onnx
+        from ganprune.pruning.physical import load_pruned
         self.need("finetune/G.pt")
         G = load_pruned(self.path("finetune", "G.pt"))
         # Parity on real validation images: on a constant input InstanceNorm is degenerate (false alarms).
-        from ganprune.data import build_dataset
+        from ganprune.data.datasets import build_dataset
         c = self.c
         val = build_dataset(c["dataroot"], c["mode"], eval_phase(c["dataroot"], c["mode"]), flip=False,
                             direction=c["direction"], load_size=c["size"], crop_size=c["size"])
@@ -285,7 +285,7 @@ def pd_frame(rows, columns):
 
 
 def _first_conv_in(net) -> int:
-    from ganprune.export import input_channels
+    from ganprune.deploy.export import input_channels
     return input_channels(net)
 
 
@@ -356,8 +356,8 @@ def _run_stages(c: dict, out: str, stages, progress: bool) -> dict:
     import pandas as pd
     import yaml
 
-    from ganprune.io import atomic_write_yaml
-    from ganprune.outdir import marker_problem, write_marker
+    from ganprune.core.io import atomic_write_yaml
+    from ganprune.core.outdir import marker_problem, write_marker
     t0 = time.perf_counter()
     os.makedirs(os.path.join(out, ".done"), exist_ok=True)
     run = _Run(c, out, progress)

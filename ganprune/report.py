@@ -14,9 +14,9 @@ def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
     import pandas as pd
 
     from ganprune.evaluation import report_markdown
-    from ganprune.io import atomic_write_text
-    from ganprune.options import read_yaml
-    from ganprune.search import load_winner
+    from ganprune.core.io import atomic_write_text
+    from ganprune.core.options import read_yaml
+    from ganprune.search.loop import load_winner
     out = os.fspath(out)
     table = pd.read_csv(os.path.join(out, "evaluate", "eval.csv"))
     computed_on = read_yaml(os.path.join(out, "evaluate", "computed_on.yaml"))
@@ -64,7 +64,7 @@ def pareto_png(history_csv, winner: Mapping, path, log: Callable[[str], None]) -
     except ImportError:
         log("report: matplotlib is not installed; skipped pareto.png (pip install matplotlib)")
         return False
-    from ganprune.io import atomic_path
+    from ganprune.core.io import atomic_path
     h = pd.read_csv(history_csv)
     h = h[h["error"].isna() | (h["error"] == "")]
     row = h[h["round"] == winner["round"]].iloc[0]
@@ -85,7 +85,7 @@ def pareto_png(history_csv, winner: Mapping, path, log: Callable[[str], None]) -
 
 
 def _panel(ax, h, row, net: str, budget: Mapping, winner_round) -> None:
-    from ganprune.search import pareto_front
+    from ganprune.search.loop import pareto_front
     macs, score = f"{net}_macs", f"score_{net}"
     ok = h["feasible"].astype(str) == "True"
     front = pareto_front(h, macs, score)

@@ -3,7 +3,7 @@
 One file per built-in arch (``unet_256.yaml`` ...; the schema is documented at the top of
 ``unet_256.yaml``). ``load`` returns the rules as plain data with defaults filled in, plus a label naming
 where they came from, so that every later error can name the file and key. Group names are checked
-against the model in ``ganprune.space`` (only it knows the model's groups).
+against the model in ``ganprune.pruning.space`` (only it knows the model's groups).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from ganprune import agent as agent_mod
-from ganprune.agent import (AGENTS, Agent, Feedback, available_agents, get_agent, make_agent,
-                            register_agent)
-from ganprune.errors import UserError
+from ganprune.search import agent as agent_mod
+from ganprune.search.agent import AGENTS, Agent, Feedback, available_agents, get_agent, make_agent, register_agent
+from ganprune.core.errors import UserError
 
 BUILTINS = ("greedy", "random", "rl", "template")
 
@@ -263,7 +262,7 @@ def test_frozen_space(name):
 @pytest.fixture(scope="module")
 def real_spaces():
     import ganprune
-    from ganprune.space import SearchSpace
+    from ganprune.pruning.space import SearchSpace
     g = SearchSpace.from_model(ganprune.load_generator(None, arch="unet_64", ngf=8), torch.zeros(1, 3, 64, 64))
     d = SearchSpace.from_model(ganprune.load_discriminator(None, arch="basic", ndf=8), torch.zeros(1, 6, 64, 64))
     return g, d
@@ -370,7 +369,7 @@ def test_invalid_proposal_from_plugin(space, registry):
 # --------------------------------------------------------------------------- plugins
 
 AGENT_FILE = '''
-from ganprune.agent import Agent, register_agent
+from ganprune.search.agent import Agent, register_agent
 
 @register_agent("{name}")
 class Smallest(Agent):
@@ -421,7 +420,7 @@ def _fake_distribution(root, name, entry, module_name, module_source):
 def test_agent_from_entry_point(tmp_path, monkeypatch, space, registry):
     """A real installed-distribution layout on sys.path, discovered through importlib.metadata."""
     source = textwrap.dedent('''
-        from ganprune.agent import Agent
+        from ganprune.search.agent import Agent
 
         class Half(Agent):
             description = "uniform half widths"

@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 import torch
 
-from ganprune.agent import make_agent
-from ganprune.budget import Budget, latency_table, parse_budget, resolve_macs
-from ganprune.errors import UserError
-from ganprune.models import load_generator
-from ganprune.search import fill_budget
-from ganprune.space import SearchSpace
+from ganprune.search.agent import make_agent
+from ganprune.search.budget import Budget, latency_table, parse_budget, resolve_macs
+from ganprune.core.errors import UserError
+from ganprune.models.checkpoint import load_generator
+from ganprune.search.budget import fill_budget
+from ganprune.pruning.space import SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_search_cli_under_a_latency_budget(tmp_path, capsys):
     from ganprune.cli import main
     from ganprune.data.demo import make_demo
     from ganprune.metrics.latency import LatencyTable
-    from ganprune.models import load_discriminator, save_checkpoint
+    from ganprune.models.checkpoint import load_discriminator, save_checkpoint
     save_checkpoint(tmp_path / "G.pth", load_generator(arch="unet_64", ngf=8))
     save_checkpoint(tmp_path / "D.pth", load_discriminator(ndf=8))
     data = make_demo(tmp_path / "data", size=64, task="gray2color")["out"]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ganprune.cli import main
 from ganprune.data import demo
 from ganprune.data.datasets import AlignedDataset, UnalignedDataset, build_dataset
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 
 def _pattern(w, h, seed):

@@ -5,12 +5,12 @@ is all the agents' path to the budget depends on."""
 import pytest
 import torch
 
-from ganprune.agent import get_agent
-from ganprune.budget import Budget
-from ganprune.models import load_discriminator, load_generator
-from ganprune.search import CollaborativeSearch
-from ganprune.search_setup import default_rounds
-from ganprune.space import SearchSpace
+from ganprune.search.agent import get_agent
+from ganprune.search.budget import Budget
+from ganprune.models.checkpoint import load_discriminator, load_generator
+from ganprune.search.loop import CollaborativeSearch
+from ganprune.search.setup import default_rounds
+from ganprune.pruning.space import SearchSpace
 
 SIZES = {"unet_64": 64, "unet_128": 128, "unet_256": 256, "resnet_6blocks": 64, "resnet_9blocks": 64}
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from ganprune.device import autocast, make_grad_scaler, pick_device, resolve_precision, to_channels_last
-from ganprune.errors import UserError
+from ganprune.core.device import autocast, make_grad_scaler, pick_device, resolve_precision, to_channels_last
+from ganprune.core.errors import UserError
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -9,8 +9,8 @@ from ganprune.cli import main
 from ganprune.data.demo import make_demo
 from ganprune.metrics.complexity import complexity
 from ganprune.metrics.quality import PSNR_CAP
-from ganprune.models import load_discriminator, load_generator, save_checkpoint
-from ganprune.prune import prune, pruned_info, save_pruned
+from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
+from ganprune.pruning.physical import prune, pruned_info, save_pruned
 
 SPEC = {"arch": "unet_64", "ngf": 8, "norm": "batch"}
 

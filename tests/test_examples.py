@@ -7,10 +7,10 @@ import pytest
 import yaml
 
 import ganprune.demo as demo
-import ganprune.teacher as teacher
+import ganprune.train.teacher as teacher
 from ganprune.cli import main
 from ganprune.pipeline import resolve_config
-from ganprune.prune import pruned_info
+from ganprune.pruning.physical import pruned_info
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
@@ -20,7 +20,7 @@ CONFIGS = ["pix2pix_unet", "pix2pix_resnet", "cyclegan_resnet", "cyclegan_g_only
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     from ganprune.data.demo import make_demo
-    from ganprune.models import load_discriminator, load_generator, save_checkpoint
+    from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
     root = tmp_path_factory.mktemp("examples")
     save_checkpoint(root / "G.pth", load_generator(arch="unet_64", ngf=8))
     save_checkpoint(root / "D.pth", load_discriminator(ndf=8))
@@ -41,7 +41,7 @@ def test_example_configs_are_valid_prune_configs(name, tmp_path):
     #                                                                       accepts the file as it is
     assert args.g_arch == values["g_arch"] and args.out == str(tmp_path)
     if name.startswith("cyclegan"):
-        from ganprune.options import conditional_d
+        from ganprune.core.options import conditional_d
         assert not conditional_d(vars(args)) and args.mode == "unaligned" and args.norm == "instance"
 
 
@@ -128,7 +128,7 @@ def test_readme_search_quick_start_with_the_nni_search_yaml(tiny, tmp_path, caps
     # the widths then go to `ganprune prune --widths` / `ganprune apply` without a new search
     assert main(["apply", "--config", str(cfg), "--widths", str(tmp_path / "s" / "widths.yaml"),
                  "--out", str(tmp_path / "a")]) == 0
-    from ganprune.prune import load_pruned
+    from ganprune.pruning.physical import load_pruned
     g = load_pruned(tmp_path / "a" / "pruned_G.pt")
     assert pruned_info(g).widths == winner["generator"]["widths"] and not g.training
     assert yaml.safe_load((tmp_path / "a" / "widths.yaml").read_text())["generator"]["widths"] == \
@@ -140,7 +140,7 @@ def test_readme_prune_quick_start_g_only_example(tiny, tmp_path):
     """`ganprune prune --config examples/configs/cyclegan_g_only.yaml` at tiny size (unaligned demo data, a
     resnet_6blocks G checkpoint alone, default rounds): every stage runs and widths.yaml comes out."""
     from ganprune.data.demo import make_demo
-    from ganprune.models import load_generator, save_checkpoint
+    from ganprune.models.checkpoint import load_generator, save_checkpoint
     values = yaml.safe_load(open(os.path.join(EXAMPLES, "configs", "cyclegan_g_only.yaml")))
     save_checkpoint(tmp_path / "G.pth", load_generator(arch="resnet_6blocks", ngf=8, norm="instance"))
     values.update(generator=str(tmp_path / "G.pth"), g_arch="resnet_6blocks", ngf=8, ndf=8, size=64,

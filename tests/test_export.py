@@ -10,11 +10,12 @@ import torch
 from torch import nn
 
 from ganprune.cli import main
-from ganprune.errors import UserError
-from ganprune.export import dynamo_available, export_onnx, ort_session
-from ganprune.fuse import count_batchnorm, fold_batchnorm
-from ganprune.models import load_discriminator, load_generator, save_checkpoint
-from ganprune.prune import pruned_info, set_pruned_info
+from ganprune.core.errors import UserError
+from ganprune.deploy.export import dynamo_available, export_onnx
+from ganprune.deploy.runtimes import ort_session
+from ganprune.deploy.fuse import count_batchnorm, fold_batchnorm
+from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
+from ganprune.pruning.physical import pruned_info, set_pruned_info
 
 
 def _random_bn_stats(net: nn.Module) -> nn.Module:
@@ -175,8 +176,8 @@ def test_cli_export_bad_inputs_exit_2_with_one_line(tmp_path, capsys, argv, mess
 
 
 def _pruned_unet(tmp_path):
-    from ganprune.prune import prune, save_pruned
-    from ganprune.space import SearchSpace
+    from ganprune.pruning.physical import prune, save_pruned
+    from ganprune.pruning.space import SearchSpace
     dense = _random_bn_stats(load_generator(arch="unet_64", ngf=8))
     x = torch.randn(1, 3, 64, 64)
     space = SearchSpace.from_model(dense, x, arch="unet_64")
@@ -253,7 +254,7 @@ def test_unet_keeps_its_fixed_size_and_records_it(tmp_path):
 
 def test_metadata_props_say_what_the_file_holds(tmp_path):
     from ganprune import __version__
-    from ganprune.export import read_metadata, recorded_threads
+    from ganprune.deploy.runtimes import read_metadata, recorded_threads
     pruned, _, _ = _pruned_unet(tmp_path)
     set_pruned_info(pruned, spec={"arch": "unet_64", "ngf": 8})
     export_onnx(pruned, tmp_path / "p.onnx", torch.randn(1, 3, 64, 64), threads=3,
@@ -266,7 +267,8 @@ def test_metadata_props_say_what_the_file_holds(tmp_path):
 
 
 def test_thread_count_timed_and_recorded(tmp_path):
-    from ganprune.export import recorded_threads, thread_candidates
+    from ganprune.deploy.runtimes import recorded_threads
+    from ganprune.deploy.export import thread_candidates
     result = export_onnx(load_discriminator(ndf=8), tmp_path / "d.onnx", torch.randn(1, 6, 64, 64), threads="auto")
     assert set(result["latency_ms_by_threads"]) == set(thread_candidates())
     assert all(ms > 0 for ms in result["latency_ms_by_threads"].values())
@@ -277,8 +279,9 @@ def test_thread_count_timed_and_recorded(tmp_path):
 
 @pytest.mark.parametrize("fmt, ext", [("openvino", "xml"), ("pte", "pte")])
 def test_other_runtime_formats_match_torch(fmt, ext, tmp_path):
-    from ganprune.export import export_model, read_metadata
-    from ganprune.runtimes import available, load_runner
+    from ganprune.deploy.export import export_model
+    from ganprune.deploy.runtimes import read_metadata
+    from ganprune.deploy.runtimes import available, load_runner
     if not available(fmt):
         pytest.skip(f"{fmt} runtime not installed")
     net = _random_bn_stats(load_generator(arch="resnet_6blocks", ngf=8)).eval()
@@ -294,7 +297,7 @@ def test_other_runtime_formats_match_torch(fmt, ext, tmp_path):
 
 
 def test_cli_export_format_choice_and_missing_runtime(tmp_path, capsys, monkeypatch):
-    import ganprune.runtimes as runtimes
+    import ganprune.deploy.runtimes as runtimes
     save_checkpoint(tmp_path / "G.pth", load_generator(arch="resnet_6blocks", ngf=8))
     monkeypatch.setattr(runtimes, "available", lambda fmt: fmt == "onnx")
     argv = ["export", "--generator", str(tmp_path / "G.pth"), "--arch", "resnet_6blocks", "--ngf", "8", "--size", "64"]

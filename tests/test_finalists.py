@@ -5,11 +5,12 @@ import json
 import pytest
 import torch
 
-from ganprune.agent import get_agent
-from ganprune.budget import resolve_macs
-from ganprune.errors import UserError
-from ganprune.finalists import Distiller, finalist_rows
-from ganprune.search import read_history, search, uniform_widths
+from ganprune.search.agent import get_agent
+from ganprune.search.budget import resolve_macs
+from ganprune.core.errors import UserError
+from ganprune.search.finalists import Distiller, finalist_rows
+from ganprune.search.loop import read_history, search
+from ganprune.search.budget import uniform_widths
 from test_search import evaluator, pair  # noqa: F401 (the same tiny unet_64/basic pair and evaluator fixtures)
 
 
@@ -50,7 +51,7 @@ def test_finalist_rows_are_the_best_distinct_pairs_then_uniform():
 def test_distiller_is_identical_for_every_call_and_moves_toward_the_teacher(pair):
     G, _ = pair
     distil = Distiller(G, _Images(), steps=6, batch_size=4, lr=1e-3, seed=0)
-    from ganprune.prune import prune
+    from ganprune.pruning.physical import prune
     x = torch.rand(4, 3, 64, 64) * 2 - 1
     small = prune(G, {}, x[:1])
     for p in small.parameters():   # a student away from the teacher

@@ -9,12 +9,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ganprune.data import AlignedDataset, UnalignedDataset
-from ganprune.errors import UserError
-from ganprune.finetune import finetune
-from ganprune.models import load_discriminator, load_generator
-from ganprune.prune import load_pruned, prune, pruned_info, set_pruned_info
-from ganprune.space import SearchSpace
+from ganprune.data.datasets import AlignedDataset, UnalignedDataset
+from ganprune.core.errors import UserError
+from ganprune.train.trainer import finetune
+from ganprune.models.checkpoint import load_discriminator, load_generator
+from ganprune.pruning.physical import load_pruned, prune, pruned_info, set_pruned_info
+from ganprune.pruning.space import SearchSpace
 
 
 def write_aligned(root, n_train=8, n_val=4, size=64, seed=0):
@@ -218,8 +218,8 @@ def test_ddp_gloo_two_ranks_stay_in_sync(tiny, tmp_path):
 
 def test_cli(tiny, tmp_path, capsys):
     from ganprune.cli import main
-    from ganprune.prune import save_pruned
-    from ganprune.teacher import train_teacher
+    from ganprune.pruning.physical import save_pruned
+    from ganprune.train.teacher import train_teacher
     teacher = tmp_path / "teacher"
     train_teacher(tiny["root"], teacher, arch="unet_64", ngf=8, ndf=8, steps=1, batch_size=2, progress=False)
     save_pruned(tmp_path / "g.pt", tiny["G"], {"arch": "unet_64", "ngf": 8}, pruned_info(tiny["G"]).widths)

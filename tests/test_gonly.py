@@ -11,8 +11,8 @@ import yaml
 
 from ganprune.cli import main
 from ganprune.data.demo import make_demo
-from ganprune.models import load_generator, save_checkpoint
-from ganprune.prune import load_pruned, pruned_info
+from ganprune.models.checkpoint import load_generator, save_checkpoint
+from ganprune.pruning.physical import load_pruned, pruned_info
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 FAST = {"supernet_steps": 0, "calib_images": 4, "calib_batch": 4, "finetune_steps": 2, "fid": False, "eval_images": 4, "latency": False,
@@ -96,13 +96,13 @@ def test_g_only_bring_your_own_class(demo, tmp_path, capsys, monkeypatch, one_th
 def test_recipe_needing_teacher_d_is_refused_without_one(demo, tmp_path, capsys):
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "G.pth", load_generator(arch="unet_64", ngf=8))
-    from ganprune.options import PIPELINE, resolve
-    from ganprune.pair import pair_from_options
+    from ganprune.core.options import PIPELINE, resolve
+    from ganprune.train.pair import pair_from_options
     G, D, g_spec, d_spec = pair_from_options(resolve(PIPELINE, {"generator": str(tmp_path / "G.pth"),
                                                                 "g_arch": "unet_64", "ngf": 8}))
     assert D is None and d_spec["input_nc"] == 6
-    from ganprune.finetune.recipe import get_recipe
-    from ganprune.pair import fresh_discriminator
+    from ganprune.train.recipe import get_recipe
+    from ganprune.train.pair import fresh_discriminator
     with pytest.raises(Exception, match="needs the teacher's discriminator"):
         get_recipe("dgl")(G, fresh_discriminator(d_spec), G, None, True, {})
 

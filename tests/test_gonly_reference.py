@@ -12,7 +12,7 @@ import torch
 
 from conftest import REFERENCE_KEYS
 from ganprune.data.demo import make_demo
-from ganprune.models import load_generator
+from ganprune.models.checkpoint import load_generator
 from test_gonly import _prune
 
 

@@ -7,9 +7,9 @@ import yaml
 
 import ganprune
 from ganprune.cli import main
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 from ganprune.models import registry
-from ganprune.prune import FORMAT, load_pruned
+from ganprune.pruning.physical import FORMAT, load_pruned
 
 
 @pytest.fixture(autouse=True)
@@ -77,7 +77,7 @@ def test_user_named_class_loads_from_a_pruned_file(tmp_path):
     arch = "test_models:TinyNet"
     x = torch.randn(1, 3, 16, 16)
     net = TinyNet(8)
-    small = ganprune.prune(net, {"conv": 4}, x)
+    small = ganprune.pruning.physical(net, {"conv": 4}, x)
     ganprune.save_pruned(tmp_path / "p.pt", small, {"arch": arch, "kind": "generator", "width": 8}, {"conv": 4})
     with pytest.raises(UserError, match="names Python code"):
         load_pruned(tmp_path / "p.pt")       # the file alone cannot pick the class
@@ -102,8 +102,8 @@ import time  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
-from ganprune.agent import Agent, get_agent, register_agent  # noqa: E402
-from ganprune.models import load_discriminator, load_generator, save_checkpoint  # noqa: E402
+from ganprune.search.agent import Agent, get_agent, register_agent  # noqa: E402
+from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint  # noqa: E402
 
 
 def _one_line_exit_2(argv, capsys, *needles):
@@ -134,7 +134,7 @@ def tiny(tmp_path_factory):
     data = make_demo(root / "data", size=64, task="gray2color")["out"]
     x = torch.zeros(1, 3, 64, 64)
     widths = {"down1": 4}
-    small = ganprune.prune(G.eval(), widths, x)
+    small = ganprune.pruning.physical(G.eval(), widths, x)
     ganprune.save_pruned(root / "P.pt", small, {"arch": "unet_64", "ngf": 8, "dropout": True}, widths)
     config = {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64",
               "ngf": 8, "ndf": 8, "dropout": True, "dataroot": data, "g_agent": "template", "d_agent": "template",
@@ -314,8 +314,8 @@ class HostileAgent(Agent):
 
 @pytest.fixture(scope="module")
 def evaluator(tiny):
-    from ganprune.pipeline import build_evaluator
-    from ganprune.scoring import calibration_batches
+    from ganprune.search.setup import build_evaluator
+    from ganprune.scoring.candidates import calibration_batches
     G = load_generator(tiny["G"], arch="unet_64", ngf=8, dropout=True).eval()
     D = load_discriminator(tiny["D"], ndf=8).eval()
     batches = calibration_batches(tiny["data"], n_images=4, batch_size=4)
@@ -323,7 +323,7 @@ def evaluator(tiny):
 
 
 def _budgets(ev, g=0.3, d=0.5):
-    from ganprune.budget import resolve_macs
+    from ganprune.search.budget import resolve_macs
     return (resolve_macs(g, ev.g_space.macs(ev.g_space.full_widths())),
             resolve_macs(d, ev.d_space.macs(ev.d_space.full_widths())))
 
@@ -338,7 +338,7 @@ AGENT_MISTAKES = {"list": "returned list, expected a dict", "none": "returned No
 
 @pytest.mark.parametrize("how", list(AGENT_MISTAKES))
 def test_agent_mistakes_stop_the_search_in_one_line_naming_the_agent(evaluator, tmp_path, how):
-    from ganprune.search import search
+    from ganprune.search.loop import search
     g_max, d_max = _budgets(evaluator)
     g = get_agent("hostile-test")(evaluator.g_space, g_max, role="G", how=how)
     d = get_agent("greedy")(evaluator.d_space, d_max, seed=1, role="D")
@@ -354,14 +354,14 @@ def test_agent_mistakes_stop_the_search_in_one_line_naming_the_agent(evaluator, 
 
 
 def test_agent_constructor_exit_is_an_error(evaluator):
-    from ganprune.agent import make_agent
+    from ganprune.search.agent import make_agent
     g_max, _ = _budgets(evaluator)
     with pytest.raises(UserError, match="G-agent hostile-test: __init__ called sys.exit"):
         make_agent("hostile-test", evaluator.g_space, g_max, role="G", how="init-exit")
 
 
 @pytest.mark.parametrize("body", ["import sys\nsys.exit(0)\n", "raise SystemExit('bye')\n",
-                                  "from ganprune.agent import Agent, register_agent\n"
+                                  "from ganprune.search.agent import Agent, register_agent\n"
                                   "@register_agent('hostile-file-agent')\nclass A(Agent):\n"
                                   "    '''exits'''\n    def ask(self, peer):\n        import sys; sys.exit(0)\n"])
 def test_agent_file_that_exits_fails_the_command(tiny, tmp_path, capsys, body):
@@ -379,7 +379,7 @@ def test_agent_timeout_option_and_star_import():
     from ganprune.pipeline import resolve_config
     assert resolve_config({})["agent_timeout"] == 600.0
     namespace = {}
-    exec("from ganprune.agent import *", namespace)   # __all__ names only what exists
+    exec("from ganprune.search.agent import *", namespace)   # __all__ names only what exists
     assert "Agent" in namespace and "make_agent" in namespace
 
 
@@ -411,7 +411,7 @@ class _NanOut(torch.nn.Module):
 
 @pytest.mark.parametrize("kind", ["nan-weight", "inf-weight", "inf-buffer", "nan-output"])
 def test_export_refuses_non_finite_models(tmp_path, kind):
-    from ganprune.export import export_onnx
+    from ganprune.deploy.export import export_onnx
     with pytest.raises(UserError, match="non-finite"):
         export_onnx(_poisoned(kind), tmp_path / "x.onnx", torch.zeros(1, 3, 64, 64))
     assert not (tmp_path / "x.onnx").exists()
@@ -450,7 +450,7 @@ def test_search_and_export_say_the_sizes_a_net_takes(tiny, tmp_path, capsys, com
 
 def test_valid_sizes_pass():
     from test_models import TinyNet
-    from ganprune.models import check_image_size
+    from ganprune.models.sizes import check_image_size
     check_image_size(load_generator(arch="unet_64", ngf=4), 64, 192)
     check_image_size(load_generator(arch="resnet_6blocks", ngf=4), 68, 300)
     check_image_size(TinyNet(), 7, 13)                 # a class with no known rule is not second-guessed
@@ -485,7 +485,7 @@ def test_nni_trial_parameters_are_checked(tiny, tmp_path, monkeypatch, capsys, c
 # =========================================================================== resume: exactly the uninterrupted run
 
 def _greedy_search(ev, rounds, out=None, seed=0, agents=("greedy", "greedy")):
-    from ganprune.search import search
+    from ganprune.search.loop import search
     g_max, d_max = _budgets(ev)
     g = get_agent(agents[0])(ev.g_space, g_max, seed=seed, role="G")
     d = get_agent(agents[1])(ev.d_space, d_max, seed=seed + 1, role="D")
@@ -606,7 +606,7 @@ def test_prune_stage_checks_widths_yaml(tiny, tmp_path, case):
 
 # =========================================================================== one run per --out; trusted markers
 
-_HOLD = ("import sys, time\nfrom ganprune.outdir import run_lock\nwith run_lock(sys.argv[1]):\n"
+_HOLD = ("import sys, time\nfrom ganprune.core.outdir import run_lock\nwith run_lock(sys.argv[1]):\n"
          "    print('held', flush=True)\n    time.sleep(60)\n")
 
 
@@ -632,8 +632,9 @@ def test_second_run_into_a_busy_out_is_refused_and_a_dead_runs_lock_is_taken_ove
 
 @pytest.mark.slow
 def test_markers_need_their_outputs_and_stage_prune_reproduces_the_runs_weights(tiny, tmp_path):
-    from ganprune.pipeline import STAGES, run_pipeline
-    from ganprune.prune import load_pruned
+    from ganprune.core.options import STAGES
+    from ganprune.pipeline import run_pipeline
+    from ganprune.pruning.physical import load_pruned
     out = tmp_path / "run"
     assert run_pipeline(tiny["config"], out, progress=False)["stages"] == {s: "ran" for s in STAGES}
     first = {k: v.clone() for k, v in load_pruned(out / "pruned_G.pt").state_dict().items()}
@@ -661,7 +662,7 @@ def test_markers_need_their_outputs_and_stage_prune_reproduces_the_runs_weights(
 
 
 def test_two_searches_into_one_folder(evaluator, tmp_path):
-    from ganprune.outdir import run_lock
+    from ganprune.core.outdir import run_lock
     with run_lock(tmp_path):
         with pytest.raises(UserError, match=f"in use by another ganprune run \\(pid {os.getpid()}"):
             _greedy_search(evaluator, 1, tmp_path)

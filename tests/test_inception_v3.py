@@ -13,12 +13,11 @@ import torch
 from PIL import Image
 
 from ganprune.cli import main
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 from ganprune.metrics.fid_inception import FIDInceptionFeatures, load_fid_inception
 from ganprune.metrics.inception_v3 import FIDInceptionV3, inception_from_state_dict
-from ganprune.metrics.quality import (InceptionStateDictFeatures, _extractor_name, fid_kid, load_feature_extractor,
-                                      quantize)
-from ganprune.models import load_generator, save_checkpoint
+from ganprune.metrics.quality import (InceptionStateDictFeatures, _extractor_name, fid_kid, load_feature_extractor, quantize)
+from ganprune.models.checkpoint import load_generator, save_checkpoint
 
 STEM = {"conv": "Conv2d_1a_3x3", "conv_1": "Conv2d_2a_3x3", "conv_2": "Conv2d_2b_3x3", "conv_3": "Conv2d_3b_1x1",
         "conv_4": "Conv2d_4a_3x3"}

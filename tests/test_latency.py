@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from ganprune.errors import UserError
-from ganprune.export import export_onnx
+from ganprune.core.errors import UserError
+from ganprune.deploy.export import export_onnx
 from ganprune.metrics.complexity import complexity, macs_params
 from ganprune.metrics.latency import measure_latency, parse_backend
-from ganprune.models import load_discriminator, load_generator
+from ganprune.models.checkpoint import load_discriminator, load_generator
 
 
 def test_measure_latency_rows_for_modules_and_onnx_files(tmp_path):
@@ -61,8 +61,8 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
     from torch import nn
 
     from ganprune.metrics.latency import LatencyTable, _affine
-    from ganprune.prune import prune
-    from ganprune.space import SearchSpace
+    from ganprune.pruning.physical import prune
+    from ganprune.pruning.space import SearchSpace
     net = load_generator(arch="unet_64", ngf=8)
     x = torch.zeros(1, 3, 64, 64)
     space = SearchSpace.from_model(net, x, arch="unet_64")
@@ -91,7 +91,7 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
 
 
 def test_op_profiles_name_the_op_types_and_sum_to_the_call():
-    from ganprune.fuse import fold_batchnorm
+    from ganprune.deploy.fuse import fold_batchnorm
     from ganprune.metrics.op_profile import op_breakdown, ort_op_times, torch_op_times
     d = load_discriminator(ndf=8, input_nc=3).eval()
     x = torch.randn(1, 3, 64, 64)

@@ -16,10 +16,10 @@ ENTRY = ("ganprune.cli", "ganprune.__main__")   # the command line: on top, impo
 
 # Lower number = lower layer; a module may import only modules of its own layer or below.
 LAYERS = {
-    "ganprune.errors": 0, "ganprune.io": 0, "ganprune.plugins": 0,
-    "ganprune.guard": 0, "ganprune.paths": 0, "ganprune.outdir": 0,   # plugin guard, output checks, lock/markers
-    "ganprune.models": 1, "ganprune.graph": 1, "ganprune.space": 1, "ganprune.kernels": 1, "ganprune.prune": 1, "ganprune.fuse": 1, "ganprune.losses": 1,
-    "ganprune.device": 1, "ganprune.data": 1,
+    "ganprune.core.errors": 0, "ganprune.core.io": 0, "ganprune.core.plugins": 0,
+    "ganprune.core.guard": 0, "ganprune.core.paths": 0, "ganprune.core.outdir": 0,   # plugin guard, output checks, lock/markers
+    "ganprune.models": 1, "ganprune.pruning.graph": 1, "ganprune.pruning.space": 1, "ganprune.scoring.kernels": 1, "ganprune.pruning.physical": 1, "ganprune.deploy.fuse": 1, "ganprune.train.losses": 1,
+    "ganprune.core.device": 1, "ganprune.data": 1,
     "ganprune.nni": 3, "ganprune.pipeline": 3, "ganprune.report": 3, "ganprune.demo": 3,
     "ganprune.cli": 4, "ganprune.__main__": 4,
 }
@@ -72,8 +72,8 @@ def _in(module: str, packages) -> bool:
 
 def test_the_graph_sees_function_local_imports():
     graph = _graph()
-    assert "ganprune.search_setup" in graph["ganprune.cli.cmd_search"]   # imported inside a function
-    assert "ganprune.search_setup" in graph["ganprune.pipeline"]   # a top-level import
+    assert "ganprune.search.setup" in graph["ganprune.cli.cmd_search"]   # imported inside a function
+    assert "ganprune.search.setup" in graph["ganprune.pipeline"]   # a top-level import
 
 
 def test_no_library_module_imports_the_cli():
@@ -157,8 +157,8 @@ def test_one_registry_rule_for_recipes_archs_and_datasets():
     from torch import nn
 
     from ganprune.data.datasets import DATASETS
-    from ganprune.errors import UserError
-    from ganprune.finetune.recipe import RECIPES, Recipe, register_recipe
+    from ganprune.core.errors import UserError
+    from ganprune.train.recipe import RECIPES, Recipe, register_recipe
     from ganprune.models.registry import GENERATORS, register_generator
 
     class Density(Recipe):
@@ -185,11 +185,11 @@ def test_one_registry_rule_for_recipes_archs_and_datasets():
 def test_agents_and_embeddings_share_the_registry_and_the_option_check():
     """Agents and embeddings use the same Registry (collision rule, did-you-mean) and the same option
     check (``plugins.check_options``) as recipes: one message shape for all three."""
-    from ganprune.agent import AGENTS, Agent, get_agent, register_agent
-    from ganprune.embeddings import EMBEDDINGS, build_embedding, register_embedding
-    from ganprune.errors import UserError
-    from ganprune.finetune.recipe import get_recipe
-    from ganprune.plugins import Registry
+    from ganprune.search.agent import AGENTS, Agent, get_agent, register_agent
+    from ganprune.scoring.embeddings import EMBEDDINGS, build_embedding, register_embedding
+    from ganprune.core.errors import UserError
+    from ganprune.train.recipe import get_recipe
+    from ganprune.core.plugins import Registry
 
     get_agent("greedy")
     assert isinstance(AGENTS, Registry) and isinstance(EMBEDDINGS, Registry)

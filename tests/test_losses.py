@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ganprune.errors import UserError
-from ganprune.losses import GANLoss
+from ganprune.core.errors import UserError
+from ganprune.train.losses import GANLoss
 
 X = torch.tensor([-2.0, -0.5, 0.5, 3.0]).view(1, 1, 2, 2)
 

@@ -9,7 +9,7 @@ from conftest import REFERENCE_KEYS
 
 import ganprune
 from ganprune.cli import main
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 # (reference file, builder kwargs)
 REFERENCE_ARCHS = [

@@ -11,13 +11,14 @@ import torch
 import yaml
 
 import ganprune
-from ganprune.agent import get_agent
+from ganprune.search.agent import get_agent
 from ganprune.cli import main
-from ganprune.errors import UserError
-from ganprune.nni.experiment import ORDINAL_TUNERS, TUNERS, actual_parameters, free_port, run_experiment, width_encoding
+from ganprune.core.errors import UserError
+from ganprune.nni.experiment import (ORDINAL_TUNERS, TUNERS, actual_parameters, free_port, run_experiment, width_encoding)
 from ganprune.nni.space import Setup, from_params, load_options, search_space, to_params
 from ganprune.nni.trial import penalised, score_candidate
-from ganprune.search import HISTORY_COLUMNS, _feedback, shrink_into_budget
+from ganprune.search.loop import HISTORY_COLUMNS, _feedback
+from ganprune.search.budget import shrink_into_budget
 
 
 @pytest.fixture(scope="module")

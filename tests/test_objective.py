@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 
 import ganprune
-from ganprune.errors import UserError
-from ganprune.objective import (DensityReference, LocalDensityObjective, gaussian_mmd2, kde_log_density,
-                                median_bandwidth, paired_nll_gap)
+from ganprune.core.errors import UserError
+from ganprune.scoring.objective import (DensityReference, LocalDensityObjective, gaussian_mmd2, kde_log_density, median_bandwidth, paired_nll_gap)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ import torch
 import ganprune
 import ganprune.nni
 from ganprune.cli import main
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 from ganprune.nni.space import Setup, load_options
-from ganprune.options import FINETUNE, NNI, PIPELINE, SEARCH, Option, check, read_config, resolve
+from ganprune.core.options import FINETUNE, NNI, PIPELINE, SEARCH, Option, check, read_config, resolve
 from ganprune.pipeline import resolve_config, run_pipeline
 
 
@@ -141,7 +141,7 @@ def test_api_and_nni_refuse_the_same_values(tmp_path, values, name):
     for call in (lambda: run_pipeline({"dataroot": "D", **values}, tmp_path / "out", progress=False),
                  lambda: resolve_config(values),
                  lambda: Setup(**{"dataroot": "D", **values}),
-                 lambda: ganprune.nni.run_experiment(None, tmp_path / "nni", **{"dataroot": "D", **values})):
+                 lambda: ganprune.nni.experiment.run_experiment(None, tmp_path / "nni", **{"dataroot": "D", **values})):
         with pytest.raises(UserError, match=rf"^{name}\b|: {name}\b") as info:
             call()
         assert "\n" not in str(info.value)
@@ -207,7 +207,7 @@ def test_nni_parameters_that_are_not_a_mapping_are_refused():
 def test_allow_arch_from_a_pipeline_config_is_honoured(monkeypatch):
     """The API takes the same allow_arch as --allow-arch: a class path a file names may then be built."""
     from ganprune.models import registry
-    from ganprune.pair import pair_from_options
+    from ganprune.train.pair import pair_from_options
     monkeypatch.setattr(registry, "_ALLOWED_CLASS_PATHS", set())
     c = resolve_config({"allow_arch": "torch.nn:Identity"})
     assert c["allow_arch"] == ["torch.nn:Identity"]
@@ -260,17 +260,17 @@ def test_threads_are_set_before_torch_loads():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split()[-4:] == ["0", "PASSIVE", "1", "1"]
-    from ganprune.threads import physical_cores
+    from ganprune.core.threads import physical_cores
     assert 1 <= physical_cores() <= (os.cpu_count() or 1)
 
 
 def test_the_conditional_d_fact_is_set_once_in_the_d_spec(tmp_path):
     """Whether D sees cat(A, B) is written in the D spec when the pair is loaded (options or checkpoint)
     and read from there; only a spec without it makes the one helper look at D's first conv."""
-    from ganprune.models import load_discriminator, save_checkpoint
+    from ganprune.models.checkpoint import load_discriminator, save_checkpoint
     from ganprune.models.registry import conditional_d
-    from ganprune.options import PAIR, pair_specs
-    from ganprune.pair import load_pair
+    from ganprune.core.options import PAIR, pair_specs
+    from ganprune.train.pair import load_pair
     o = resolve(PAIR, {"generator": "g.pth"})
     assert pair_specs(o)[1]["conditional"] is True and pair_specs(o)[1]["input_nc"] == 6
     o = resolve(PAIR, {"generator": "g.pth", "unconditional_d": True})

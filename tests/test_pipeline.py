@@ -7,10 +7,11 @@ import yaml
 
 from ganprune.cli import main
 from ganprune.data.demo import make_demo
-from ganprune.errors import UserError
-from ganprune.models import load_discriminator, load_generator, save_checkpoint
-from ganprune.pipeline import STAGES, resolve_config, run_pipeline
-from ganprune.prune import pruned_info
+from ganprune.core.errors import UserError
+from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
+from ganprune.core.options import STAGES
+from ganprune.pipeline import resolve_config, run_pipeline
+from ganprune.pruning.physical import pruned_info
 
 OUTPUTS = ["metrics.csv", "metrics.md", "pareto.png", "G.onnx", "pruned_G.pt", "pruned_D.pt", "finetune/G.pt",
            "finetune/D.pt", "widths.yaml", "history.csv", "config.yaml", "search/history.csv"]
@@ -120,7 +121,7 @@ def test_search_split_must_not_be_val(tiny, tmp_path):
 def test_winner_starts_from_its_supernet_slice(tiny, tmp_path):
     """With a supernet the search scores slices, and the pruned G handed to fine-tuning is the winner's slice
     (the supernet's shared weights, not the teacher's), BatchNorm re-estimated."""
-    from ganprune.prune import load_pruned
+    from ganprune.pruning.physical import load_pruned
     out = str(tmp_path / "run")
     config = {**tiny, "supernet_steps": 6}
     run_pipeline(config, out, stages=["search", "prune"], progress=False)
@@ -129,7 +130,7 @@ def test_winner_starts_from_its_supernet_slice(tiny, tmp_path):
     G = load_pruned(os.path.join(out, "pruned_G.pt"))
     shared = load_generator(arch="unet_64", ngf=8)
     shared.load_state_dict(state)
-    from ganprune.prune import channel_ranking, prune
+    from ganprune.pruning.physical import channel_ranking, prune
     x = torch.zeros(1, 3, 64, 64)
     ranking = channel_ranking(load_generator(tiny["generator"], arch="unet_64", ngf=8), x)
     sliced = prune(shared, pruned_info(G).widths, x, ranking=ranking)

@@ -6,10 +6,12 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ganprune.errors import UserError
-from ganprune.models import build, load_discriminator, load_generator, save_checkpoint
-from ganprune.prune import FORMAT, load_pruned, prune, pruned_info, save_pruned
-from ganprune.space import SearchSpace, builtin_names
+from ganprune.core.errors import UserError
+from ganprune.models.registry import build
+from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
+from ganprune.pruning.physical import FORMAT, load_pruned, prune, pruned_info, save_pruned
+from ganprune.pruning.space import SearchSpace
+from ganprune.pruning.graph import builtin_names
 
 # arch, kind, build options, input size
 ARCHS = [
@@ -246,7 +248,7 @@ def test_load_rejects_bad_files(tmp_path):
 
 
 def test_precomputed_ranking_keeps_the_top_channels():
-    from ganprune.prune import channel_ranking
+    from ganprune.pruning.physical import channel_ranking
     net = load_generator(None, arch="unet_64", ngf=8).eval()
     x = torch.zeros(1, 3, 64, 64)
     ranking = channel_ranking(net, x, "l2")
@@ -264,7 +266,7 @@ def test_pruned_metadata_is_one_declared_object():
     """Pruned-model metadata is a PrunedInfo dataclass, not loose attributes read back with defaults."""
     import dataclasses
 
-    from ganprune.prune import PrunedInfo, set_pruned_info
+    from ganprune.pruning.physical import PrunedInfo, set_pruned_info
     G = load_generator(None, arch="unet_64", ngf=8)
     assert pruned_info(G) is None
     x = torch.zeros(2, 3, 64, 64)

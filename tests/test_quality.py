@@ -8,9 +8,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from ganprune.errors import UserError
-from ganprune.metrics.quality import (PSNR_CAP, _Precomputed, fid_kid, frechet_distance, image_quality,
-                                      load_feature_extractor, load_segmenter, miou, psnr, quantize, ssim)
+from ganprune.core.errors import UserError
+from ganprune.metrics.quality import (PSNR_CAP, _Precomputed, fid_kid, frechet_distance, image_quality, load_feature_extractor, load_segmenter, miou, psnr, quantize, ssim)
 
 
 def _images(n=4, size=32, seed=0):

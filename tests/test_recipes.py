@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from ganprune.errors import UserError
-from ganprune.finetune import get_recipe
-from ganprune.finetune.trainer import build_phases, train_step
-from ganprune.models import init_weights, load_discriminator, load_generator
-from ganprune.prune import prune, pruned_info
-from ganprune.space import SearchSpace
+from ganprune.core.errors import UserError
+from ganprune.train.recipe import get_recipe
+from ganprune.train.trainer import build_phases, train_step
+from ganprune.models.networks import init_weights
+from ganprune.models.checkpoint import load_discriminator, load_generator
+from ganprune.pruning.physical import prune, pruned_info
+from ganprune.pruning.space import SearchSpace
 
 
 def images(n, generator):
@@ -197,7 +198,7 @@ def test_selfsup(nets):
 
 
 def test_selfsup_sparsity_schedule(nets):
-    from ganprune.finetune.recipes.selfsup import sparsity_at
+    from ganprune.train.recipes.selfsup import sparsity_at
     assert sparsity_at(0, 100, 0.9) == pytest.approx(0.05) and sparsity_at(50, 100, 0.9) == pytest.approx(0.9)
     assert sparsity_at(25, 100, 0.9) == pytest.approx(0.9 - 0.85 / 8)
     dense_G = copy.deepcopy(nets["TG"]).requires_grad_(True)
@@ -223,6 +224,6 @@ def test_cyclegan(nets):
 
 
 def test_template_is_a_working_recipe(nets):
-    import ganprune.finetune.recipes.template  # noqa: F401  (registers "template")
+    import ganprune.train.recipes.template  # noqa: F401  (registers "template")
     history = train(make(nets, "template"), nets["batch"], 12, lr=1e-3)
     falls(history, "G_distill")

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ganprune
-from ganprune.pipeline import build_evaluator
-from ganprune.scoring import CandidateEvaluator
+from ganprune.search.setup import build_evaluator
+from ganprune.scoring.candidates import CandidateEvaluator
 
 
 def _unet():

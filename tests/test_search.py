@@ -7,12 +7,13 @@ import pytest
 import torch
 
 import ganprune
-from ganprune.agent import Agent, get_agent, register_agent
-from ganprune.errors import UserError
-from ganprune.scoring import calibration_batches, guard_search_split
-from ganprune.pipeline import build_evaluator
-from ganprune.budget import resolve_macs
-from ganprune.search import CollaborativeSearch, fill_budget, pareto_front, search
+from ganprune.search.agent import Agent, get_agent, register_agent
+from ganprune.core.errors import UserError
+from ganprune.scoring.candidates import calibration_batches, guard_search_split
+from ganprune.search.setup import build_evaluator
+from ganprune.search.budget import resolve_macs
+from ganprune.search.loop import pareto_front, search
+from ganprune.search.budget import fill_budget
 
 
 def _batches(n=2, size=64, seed=0):
@@ -146,7 +147,7 @@ def test_fill_never_replaces_a_better_winner(evaluator):
 def test_uniform_pruning_is_scored_and_wins_only_when_strictly_better(evaluator, uniform_offset):
     """After the rounds (and the fill) uniform pruning at the same budgets is scored as one more row; it is
     the result only when it scores strictly better than the search's own winner."""
-    from ganprune.search import uniform_widths
+    from ganprune.search.budget import uniform_widths
 
     def shifted(g_widths, r):
         if g_widths == uniform_widths(evaluator.g_space, g_max):
@@ -226,8 +227,8 @@ def test_budget_parsing():
 
 
 def test_evaluator_takes_a_pair_whose_input_and_output_channels_differ():
-    from ganprune.models import load_discriminator, load_generator
-    from ganprune.pipeline import build_evaluator
+    from ganprune.models.checkpoint import load_discriminator, load_generator
+    from ganprune.search.setup import build_evaluator
     G = load_generator(arch="unet_64", ngf=8, input_nc=1, output_nc=3)
     D = load_discriminator(ndf=8, input_nc=4)   # conditional D sees 1 input + 3 output channels
     batches = [{"A": torch.randn(2, 1, 64, 64), "B": torch.randn(2, 3, 64, 64), "phase": "train"}]

@@ -14,10 +14,11 @@ from torch import nn
 
 from ganprune import search_spaces
 from ganprune.cli import main
-from ganprune.errors import UserError
-from ganprune.models import build, load_generator
-from ganprune.prune import prune
-from ganprune.space import SearchSpace, allowed_widths
+from ganprune.core.errors import UserError
+from ganprune.models.registry import build
+from ganprune.models.checkpoint import load_generator
+from ganprune.pruning.physical import prune
+from ganprune.pruning.space import SearchSpace, allowed_widths
 
 # arch, kind, build options, input size, expected group names
 ARCHS = [

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import ganprune
-from ganprune.pipeline import build_evaluator
-from ganprune.prune import channel_ranking, prune
-from ganprune.space import SearchSpace
-from ganprune.supernet import Supernet, train_supernet
+from ganprune.search.setup import build_evaluator
+from ganprune.pruning.physical import channel_ranking, prune
+from ganprune.pruning.space import SearchSpace
+from ganprune.search.supernet import Supernet, train_supernet
 
 
 class _Data(torch.utils.data.Dataset):
@@ -136,7 +136,7 @@ def test_evaluator_scores_supernet_slices(one_thread):
 
 def test_density_term_trains_through_slice_views(one_thread):
     """lambda_density > 0: the density objective scores each slice through its module view (batch statistics)."""
-    from ganprune.objective import LocalDensityObjective
+    from ganprune.scoring.objective import LocalDensityObjective
     G, data = _unet(), _Data(n=4)
     x = data[0]["A"][None]
     space = SearchSpace.from_model(G, x, arch="unet_64")

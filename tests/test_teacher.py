@@ -5,15 +5,15 @@ import pytest
 import torch
 import yaml
 
-import ganprune.teacher as teacher
+import ganprune.train.teacher as teacher
 from ganprune.cli import main
 from ganprune.data.datasets import AlignedDataset
 from ganprune.data.demo import make_demo
-from ganprune.errors import UserError
-from ganprune.models import load_discriminator, load_generator
+from ganprune.core.errors import UserError
+from ganprune.models.checkpoint import load_discriminator, load_generator
 from ganprune.models.checkpoint import safe_torch_load
-from ganprune.teacher import load_teacher, train_teacher
-from ganprune.training import StepBatches, l1_scores
+from ganprune.train.teacher import load_teacher, train_teacher
+from ganprune.train.common import StepBatches, l1_scores
 
 TINY = dict(arch="unet_64", ngf=8, ndf=8, progress=False)
 
@@ -120,7 +120,7 @@ def test_step_batches_are_a_function_of_the_step():
 
 
 def test_lr_schedule():
-    from ganprune.training import lr_factor as f
+    from ganprune.train.common import lr_factor as f
     assert [f(s, 10, 0.5) for s in (0, 4, 5, 6, 9)] == [1.0, 1.0, 1.0, 0.8, 0.2]
     assert f(9, 10, 1.0) == 1.0 and f(0, 10, 0.0) == 1.0 and f(5, 10, 0.0) == 0.5
 

@@ -1,11 +1,11 @@
 """The ``ganprune`` command line (also ``python -m ganprune``).
 
 Each subcommand is a function registered with ``@command("name", help, options)``: ``options`` are
-``ganprune.options.Option`` declarations (the same ones the pipeline and NNI code resolve), and the
+``ganprune.core.options.Option`` declarations (the same ones the pipeline and NNI code resolve), and the
 function receives their resolved values as attributes. Names with a space (``"data make-demo"``)
 become nested subcommands. Every subcommand takes ``--config FILE.yaml`` whose keys are its option
 names; options given on the command line override the file. Every value, from either place, is checked
-by ``ganprune.options.resolve`` before the command runs. So options are never ``required=True`` in
+by ``ganprune.core.options.resolve`` before the command runs. So options are never ``required=True`` in
 argparse: a command checks them with ``need(args, ...)``.
 
 User mistakes raise ``UserError``: printed as one line, exit status 2, no traceback unless ``--debug``.
@@ -19,9 +19,9 @@ import sys
 from types import SimpleNamespace
 from typing import Callable, Sequence
 
-from ganprune.errors import UserError
-from ganprune.options import ALLOW_ARCH, Option, read_config, resolve
-from ganprune.paths import check_paths
+from ganprune.core.errors import UserError
+from ganprune.core.options import ALLOW_ARCH, Option, read_config, resolve
+from ganprune.core.paths import check_paths
 
 COMMANDS: dict[str, tuple[str, tuple[Option, ...], Callable]] = {}
 _MODULES = ("ganprune.cli.cmd_models", "ganprune.cli.cmd_search", "ganprune.cli.cmd_nni", "ganprune.cli.cmd_teacher")
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
         args, run, name, config = _parse(argv)
         if run is None:
             return 0 if argv in ([], ["--debug"]) else 2
-        from ganprune.threads import configure
+        from ganprune.core.threads import configure
         configure(args._threads)   # before any command imports torch: OpenMP reads its settings once
         _allow_named_archs(args)
         check_paths(name, {**vars(args), "config": config})   # no output over an input, every output writable

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ganprune.cli import command, need
-from ganprune.errors import UserError
-from ganprune.options import MAX_OPSET, NORMS, Option
+from ganprune.core.errors import UserError
+from ganprune.core.options import MAX_OPSET, NORMS, Option
 
 KINDS = ("generator", "discriminator")
 
@@ -45,9 +45,9 @@ def _archs(args):
 def _space(args):
     import torch
 
-    from ganprune.io import atomic_write_text
+    from ganprune.core.io import atomic_write_text
     from ganprune.models.registry import build, kind_of
-    from ganprune.space import SearchSpace
+    from ganprune.pruning.space import SearchSpace
     need(args, "arch")
     if ":" in args.arch:
         need(args, "kind")
@@ -99,8 +99,8 @@ def _space(args):
 def _export(args):
     import os
 
-    from ganprune.export import export_model, image_like, input_channels
-    from ganprune.runtimes import FORMATS, format_of
+    from ganprune.deploy.export import export_model, image_like, input_channels
+    from ganprune.deploy.runtimes import FORMATS, format_of
     if bool(args.onnx) == bool(args.out):
         raise UserError("give the file to write as --out (or --onnx for ONNX), once")
     out = args.out or args.onnx
@@ -115,15 +115,15 @@ def _export(args):
                         f"(got {', '.join('--' + s for s in sources) or 'none'})")
     size = args.size or 256
     if args.pruned:
-        from ganprune.prune import load_pruned, pruned_info
+        from ganprune.pruning.physical import load_pruned, pruned_info
         net = load_pruned(args.pruned)
         size = args.size or pruned_info(net).input_shape[-1]
     elif args.generator:
-        from ganprune.models import load_generator
+        from ganprune.models.checkpoint import load_generator
         net = load_generator(args.generator, arch=args.arch or "unet_256", ngf=args.ngf, norm=args.norm,
                              input_nc=args.input_nc or 3, output_nc=args.output_nc, dropout=args.dropout)
     else:
-        from ganprune.models import load_discriminator
+        from ganprune.models.checkpoint import load_discriminator
         net = load_discriminator(args.discriminator, arch=args.arch or "basic", ndf=args.ndf, norm=args.norm,
                                  input_nc=args.input_nc or 6, n_layers=args.n_layers_d)
     x = image_like((1, input_channels(net), size, size))   # parity on an image-like input, not noise or zeros
@@ -178,7 +178,7 @@ def _eval(args):
                           norm=args.norm, dropout=args.dropout, input_nc=args.input_nc, output_nc=args.output_nc)
     teacher = None
     if args.teacher_for_reference:
-        from ganprune.teacher import load_teacher
+        from ganprune.train.teacher import load_teacher
         teacher = load_teacher(args.teacher_for_reference)[0]
     table, computed_on = evaluate({label: G}, args.dataroot, phase=args.phase, mode=args.mode,
                                   direction=args.direction, size=args.size, n=args.n, fid=not args.no_fid,

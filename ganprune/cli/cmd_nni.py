@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 
 from ganprune.cli import command, need, pick
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 from ganprune.nni.experiment import ENCODINGS, TUNERS
-from ganprune.options import NNI, Option
+from ganprune.core.options import NNI, Option
 
 
 @command("nni space", "write the NNI search space (one dimension per prunable G and D group) for a search config",

@@ -4,15 +4,15 @@ from __future__ import annotations
 import os
 
 from ganprune.cli import command, need, pick
-from ganprune.errors import UserError
-from ganprune.options import FINETUNE, PIPELINE, SEARCH, STAGES, Option, search_keywords
+from ganprune.core.errors import UserError
+from ganprune.core.options import FINETUNE, PIPELINE, SEARCH, STAGES, Option, search_keywords
 
 
 @command("search", "collaborative G/D width search scored by the local-density objective (no fine-tuning)", SEARCH)
 def _search(args):
-    from ganprune.io import atomic_write_text
-    from ganprune.pair import pair_from_options
-    from ganprune.search_setup import run_search
+    from ganprune.core.io import atomic_write_text
+    from ganprune.train.pair import pair_from_options
+    from ganprune.search.setup import run_search
     need(args, "dataroot")
     o = pick(args, SEARCH)
     G, D, g_spec, d_spec = pair_from_options(o)
@@ -35,7 +35,7 @@ def _search(args):
 @command("finetune", "fine-tune a pruned G/D pair with a recipe (density, pix2pix, cyclegan, dgl, dcd, gcc, selfsup)",
          FINETUNE)
 def _finetune(args):
-    from ganprune.pair import pair_from_options
+    from ganprune.train.pair import pair_from_options
     from ganprune.pipeline import finetune_pruned
     need(args, "pruned_g", "dataroot", "out")
     TG, TD, _, d_spec = pair_from_options(pick(args, FINETUNE))

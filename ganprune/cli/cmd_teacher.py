@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from ganprune.cli import command, need
-from ganprune.errors import UserError
-from ganprune.options import NORMS, TRAINING, Option
+from ganprune.core.errors import UserError
+from ganprune.core.options import NORMS, TRAINING, Option
 
 
 @command("agents", "list the pruning agents: built-in, installed plugins (entry points) and --agent-file", [
@@ -12,7 +12,7 @@ from ganprune.options import NORMS, TRAINING, Option
 def _agents(args):
     import pandas as pd
 
-    from ganprune.agent import available_agents
+    from ganprune.search.agent import available_agents
     rows = available_agents(agent_file=args.agent_file)
     print(pd.DataFrame(rows, columns=["name", "source", "description", "options"]).to_markdown(index=False))
 
@@ -60,7 +60,7 @@ def _data_make_demo(args):
     Option("val_items", None, "int", min=1, help="use only the first N val images (default: all)"),
 ])
 def _train_teacher(args):
-    from ganprune.teacher import train_teacher
+    from ganprune.train.teacher import train_teacher
     need(args, "dataroot", "out")
     r = train_teacher(args.dataroot, args.out, arch=args.arch, ngf=args.ngf, netD=args.netD, ndf=args.ndf,
                       n_layers_D=args.n_layers_d, norm=args.norm, dropout=not args.no_dropout,
@@ -102,7 +102,7 @@ def _demo(args):
 
     from ganprune.demo import demo_pipeline
     from ganprune.metrics.complexity import macs_params
-    from ganprune.teacher import demo_teacher, load_teacher
+    from ganprune.train.teacher import demo_teacher, load_teacher
     t0 = time.perf_counter()
     r = demo_teacher(args.out, quick=args.quick, task=args.task, device=args.device, precision=args.precision)
     G, D, spec = load_teacher(r["out"])

@@ -29,7 +29,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 SIZES = (64, 128, 256)
 FORMAT = 1

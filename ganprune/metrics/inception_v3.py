@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 BN_EPS = 1e-3
 NUM_CLASSES = 1008

@@ -8,11 +8,11 @@ Thread counts are fixed (torch and ONNX Runtime alike) and reported with the num
 Backends are named ``base[+modifier...]``:
 
 * ``torch``: eager PyTorch in eval mode under ``torch.inference_mode``; modifiers ``fold`` (BatchNorm
-  folded into the convs, see ``ganprune.fuse``) and ``cl`` (channels_last memory layout).
+  folded into the convs, see ``ganprune.deploy.fuse``) and ``cl`` (channels_last memory layout).
 * ``onnxruntime``: ONNX Runtime's CPU provider on a BN-folded export (or the given ``.onnx`` file),
   graph optimisation "all" unless a modifier ``basic``, ``extended`` or ``disable`` says otherwise.
-* ``openvino`` and ``executorch`` (XNNPACK): the files ``ganprune.export.export_model`` writes, run by
-  ``ganprune.runtimes`` (optional packages; ``available_backends`` lists those installed).
+* ``openvino`` and ``executorch`` (XNNPACK): the files ``ganprune.deploy.export.export_model`` writes, run by
+  ``ganprune.deploy.runtimes`` (optional packages; ``available_backends`` lists those installed).
 
 CPU only: it measures the deployment target that pruning is for; models given on a GPU are copied
 to the CPU. ONNX Runtime threads do not spin while idle; for torch's OpenMP threads the same needs
@@ -32,17 +32,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ganprune.errors import UserError
-from ganprune.metrics.timing import interleaved  # noqa: F401  (re-exported: benchmarks use it from here)
+from ganprune.core.errors import UserError
+from ganprune.metrics.timing import interleaved
 
 TORCH_MODIFIERS = ("fold", "cl")
 ORT_LEVELS = ("basic", "extended", "disable")
-FILE_BACKENDS = {"openvino": "openvino", "executorch": "pte"}  # backend: ganprune.runtimes format
+FILE_BACKENDS = {"openvino": "openvino", "executorch": "pte"}  # backend: ganprune.deploy.runtimes format
 
 
 def available_backends() -> list[str]:
     """torch, onnxruntime, and the optional runtimes whose packages are installed."""
-    from ganprune.runtimes import available
+    from ganprune.deploy.runtimes import available
     return ["torch", "onnxruntime", *[b for b, fmt in FILE_BACKENDS.items() if available(fmt)]]
 
 
@@ -61,7 +61,7 @@ def parse_backend(name: str) -> tuple[str, set[str]]:
 
 
 def _torch_runner(model: nn.Module, x: torch.Tensor, mods: set[str]) -> Callable[[], object]:
-    from ganprune.fuse import fold_batchnorm
+    from ganprune.deploy.fuse import fold_batchnorm
     net = fold_batchnorm(model) if "fold" in mods else copy.deepcopy(model).eval()
     net = net.to("cpu", torch.float32)
     if "cl" in mods:
@@ -71,9 +71,9 @@ def _torch_runner(model: nn.Module, x: torch.Tensor, mods: set[str]) -> Callable
 
 
 def _ort_runner(model, x: torch.Tensor, mods: set[str], threads: int, workdir: str, name: str) -> Callable[[], object]:
-    from ganprune.runtimes import ort_session
+    from ganprune.deploy.runtimes import ort_session
     if isinstance(model, nn.Module):
-        from ganprune.export import export_onnx
+        from ganprune.deploy.export import export_onnx
         path = os.path.join(workdir, f"{len(os.listdir(workdir))}.onnx")
         export_onnx(model, path, x, fold_bn=True, check=False, parity=False)
     else:
@@ -87,11 +87,11 @@ def _ort_runner(model, x: torch.Tensor, mods: set[str], threads: int, workdir: s
 
 def _file_runner(model, x: torch.Tensor, base: str, threads: int, workdir: str, name: str) -> Callable[[], object]:
     """A runner for an optional runtime: ``model`` exported to its format (unchecked), then loaded."""
-    from ganprune.runtimes import FORMATS, load_runner, require
+    from ganprune.deploy.runtimes import FORMATS, load_runner, require
     fmt = FILE_BACKENDS[base]
     require(fmt)
     if isinstance(model, nn.Module):
-        from ganprune.export import export_model
+        from ganprune.deploy.export import export_model
         path = os.path.join(workdir, f"{len(os.listdir(workdir))}{FORMATS[fmt]}")
         export_model(model, path, x, fmt=fmt, check=False, dynamic_hw=False, threads=threads)
     else:
@@ -103,7 +103,7 @@ def _file_runner(model, x: torch.Tensor, base: str, threads: int, workdir: str, 
 
 def _check_runs(name: str, model: nn.Module, x: torch.Tensor) -> None:
     """``export.check_runs`` on a CPU fp32 eval copy (the caller's model keeps its state)."""
-    from ganprune.export import check_runs
+    from ganprune.deploy.export import check_runs
     check_runs(copy.deepcopy(model).to("cpu", torch.float32).eval(), x, f"model {name!r}")
 
 
@@ -194,7 +194,7 @@ class LatencyTable:
               calibrate=(1.0, 0.75, 0.5, 0.375, 0.25, 0.125), warmup: int = 1, repeats: int = 5,
               progress: bool = True) -> "LatencyTable":
         """Time ``model``'s convs on ``backend`` at batch 1 and fit the whole-model map (``model`` is untouched)."""
-        from ganprune.prune import prune
+        from ganprune.pruning.physical import prune
         parse_backend(backend)
         x = example_input.detach().to("cpu", torch.float32)[:1]
         layers = _conv_layers(model, x, space)
@@ -263,7 +263,7 @@ class LatencyTable:
         return pd.DataFrame(self.data["calibration"])
 
     def save(self, path) -> None:
-        from ganprune.io import atomic_write_yaml
+        from ganprune.core.io import atomic_write_yaml
         atomic_write_yaml(path, self.data)
 
     @classmethod
@@ -311,7 +311,7 @@ def _fit_whole_model(rows) -> list[float]:
 
 def _conv_layers(model: nn.Module, x: torch.Tensor, space) -> list[dict]:
     """Each conv's in/out channels as affine forms of the group widths, its config and feature-map size."""
-    from ganprune.graph import coupled_groups, dependency_graph
+    from ganprune.pruning.graph import coupled_groups, dependency_graph
     net = copy.deepcopy(model).to("cpu", torch.float32).eval()
     DG = dependency_graph(net, x)
     groups = {g.name: g for g in coupled_groups(net, DG)}

@@ -36,8 +36,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm.auto import tqdm
 
-from ganprune.device import autocast, pick_device, to_channels_last
-from ganprune.errors import UserError
+from ganprune.core.device import autocast, pick_device, to_channels_last
+from ganprune.core.errors import UserError
 from ganprune.metrics.fid_inception import INPUT_SIZE, TF_RANGE, FIDInceptionFeatures, tf_bilinear_resize
 from ganprune.metrics.inception_v3 import FEATURE_DIM, inception_from_state_dict
 from ganprune.models.checkpoint import safe_torch_load

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 from ganprune.models.networks import init_weights
 from ganprune.models.registry import allow_arch, build
 
@@ -141,5 +141,5 @@ def load_discriminator(path=None, arch: str = "basic", ndf: int = 64, norm: str 
 
 def save_checkpoint(path, net: nn.Module) -> None:
     """Write a plain CPU state dict, as the reference code does, atomically (write then rename)."""
-    from ganprune.io import atomic_torch_save
+    from ganprune.core.io import atomic_torch_save
     atomic_torch_save({k: v.detach().cpu() for k, v in net.state_dict().items()}, path)

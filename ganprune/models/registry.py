@@ -14,10 +14,9 @@ from typing import Mapping
 
 from torch import nn
 
-from ganprune.errors import UserError
-from ganprune.plugins import Registry
-from ganprune.models.networks import (NLayerDiscriminator, PixelDiscriminator, ResnetGenerator,
-                                      UnetGenerator)
+from ganprune.core.errors import UserError
+from ganprune.core.plugins import Registry
+from ganprune.models.networks import NLayerDiscriminator, PixelDiscriminator, ResnetGenerator, UnetGenerator
 
 GENERATORS = Registry("generator arch")
 DISCRIMINATORS = Registry("discriminator arch")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 
 def size_factor(net: nn.Module) -> tuple[int, str] | None:

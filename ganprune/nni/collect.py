@@ -12,7 +12,7 @@ import os
 import sqlite3
 from typing import Mapping
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 FINISHED = ("SUCCEEDED", "FAILED", "USER_CANCELED", "SYS_CANCELED", "EARLY_STOPPED")
 

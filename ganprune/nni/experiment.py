@@ -3,7 +3,7 @@
 ``run_experiment`` writes, under ``out``: ``trial_config.yaml`` (the resolved options, absolute paths:
 what every trial and the tuner read), ``search_space.json``, ``nni-experiments/<id>/`` (NNI's working
 directory: logs, trial folders, database), ``trial_jobs.json`` (NNI's raw trial records),
-``history.csv`` (columns ``ganprune.search.HISTORY_COLUMNS``,
+``history.csv`` (columns ``ganprune.search.loop.HISTORY_COLUMNS``,
 one row per trial, failed trials with ``error`` set) and ``widths.yaml`` (best feasible trial).
 The experiment is always stopped, also when waiting fails or times out.
 
@@ -27,7 +27,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
@@ -130,7 +130,7 @@ def actual_parameters(jobs: list) -> dict[str, int]:
 def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
     """NNI trial jobs → history rows in the ``ganprune search`` format, ordered by NNI's sequence id."""
     from ganprune.nni.space import from_params, metric_columns
-    from ganprune.search import HISTORY_COLUMNS
+    from ganprune.search.loop import HISTORY_COLUMNS
     params_of = {}
     for job in jobs:
         if job.get("hyperParameters"):
@@ -170,9 +170,9 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
 def write_results(out: str, jobs: list, setup, exp_dir: str) -> tuple[pd.DataFrame, dict | None]:
     """NNI's trial records as ``out/history.csv`` and, when a trial was feasible, ``out/widths.yaml``: what
     ``nni run`` and ``nni collect`` both write. Returns ``(history, best row or None)``."""
-    from ganprune.budget import Budget
-    from ganprune.io import atomic_write_text
-    from ganprune.search import save_winner
+    from ganprune.search.budget import Budget
+    from ganprune.core.io import atomic_write_text
+    from ganprune.search.loop import save_winner
     history = collect_history(jobs, setup, exp_dir)
     os.makedirs(out, exist_ok=True)
     atomic_write_text(os.path.join(out, "history.csv"), history.to_csv(index=False))
@@ -230,8 +230,8 @@ def default_trials(tuner: str, setup, space: dict) -> int:
     (its candidates are repaired into the budgets, so each one is a usable result)."""
     if tuner != "ours":
         return max(20, 2 * len(space))
-    from ganprune.agent import get_agent
-    from ganprune.search_setup import default_rounds
+    from ganprune.search.agent import get_agent
+    from ganprune.search.setup import default_rounds
     o = setup.options
     g = get_agent(o["g_agent"], o["agent_file"])(setup.g_space, setup.g_budget, seed=o["seed"], role="G",
                                                  **(o["g_agent_options"] or {}))
@@ -273,7 +273,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     leave the experiment (and its web UI) running after the last trial until Ctrl-C."""
     from nni.experiment import ExperimentConfig
 
-    from ganprune.io import atomic_write_text, atomic_write_yaml
+    from ganprune.core.io import atomic_write_text, atomic_write_yaml
     from ganprune.nni.space import Setup, options, resolved_options
     from ganprune.nni.space import search_space as make_space
     o = options(values, **overrides)

@@ -24,8 +24,8 @@ import math
 import os
 from typing import Mapping
 
-from ganprune.errors import UserError
-from ganprune.options import NNI, read_config, resolve
+from ganprune.core.errors import UserError
+from ganprune.core.options import NNI, read_config, resolve
 
 SEPARATOR = "/"
 INDEX = ":index"   # key suffix of an ordinal dimension (a position); not "#": NNI reads "#" and "//" as comments
@@ -39,12 +39,12 @@ PATH_OPTIONS = tuple(o.name for o in NNI if o.kind == "path")
 
 def metric_columns() -> list[str]:
     """The history columns an NNI trial reports (what ``search._feedback`` reads back)."""
-    from ganprune.search import HISTORY_COLUMNS
+    from ganprune.search.loop import HISTORY_COLUMNS
     return [c for c in HISTORY_COLUMNS if c not in NOT_METRICS]
 
 
 def options(values: Mapping | None = None, **overrides) -> dict:
-    """Every ``ganprune nni`` option (``ganprune.options.NNI``): ``values`` and keyword ``overrides`` over
+    """Every ``ganprune nni`` option (``ganprune.core.options.NNI``): ``values`` and keyword ``overrides`` over
     the defaults, each checked."""
     return resolve(NNI, {**(values or {}), **overrides})
 
@@ -69,9 +69,9 @@ class Setup:
     ``Setup(load_options("search.yaml"))`` or ``Setup(dataroot=..., teacher=..., g_budget=0.3)``."""
 
     def __init__(self, values: Mapping | None = None, calib_images: int | None = None, **overrides):
-        from ganprune.budget import is_latency, resolve_macs
-        from ganprune.pair import pair_from_options
-        from ganprune.search_setup import build_spaces, calibration
+        from ganprune.search.budget import is_latency, resolve_macs
+        from ganprune.train.pair import pair_from_options
+        from ganprune.search.setup import build_spaces, calibration
         if calib_images is not None:      # fewer images where only the spaces are needed
             overrides["calib_images"] = calib_images
         o = self.options = options(values, **overrides)
@@ -93,15 +93,15 @@ class Setup:
         # G-only (no D checkpoint): no D to fit, so every candidate's D "fits" (its MACs are 0)
         self.d_budget = (resolve_macs(o["d_budget"], self.d_space.macs(self.d_space.full_widths()))
                          if self.d_space is not None else math.inf)
-        from ganprune.budget import Budget
-        from ganprune.search_setup import check_reachable
+        from ganprune.search.budget import Budget
+        from ganprune.search.setup import check_reachable
         check_reachable(Budget(self.g_space, self.g_budget), "G", "g_budget")
         if self.d_space is not None:
             check_reachable(Budget(self.d_space, self.d_budget), "D", "d_budget")
 
     def evaluator(self):
-        from ganprune.options import evaluator_keywords
-        from ganprune.search_setup import build_evaluator
+        from ganprune.core.options import evaluator_keywords
+        from ganprune.search.setup import build_evaluator
         return build_evaluator(self.G, self.D, self.batches, g_space=self.g_space, d_space=self.d_space,
                                g_spec=self.g_spec, d_spec=self.d_spec, seed=self.options["seed"],
                                **{k: v for k, v in evaluator_keywords(self.options).items()
@@ -191,7 +191,7 @@ def export_search_space(values: Mapping | None = None, out=None, encoding: str =
     setup = Setup(values, calib_images=1, **overrides)
     space = search_space(setup.g_space, setup.d_space, encoding)
     if out:
-        from ganprune.io import atomic_write_text
+        from ganprune.core.io import atomic_write_text
         atomic_write_text(out, json.dumps(space, indent=2) + "\n")
     return space
 

@@ -20,7 +20,7 @@ import sys
 import time
 from typing import Mapping
 
-from ganprune.errors import UserError
+from ganprune.core.errors import UserError
 
 
 def penalised(score: float, g_macs: int, d_macs: int, g_budget: float, d_budget: float, penalty: float) -> float:
@@ -37,7 +37,8 @@ def score_candidate(setup, evaluator, params: dict) -> dict:
     import json
 
     from ganprune.nni.space import from_params
-    from ganprune.search import candidate_rng, shrink_into_budget
+    from ganprune.search.loop import candidate_rng
+    from ganprune.search.budget import shrink_into_budget
     g_widths, d_widths = from_params(params, setup.g_space, setup.d_space)
     if setup.options.get("repair"):
         g_widths = shrink_into_budget(setup.g_space, g_widths, setup.g_budget)

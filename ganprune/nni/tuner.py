@@ -21,8 +21,8 @@ import logging
 import nni
 from nni.tuner import Tuner
 
-from ganprune.agent import Feedback, get_agent
-from ganprune.errors import UserError
+from ganprune.search.agent import Feedback, get_agent
+from ganprune.core.errors import UserError
 from ganprune.nni.space import metric_columns
 
 _log = logging.getLogger("ganprune.nni.tuner")
@@ -99,7 +99,7 @@ class GanpruneTuner(Tuner):
 
     def _observe(self, value: dict | None) -> None:
         """Feed both agents exactly the feedback ``ganprune search`` would give them for this round."""
-        from ganprune.search import _feedback
+        from ganprune.search.loop import _feedback
         _, g_widths, d_widths = self.pending
         self.pending = None
         self.rounds += 1

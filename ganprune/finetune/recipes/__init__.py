@@ -1,2 +1,0 @@
-"""Built-in recipes; importing this package registers them (``template.py`` is an example, not registered)."""
-from ganprune.finetune.recipes import cyclegan, dcd, density, dgl, gcc, pix2pix, selfsup  # noqa: F401
