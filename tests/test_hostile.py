@@ -77,7 +77,7 @@ def test_user_named_class_loads_from_a_pruned_file(tmp_path):
     arch = "test_models:TinyNet"
     x = torch.randn(1, 3, 16, 16)
     net = TinyNet(8)
-    small = ganprune.pruning.physical(net, {"conv": 4}, x)
+    small = ganprune.prune(net, {"conv": 4}, x)
     ganprune.save_pruned(tmp_path / "p.pt", small, {"arch": arch, "kind": "generator", "width": 8}, {"conv": 4})
     with pytest.raises(UserError, match="names Python code"):
         load_pruned(tmp_path / "p.pt")       # the file alone cannot pick the class
@@ -134,7 +134,7 @@ def tiny(tmp_path_factory):
     data = make_demo(root / "data", size=64, task="gray2color")["out"]
     x = torch.zeros(1, 3, 64, 64)
     widths = {"down1": 4}
-    small = ganprune.pruning.physical(G.eval(), widths, x)
+    small = ganprune.prune(G.eval(), widths, x)
     ganprune.save_pruned(root / "P.pt", small, {"arch": "unet_64", "ngf": 8, "dropout": True}, widths)
     config = {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64",
               "ngf": 8, "ndf": 8, "dropout": True, "dataroot": data, "g_agent": "template", "d_agent": "template",

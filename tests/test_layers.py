@@ -1,6 +1,6 @@
-"""The package's imports run one way: cli → {nni, pipeline} → options/search/finetune → models/space/prune →
-io/errors. Checked on the source (every import statement, function-local ones included) and by importing
-every library module with the CLI blocked."""
+"""The package's imports run one way, stage by stage: core → models/data → pruning → deploy → metrics → scoring →
+train → search → evaluation → report → nni/pipeline → demo → cli. Checked on the source (every import statement,
+function-local ones included) and by importing every library module with the CLI blocked."""
 import ast
 import os
 import pathlib
@@ -14,16 +14,25 @@ import ganprune
 ROOT = pathlib.Path(ganprune.__file__).parent
 ENTRY = ("ganprune.cli", "ganprune.__main__")   # the command line: on top, imported by nothing in the library
 
-# Lower number = lower layer; a module may import only modules of its own layer or below.
-LAYERS = {
-    "ganprune.core.errors": 0, "ganprune.core.io": 0, "ganprune.core.plugins": 0,
-    "ganprune.core.guard": 0, "ganprune.core.paths": 0, "ganprune.core.outdir": 0,   # plugin guard, output checks, lock/markers
-    "ganprune.models": 1, "ganprune.pruning.graph": 1, "ganprune.pruning.space": 1, "ganprune.scoring.kernels": 1, "ganprune.pruning.physical": 1, "ganprune.deploy.fuse": 1, "ganprune.train.losses": 1,
-    "ganprune.core.device": 1, "ganprune.data": 1,
-    "ganprune.nni": 3, "ganprune.pipeline": 3, "ganprune.report": 3, "ganprune.demo": 3,
-    "ganprune.cli": 4, "ganprune.__main__": 4,
-}
-DEFAULT_LAYER = 2   # options, pair, search, search_setup, agents, scoring, objective, finetune, teacher, ...
+# The layers, lowest first: a module may import only modules of its own layer or below. Every module of the
+# package belongs to one (a new subpackage or top-level module must be placed here, or the test fails).
+TIERS = [
+    ("ganprune.core",),                          # errors, files, options, plugins, threads, device, timing
+    ("ganprune.models", "ganprune.data"),        # networks + checkpoints; datasets
+    ("ganprune.pruning",),                       # dependency graph, search space, physical pruning
+    ("ganprune.deploy",),                        # BN folding, ONNX export, edge runtimes
+    ("ganprune.metrics",),                       # MACs, latency, image quality
+    ("ganprune.scoring",),                       # density objective, candidate scores
+    ("ganprune.train",),                         # one trainer, recipes, teacher, the dense pair
+    ("ganprune.search",),                        # agents, budgets, supernet, the loop, its setup
+    ("ganprune.evaluation",),                    # final evaluation of trained generators
+    ("ganprune.report",),                        # tables, plots, pictures
+    ("ganprune.nni", "ganprune.pipeline"),       # the search as an NNI experiment; all stages in order
+    ("ganprune.demo",),
+    ENTRY,
+]
+LAYERS = {name: level for level, names in enumerate(TIERS) for name in names}
+TOP_LEVEL_MODULES_MAX = 8   # beside the subpackages: the tree shows the stages, not a flat list of modules
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -53,12 +62,12 @@ def _imports(name: str, path: pathlib.Path, known) -> set[str]:
 
 def _layer(module: str) -> int:
     if module == "ganprune":
-        return 3       # the package root re-exports the API (run_pipeline included)
+        return LAYERS["ganprune.pipeline"]    # the package root lists the public API (run_pipeline included)
     while module != "ganprune":
         if module in LAYERS:
             return LAYERS[module]
         module = module.rpartition(".")[0]
-    return DEFAULT_LAYER
+    raise AssertionError(f"{module} is in no layer")
 
 
 def _graph():
@@ -165,7 +174,7 @@ def test_one_registry_rule_for_recipes_archs_and_datasets():
         pass
 
     with pytest.raises(UserError, match=r"recipe name 'density' from .*Density is already taken by "
-                                        r"ganprune\.finetune\.recipes\.density\.Density"):
+                                        r"ganprune\.train\.recipes\.density\.Density"):
         register_recipe("density")(Density)
 
     def unet_64():

@@ -172,7 +172,7 @@ def choose_threads(path, example: torch.Tensor, candidates=None, warmup: int = 2
     threads whose median is within ``tolerance`` of the fastest: small pruned nets often gain nothing from
     more threads, and a thread left free is worth more to the rest of the device. Returns ``threads`` and
     ``latency_ms_by_threads``."""
-    from ganprune.metrics.timing import interleaved
+    from ganprune.core.timing import interleaved
     from ganprune.deploy.runtimes import load_runner
     candidates = list(candidates or thread_candidates())
     x = example[:1].numpy()

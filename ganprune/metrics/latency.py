@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ganprune.core.errors import UserError
-from ganprune.metrics.timing import interleaved
+from ganprune.core.timing import interleaved
 
 TORCH_MODIFIERS = ("fold", "cl")
 ORT_LEVELS = ("basic", "extended", "disable")
