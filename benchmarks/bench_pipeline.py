@@ -20,7 +20,7 @@ evaluation; every method fills its budget (equal G MACs within 1%):
 Within a (budget, seed) the supernet is trained once and shared by the methods that use it (its settings do not
 depend on the agent). Prints mean ± std over seeds as a Markdown table, with the teacher's own quality.
 
-    python benchmarks/bench_pipeline.py --quick     # 100 fine-tuning steps, no FID (~1 h on 2 busy cores)
+    python benchmarks/bench_pipeline.py --quick     # 100 fine-tuning steps, no FID (the docs/benchmarks.md table)
     python benchmarks/bench_pipeline.py             # 600 fine-tuning steps, FID/KID on the val split
 
 Every run is a resumable ``run_pipeline`` output folder under ``--out``: a rerun (e.g. with another

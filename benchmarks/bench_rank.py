@@ -16,7 +16,7 @@ training and search never see. For each G budget (25% and 10% of G's MACs):
    winner is fine-tuned exactly like the candidates (a supernet winner from its slice) and scored on val.
    Mean ± std over ``--seeds``, beside best-of-N and median-of-N of the rank study.
 
-    python benchmarks/bench_rank.py --quick --seeds 3   # 12 candidates, 2 fine-tune seeds, 120 steps (the README table)
+    python benchmarks/bench_rank.py --quick --seeds 3   # 12 candidates, 2 fine-tune seeds, 120 steps (docs/benchmarks.md)
     python benchmarks/bench_rank.py --quick     # the same with 1 seed (teacher cached after the first run)
     python benchmarks/bench_rank.py             # 12 candidates, 300 steps, 3 seeds
 

@@ -22,7 +22,6 @@ BatchNorm statistics re-estimated on the search's train images), fine-tuned with
 the same steps and seed, and scored on val as above; the table is mean ± std over ``--seeds``.
 
     python benchmarks/bench_recipes.py --quick --compare-uniform   # 30-candidate search on 8 images, 3 seeds
-                                                                   # (~4 min on 2 shared CPU cores)
     python benchmarks/bench_recipes.py --compare-uniform           # 60 candidates on 16 images, 3 seeds
 
 Runs are resumable and cached in ``--out``: a rerun only computes what is missing (searches and
@@ -37,7 +36,7 @@ import os
 import time
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning. On a CPU shared with other jobs,
-# spinning threads made a 2-thread training step ~100× slower (measured: 0.6 vs 69 steps/s, same load).
+# spinning threads made training steps far slower (measured: docs/benchmarks.md, CPU threads).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
@@ -161,7 +160,7 @@ class ValScorer:
         if self.real_feats is not None:
             feats = fid_features(fake[:self.fid_n])
             # exact, via an SVD of the small feature-product matrix: scipy's sqrtm of the 2048² covariance
-            # product took ~50 s per FID here
+            # product is far slower (docs/benchmarks.md, other measured figures)
             row["FID"] = frechet_distance(torch.from_numpy(self.real_feats), torch.from_numpy(feats))
             row["KID×1e3"], row["KID std×1e3"] = (1000 * v for v in kid(feats, self.real_feats))
         print(f"  {name:24s} PSNR GT {row['PSNR GT']:.2f} dB  PSNR teacher {row['PSNR teacher']:.2f} dB"

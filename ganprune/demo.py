@@ -11,7 +11,7 @@ from ganprune.pipeline import run_pipeline
 
 # What `ganprune demo` prunes its teacher with: G to 25% of its MACs, D to 50%, greedy G/D agents, the
 # density objective and recipe. Sized so that the full demo (teacher included) stays under ~10 minutes on
-# 2 CPU cores and --quick under ~2 (measured figures in the README).
+# 2 CPU cores and --quick under ~2 (measured run times: docs/benchmarks.md).
 DEMO_PRUNE = {
     "quick": {"rounds": 30, "calib_images": 8, "finetune_steps": 60, "fid": False, "eval_images": None,
               "supernet_steps": 40},

@@ -161,7 +161,7 @@ def _export(args):
     Option("size", None, "int", min=1, help="resize images to this square (default: their own size)"),
     Option("n", None, "int", min=1, help="evaluate the first N images only (default: all)"),
     Option("batch_size", 8, "int", min=1),
-    Option("no_fid", False, "flag", help="skip FID and KID (the slow part: ~0.3 s per image on a CPU)"),
+    Option("no_fid", False, "flag", help="skip FID and KID (the slow part on a CPU)"),
     Option("fid_weights", kind="path", help="FID weights: a TorchScript feature network or pytorch-fid's "
            "pt_inception-2015-12-05 state dict (default: the bundled FID Inception)"),
     Option("segmenter", kind="path", help="TorchScript segmentation model ([N,3,H,W] in [0,1] -> logits): adds mIoU"),

@@ -89,7 +89,7 @@ def _teacher_summary(r: dict) -> str:
     Option("out", kind="path", help="folder for the demo set and teacher (default: $GANPRUNE_CACHE or the user "
            "cache dir, under demo/)"),
     Option("quick", False, "flag", help="64x64, unet_64 ngf 8, 200 teacher steps, short search and fine-tuning, "
-           "no FID (about 45 s; 30 s with the teacher cached)"),
+           "no FID (run times: docs/benchmarks.md)"),
     Option("task", "gray2color", help="demo task: gray2color (default), edges2photo or blur2sharp"),
     Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
     Option("precision", "auto", help="auto, fp32, bf16, fp16"),

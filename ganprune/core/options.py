@@ -291,7 +291,7 @@ SEARCH_ONLY = (
            "300; 0: score weights inherited from the teacher)"),
     Option("finalists", 0, "int", min=0, help="after the search, distil its best N distinct candidates and uniform "
            "pruning briefly from where fine-tuning would start and pick the best of them by the same score (default "
-           "0: off: it ranks candidates better, but its winners measured no better; README, rank benchmark)"),
+           "0: off: it ranks candidates better, but its winners measured no better: docs/benchmarks.md)"),
     Option("finalist_steps", 60, "int", min=1, help="L1-distillation steps per finalist (default 60)"),
 )
 
@@ -313,7 +313,7 @@ PIPELINE = SEARCH + (
     Option("batch_size", 1, "int", min=1, help="fine-tuning batch size (default 1)"),
     Option("save_every", 500, "int", min=1, help="fine-tuning steps between resumable checkpoints (default 500; a "
            "killed fine-tune resumes from the last one, bit-identically)"),
-    Option("fid", True, "toggle", help="FID/KID in the evaluation (default on; ~0.3 s per image per model on a CPU)"),
+    Option("fid", True, "toggle", help="FID/KID in the evaluation (default on; the slow part on a CPU)"),
     Option("eval_images", None, "int", min=1, help="evaluate on the first N val images (default all)"),
     Option("latency", True, "toggle", help="CPU latency, torch and onnxruntime, batch 1 (default on)"),
 )

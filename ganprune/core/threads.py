@@ -1,11 +1,11 @@
 """CPU threading, set by ganprune rather than left to whatever the environment holds.
 
-Measured on a busy 2-core machine: a fine-tune ran 0.89 steps/s with OpenMP's default (threads spin while
-waiting), 14 with ``OMP_WAIT_POLICY=PASSIVE`` and 35 with one thread; a whole ``ganprune prune`` took 361 s
-vs 71 s. OpenMP reads these variables once, when torch loads, so the CLI calls ``configure`` before
-anything imports torch. Defaults: passive waiting, and one thread per physical core this process may run on
-(hyper-threads share a core's arithmetic units and only add contention). A value the user exported
-wins, except over ``--threads``, which always does.
+On a busy machine OpenMP's default (threads spin while waiting) starves everything else and made training
+many times slower than passive waiting or one thread (measured: docs/benchmarks.md, CPU threads). OpenMP
+reads these variables once, when torch loads, so the CLI calls ``configure`` before anything imports torch.
+Defaults: passive waiting, and one thread per physical core this process may run on (hyper-threads share a
+core's arithmetic units and only add contention). A value the user exported wins, except over
+``--threads``, which always does.
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ def calibration_batches(dataroot, phase="train", n_images=16, batch_size=8, mode
 
     The first n, not n spread over the split: spread images were tried (a split sorted by name keeps one
     photo's crops together) and ranked candidates no better on average over both budgets and supernet lengths
-    of the rank benchmark, while the default pipeline's 10% winner got worse (README, rank benchmark)."""
+    of the rank benchmark, while the default pipeline's 10% winner got worse (docs/benchmarks.md)."""
     guard_search_split(phase)
     from ganprune.data.datasets import build_dataset
     dataset = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size,

@@ -112,24 +112,21 @@ class DensityReference:
 class LocalDensityObjective:
     """Score how well a student generator preserves the teacher's local output densities (lower = better).
 
-    Defaults and why (measured on a briefly trained unet_64 edges→photo teacher, 16 inputs):
+    Defaults and why (the measurements behind them: docs/benchmarks.md, objective defaults):
       * ``perturbations=("noise",)``, ``noise_std=0.05`` (inputs in [-1, 1]): x̃ stays "the same input",
-        and the teacher's neighbourhood stays local: its spread is ~1/70 (pixels) and ~1/40 (teacher-D
-        features) of the distance between outputs of different inputs. A 1–2 px ``jitter`` already
-        moves the pooled output half as far as a different input does (ratio ~2), so it measures
-        shift equivariance more than local density: opt-in, as is ``dropout`` (pix2pix's own noise
-        source, ratio ~15, but only for checkpoints built with dropout).
+        and the teacher's neighbourhood stays local: its spread is a small fraction of the distance
+        between outputs of different inputs. A 1–2 px ``jitter`` already moves the pooled output a good
+        part of the way to a different input's, so it measures shift equivariance more than local
+        density: opt-in, as is ``dropout`` (pix2pix's own noise source, only for checkpoints built
+        with dropout).
       * ``m=8``: 28 pairs for the median bandwidth and a usable KDE, at one student forward over 8·B
-        images per score. Across 5 seeds the score of one damaged student varied by 0.6% (coefficient
-        of variation) at m=8, 1.5% at m=4, 0.75% at m=16; m=4, 8, 16 ranked 12 damaged students
-        identically. The biased MMD carries a 1/m offset, so compare scores only at equal m.
+        images per score; the score is steady across seeds at m=8 and ranks like m=4 and m=16. The
+        biased MMD carries a 1/m offset, so compare scores only at equal m.
       * ``bandwidth="median"`` per neighbourhood on the teacher samples (see module docstring), times
         ``bandwidth_scales=(1, 4, 16, 64)``: with local neighbourhoods a pruned student lands tens of
-        bandwidths away, where a single kernel is 0 for every cross pair: the MMD saturates (ranking
-        Spearman 0.90 vs output L1, non-monotone) and its gradient vanishes. The mixture reaches out to
-        ~64 h, about the between-input distance, and ranked the same students at 0.98. As a loss (40
-        Adam steps on a student with half its filters zeroed) the mixture cut held-out output L1 to
-        the teacher from 0.42 to 0.20 (plain L1 distillation: 0.17); the single kernel made it 0.60.
+        bandwidths away, where a single kernel is 0 for every cross pair: the MMD saturates (its
+        ranking is non-monotone) and its gradient vanishes. The mixture reaches out to ~64 h, about the
+        between-input distance, ranks students better and, as a loss, keeps a useful gradient.
         A float fixes h in embedding units instead.
       * ``discrepancy="mmd"`` (biased estimator: ≥ 0, exactly 0 for an unchanged student) — bounded in
         [0, 2] and sensitive to lost spread; ``nll`` grows like distance²/2h² without bound and ignores

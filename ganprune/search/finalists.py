@@ -1,18 +1,15 @@
 """The search's last word: its best few candidates, each distilled briefly from where fine-tuning starts, scored again.
 
 Why: a candidate's score before any training says little about what fine-tuning makes of it when the
-candidates are close (measured on ``bench_rank.py``'s teacher, 12 random width sets at 25% of G's MACs,
-300-step supernet: slice density score vs PSNR after fine-tuning from the slice, Kendall τ 0.12, its pick
-28.0 dB against a best of 29.6), while a few steps of distillation separate them (60 steps of L1 to the
-teacher from each slice, then the density score: τ 0.67, its pick the best of the 12; at 10%, where the slice
-score ranks well already, τ 0.36 vs 0.55). Distilling every candidate would cost minutes per round, so only
+candidates are close, while a few steps of distillation separate them (``bench_rank.py``'s rank study:
+docs/benchmarks.md). Distilling every candidate would cost minutes per round, so only
 the ``k`` best-scored distinct pairs of a finished search (its fill row included) and uniform pruning at the
 same budgets are distilled — identically: same steps, same batches in the same order — and scored again by the
 same objective; the best of them is the winner. Fine-tuning then starts from the winner's slice as usual (the
 distilled copies are only used to score).
 
-Off by default (``finalists`` 0): the search's winners measured no better with it than without (25% G MACs
-29.3 vs 29.6 dB, 10% 26.9 vs 27.4; README, rank benchmark), although it ranks random candidates better.
+Off by default (``finalists`` 0): the search's winners measured no better with it than without, although it
+ranks random candidates better (docs/benchmarks.md).
 """
 from __future__ import annotations
 

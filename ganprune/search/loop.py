@@ -6,15 +6,14 @@ appended to a history CSV as it happens; a killed search resumes by *replaying* 
 agents (they are deterministic functions of seed and feedback) and carries on where it stopped.
 
 After the last round the winner gives back the budget it leaves unused (``fill``): agents shrink in
-whole width choices and usually stop well under the budget (19% of a 25% budget is typical), and the
-objective, measured with inherited weights before any fine-tuning, barely tells the two apart — but
-fine-tuning uses the capacity (measured: +0.9 dB PSNR to the teacher after fine-tuning at 25% vs 19%
-G MACs). The filled pair is scored once more and recorded as a ``fill`` row; it is the result.
+whole width choices and usually stop well under the budget, and the objective, scored before any
+fine-tuning, barely tells the two apart — but fine-tuning uses the capacity (docs/benchmarks.md, search
+design figures). The filled pair is scored once more and recorded as a ``fill`` row; it is the result.
 
 Then uniform pruning itself is scored (``uniform`` row: every group at the widest common fraction within the
 budget, grown into it like the winner) and wins if it scores strictly better: a search never returns a pair
-its own objective rates below the standard baseline (measured at 10% G MACs on supernet slices: the
-greedy agents' pick scored 0.9612 against uniform's 0.9607 and fine-tuned to 27.0 vs 27.4 dB).
+its own objective rates below the standard baseline (on the rank benchmark at 10% G MACs the uniform
+row won the search: docs/benchmarks.md).
 
 Last, with ``finalists`` > 0, the best few distinct pairs found so far are each briefly distilled and scored
 again (``finalist`` rows, ``ganprune.search.finalists``); the best finalist is the result.

@@ -1,7 +1,7 @@
 """A weight-sharing supernet of the generator: every candidate width set is a slice of one set of weights.
 
 Why: a candidate scored with weights merely inherited from the teacher says little about what it reaches
-after fine-tuning (measured: Kendall τ 0.27 between that score and post-fine-tune PSNR). GAN Compression's
+after fine-tuning (rank benchmark, docs/benchmarks.md). GAN Compression's
 answer (its "once-for-all" network) is to train shared weights once, by distillation from the teacher,
 while sampling a different width set every step, so that every slice already works; a slice's score then
 reflects what fine-tuning will reach, and the winner's fine-tune starts from its slice.
@@ -212,7 +212,7 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
 
     Every step draws one batch and, for each entry of ``sandwich``, a width set; the loss of each slice is
     ``lambda_l1·|slice(A) − T(A)|₁ + lambda_density·objective(slice)`` (the density objective with the
-    teacher's neighbourhoods; off by default: see the README's rank benchmark), gradients summed over the
+    teacher's neighbourhoods; off by default: the benchmarks measured L1-only supernets), gradients summed over the
     slices, one Adam step. ``max_macs`` (a fraction of G's MACs) caps the random slices, which are drawn from
     a seeded pool of ``pool`` width sets (each slice's gather indices are built once; 0: a fresh draw every
     step). With ``out``, the run is resumable and writes ``supernet_G.pt`` (the shared

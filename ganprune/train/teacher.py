@@ -209,8 +209,8 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
 # --------------------------------------------------------------------------- demo
 
 # The demo teacher: small enough for a laptop CPU. The default task is gray→color: on the demo set's
-# val photos (other sources than train) its val L1 halves within the demo's steps, while edges→photo's
-# rises above the constant-colour baseline at this data size and step count (measured: 0.52 → 0.74).
+# val photos (other sources than train) its val L1 falls within the demo's steps, while edges→photo's
+# rises above the constant-colour baseline at this data size and step count (docs/benchmarks.md).
 DEMO_TASK = "gray2color"
 DEMO_TEACHERS = {
     "quick": {"size": 64, "arch": "unet_64", "ngf": 8, "ndf": 8, "steps": 200},
