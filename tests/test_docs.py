@@ -67,3 +67,24 @@ def test_help_texts_carry_no_measured_figures():
     assert [t for t in texts if MEASURED.search(t[1])] == []
     assert MEASURED.search("no FID (about 45 s; 30 s with the teacher cached)")     # what the check catches
     assert MEASURED.search("the slow part: ~0.3 s per image") and not MEASURED.search("predicted latency like '12ms'")
+
+
+def is_module(name: str) -> bool:
+    import importlib.util
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:    # a name inside a module, not a submodule
+        return False
+
+
+def test_every_module_and_name_the_docs_mention_exists():
+    import importlib
+    names = sorted({m for page in PAGES for m in re.findall(r"\bganprune(?:\.\w+)+", read(page))})
+    assert "ganprune.pruning.physical" in names and "ganprune.search.supernet" in names
+    for name in names:
+        parts = name.split(".")
+        i = next(i for i in range(len(parts), 0, -1) if is_module(".".join(parts[:i])))
+        obj = importlib.import_module(".".join(parts[:i]))
+        for attr in parts[i:]:
+            assert hasattr(obj, attr), name
+            obj = getattr(obj, attr)
