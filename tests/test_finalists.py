@@ -8,7 +8,7 @@ import torch
 from ganprune.search.agent import get_agent
 from ganprune.search.budget import resolve_macs
 from ganprune.core.errors import UserError
-from ganprune.search.finalists import Distiller, finalist_rows
+from ganprune.search.finalists import Distill, Distiller, finalist_rows
 from ganprune.search.loop import read_history, search
 from ganprune.search.budget import uniform_widths
 from test_search import evaluator, pair  # noqa: F401 (the same tiny unet_64/basic pair and evaluator fixtures)
@@ -65,6 +65,12 @@ def test_distiller_is_identical_for_every_call_and_moves_toward_the_teacher(pair
     assert after < before and not a.training
     with pytest.raises(UserError, match="finalist_steps"):
         Distiller(G, _Images(), steps=0)
+    # the trainer runs it: a G-only recipe takes no D, a GAN recipe needs one
+    from ganprune.train.trainer import finetune
+    with pytest.raises(UserError, match="trains G alone"):
+        finetune(copy.deepcopy(small), pair[1], G, None, _Images(), recipe=Distill, steps=1, progress=False)
+    with pytest.raises(UserError, match="trains a discriminator too"):
+        finetune(copy.deepcopy(small), None, G, None, _Images(), recipe="density", steps=1, progress=False)
     with pytest.raises(UserError, match="fewer than the batch size"):
         Distiller(G, _Images(n=2), steps=3)
 

@@ -18,11 +18,16 @@ class _Data(torch.utils.data.Dataset):
     def __init__(self, n=8, size=64, channels=3):
         g = torch.Generator().manual_seed(1)
         self.a = torch.rand(n, channels, size, size, generator=g) * 2 - 1
+        self.reads_left = None   # a number: the read after that many fails, as a killed run stops
 
     def __len__(self):
         return len(self.a)
 
     def __getitem__(self, i):
+        if self.reads_left is not None:
+            if self.reads_left == 0:
+                raise KeyboardInterrupt
+            self.reads_left -= 1
         return {"A": self.a[i], "B": -self.a[i]}
 
 
@@ -45,7 +50,7 @@ def test_slices_equal_physically_pruned_nets(arch, norm, one_thread):
     for which in ("largest", "smallest", "random", "random", "random"):
         w = sn.sample(rng, which)
         with torch.no_grad():
-            sliced = sn.forward(w, x)
+            sliced = sn(x, w)
             physical = prune(sn.net, w, x[:1], ranking=ranking).eval()(x)
             extracted = sn.extract(w).eval()(x)
         assert torch.allclose(sliced, physical, atol=1e-5), float((sliced - physical).abs().max())
@@ -53,7 +58,7 @@ def test_slices_equal_physically_pruned_nets(arch, norm, one_thread):
     # A slice is differentiable in the shared weights, and only kept weights get gradients.
     w = sn.sample(rng, "smallest")
     sn.net.zero_grad()
-    sn.forward(w, x).abs().mean().backward()
+    sn(x, w).abs().mean().backward()
     grads = [p.grad for p in sn.net.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
     assert any(float((g == 0).float().mean()) > 0.3 for g in grads if g.dim() == 4)
@@ -83,8 +88,21 @@ def test_training_reduces_distillation_loss_and_resumes_exactly(tmp_path, one_th
     whole = train_supernet(G, space, data, tmp_path / "a", steps=6, **common)
     train_supernet(G, space, data, tmp_path / "b", steps=3, **common)
     resumed = train_supernet(G, space, data, tmp_path / "b", steps=6, **common)   # continues from step 3
-    for (name, a), (_, b) in zip(whole.net.state_dict().items(), resumed.net.state_dict().items()):
-        assert torch.equal(a, b), name
+    # killed at step 5 (the read of its 2nd batch item), after the save at step 4: resumes from step 4
+    data.reads_left = 2 + 4 * 2 + 1   # train_supernet's first item, the trainer's, 4 steps of 2, one more
+    with pytest.raises(KeyboardInterrupt):
+        train_supernet(G, space, data, tmp_path / "c", steps=6, **{**common, "save_every": 2})
+    data.reads_left = None
+    assert torch.load(tmp_path / "c" / "supernet_state.pt", weights_only=True)["step"] == 4
+    killed = train_supernet(G, space, data, tmp_path / "c", steps=6, **{**common, "save_every": 2})
+    saved = torch.load(tmp_path / "a" / "supernet_G.pt", weights_only=True)
+    for net in (resumed, killed):
+        assert list(net.net.state_dict()) == list(saved)
+        for (name, a), (_, b) in zip(whole.net.state_dict().items(), net.net.state_dict().items()):
+            assert torch.equal(a, b), name
+            assert torch.equal(a, saved[name]), name
+    state = torch.load(tmp_path / "c" / "supernet_state.pt", weights_only=True)
+    assert state["step"] == 6 and [r["step"] for r in state["log"]] == list(range(7))
     # The smallest slice moves towards the teacher's outputs.
     small = {g.name: min(g.choices) for g in space.groups}
     a = torch.stack([data[i]["A"] for i in range(len(data))])
@@ -92,11 +110,11 @@ def test_training_reduces_distillation_loss_and_resumes_exactly(tmp_path, one_th
         target = G(a)
         fresh = Supernet(G, space, x, ranking)
         fresh.net.train()
-        before = float((fresh.forward(small, a) - target).abs().mean())
+        before = float((fresh(a, small) - target).abs().mean())
     longer = train_supernet(G, space, data, None, steps=25, **common)
     with torch.no_grad():
         longer.net.train()
-        after = float((longer.forward(small, a) - target).abs().mean())
+        after = float((longer(a, small) - target).abs().mean())
     assert after < 0.8 * before, (before, after)
     with pytest.raises(ganprune.UserError, match="lr"):
         train_supernet(G, space, data, tmp_path / "b", steps=8, **{**common, "lr": 5e-4})
@@ -136,15 +154,15 @@ def test_evaluator_scores_supernet_slices(one_thread):
 
 def test_density_term_trains_through_slice_views(one_thread):
     """lambda_density > 0: the density objective scores each slice through its module view (batch statistics)."""
-    from ganprune.scoring.objective import LocalDensityObjective
     G, data = _unet(), _Data(n=4)
     x = data[0]["A"][None]
     space = SearchSpace.from_model(G, x, arch="unet_64")
-    objective = LocalDensityObjective(G, m=2)
-    sn = train_supernet(G, space, data, None, steps=2, batch_size=2, lambda_density=1.0, objective=objective,
-                        device="cpu", progress=False)
+    common = dict(steps=2, batch_size=2, m=2, device="cpu", progress=False)
+    sn = train_supernet(G, space, data, None, lambda_density=1.0, **common)
+    l1_only = train_supernet(G, space, data, None, lambda_density=0.0, **common)
     moved = [name for (name, a), (_, b) in zip(sn.net.state_dict().items(), G.state_dict().items())
              if a.is_floating_point() and not torch.equal(a, b)]
     assert moved
-    with pytest.raises(ganprune.UserError, match="objective"):
-        train_supernet(G, space, data, None, steps=1, lambda_density=1.0, device="cpu", progress=False)
+    assert any(not torch.equal(a, b) for a, b in zip(sn.net.parameters(), l1_only.net.parameters()))
+    with pytest.raises(ganprune.UserError, match="sandwich"):
+        train_supernet(G, space, data, None, steps=1, sandwich=("widest",), device="cpu", progress=False)

@@ -13,11 +13,11 @@ ranks random candidates better (docs/benchmarks.md).
 """
 from __future__ import annotations
 
-
 import torch
 from torch import nn
 
 from ganprune.core.errors import UserError
+from ganprune.train.recipe import Recipe
 
 DEFAULT_FINALISTS, DEFAULT_STEPS = 4, 60
 
@@ -40,9 +40,24 @@ def finalist_rows(rows: list[dict], k: int) -> list[dict]:
     return out
 
 
+class Distill(Recipe):
+    """L1 from the student's output to the teacher's, G alone: what each finalist is trained with."""
+
+    name = "distill"
+    trains_D = False
+
+    def forward(self, batch: dict) -> dict:
+        return {"A": batch["A"], "fake": self.student_G(batch["A"])}
+
+    def generator_loss(self, out: dict):
+        l1 = self.l1(out["fake"], self.teacher_output(out["A"]))
+        return l1, {"G_L1": l1.detach()}
+
+
 class Distiller:
-    """``distiller(g)`` trains ``g`` in place for ``steps`` Adam steps of L1 to the teacher's output on batches
-    of ``data`` (items with ``"A"``, a search split); every call sees the same batches in the same order."""
+    """``distiller(g)`` trains ``g`` in place for ``steps`` Adam steps (constant ``lr``) of L1 to the teacher's
+    output on batches of ``data`` (items with ``"A"``, a search split), on the trainer (``Distill``); every
+    call sees the same batches in the same order."""
 
     def __init__(self, teacher_G: nn.Module, data, steps: int = DEFAULT_STEPS, batch_size: int = 4,
                  lr: float = 2e-4, seed: int = 0):
@@ -50,22 +65,14 @@ class Distiller:
             raise UserError(f"finalist_steps: expected an integer >= 1, got {steps!r}")
         if len(data) < batch_size:
             raise UserError(f"finalists: {len(data)} training image(s), fewer than the batch size {batch_size}")
-        from ganprune.train.common import SeededItems, StepBatches, mix
-        self.teacher, self.steps, self.lr = teacher_G.eval(), steps, lr
-        self.items = SeededItems(data)   # item (index, seed): its augmentation is a function of the seed
-        self.keys = list(StepBatches(len(data), batch_size, mix(seed, 3), 0, steps))
+        self.teacher, self.data = teacher_G.eval(), data
+        self.schedule = {"steps": steps, "batch_size": batch_size, "lr": lr, "decay_from": 1.0, "seed": seed,
+                         "save_every": steps}
 
     def __call__(self, g: nn.Module) -> nn.Module:
+        from ganprune.train.trainer import finetune
         device = next(g.parameters()).device
-        g.train().requires_grad_(True)
-        opt = torch.optim.Adam(g.parameters(), lr=self.lr, betas=(0.5, 0.999))
-        for keys in self.keys:
-            a = torch.stack([self.items[key]["A"] for key in keys]).to(device)
-            with torch.no_grad():
-                target = self.teacher(a)
-            loss = (g(a) - target).abs().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):   # the caller's RNG stays
+            finetune(g, None, self.teacher, None, self.data, recipe=Distill, device=str(device), progress=False,
+                     **self.schedule)
         return g.requires_grad_(False).eval()
-

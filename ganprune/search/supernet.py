@@ -20,16 +20,15 @@ How it fits our search space and physical pruning:
 * BatchNorm statistics differ per slice; the slices train in batch-statistics mode and a slice is
   recalibrated on calibration images before it is scored or exported (``scoring.recalibrate_batchnorm``).
 
-``train_supernet`` is resumable (exactly, on the CPU): data order, slice sampling and weights are functions
-of (seed, step) and the state file holds the weights, optimizer and step as plain tensors.
+``train_supernet`` runs on the fine-tuning trainer (``SupernetRecipe``: the supernet is the student, the
+slices' losses are its generator loss in parts), so it gets the trainer's device handling, AMP, DDP, NaN
+recovery and exact resumption: data order and slice sampling are functions of (seed, step).
 """
 from __future__ import annotations
 
 import copy
 import random
-import time
 from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,17 +36,21 @@ from torch import nn
 from torch.func import functional_call
 
 from ganprune.core.errors import UserError
+from ganprune.core.io import atomic_torch_save
+from ganprune.train.common import write_log
+from ganprune.train.outputs import RunFiles
+from ganprune.train.recipe import Recipe
 
 STATE_FILE, WEIGHTS_FILE = "supernet_state.pt", "supernet_G.pt"
-_RESUME_MUST_MATCH = ("batch_size", "lr", "lambda_l1", "lambda_density", "sandwich", "seed", "max_macs", "pool", "widths_key",
-                      "ranking_key")
 
 
-class Supernet:
-    """The shared weights (``net``, the teacher's architecture) and width-set slices of them."""
+class Supernet(nn.Module):
+    """The shared weights (``net``, the teacher's architecture) and width-set slices of them. A module, so that
+    the trainer trains it as the student: ``supernet(x)`` is the full net, ``supernet(x, widths)`` a slice."""
 
     def __init__(self, teacher_G: nn.Module, space, example_input: torch.Tensor, ranking: dict[str, list[int]],
                  cache_size: int = 256):
+        super().__init__()
         self.net = copy.deepcopy(teacher_G)
         for p in self.net.parameters():
             p.requires_grad_(True)
@@ -116,8 +119,10 @@ class Supernet:
         when the caller switches the module to eval mode (a slice has no statistics of its own yet)."""
         return _SliceView(self, widths, batch_stats)
 
-    def forward(self, widths, x: torch.Tensor) -> torch.Tensor:
-        """The slice's output on the shared weights, in the supernet's own train/eval mode."""
+    def forward(self, x: torch.Tensor, widths=None) -> torch.Tensor:
+        """The slice's output on the shared weights (the full net without ``widths``), in the supernet's mode."""
+        if widths is None:
+            return self.net(x)
         return self.module(widths).train(self.net.training)(x)
 
     def extract(self, widths) -> nn.Module:
@@ -158,7 +163,8 @@ class Supernet:
 class _SliceView(nn.Module):
     def __init__(self, supernet: Supernet, widths, batch_stats: bool):
         super().__init__()
-        self._supernet, self._widths, self._batch_stats = supernet, widths, batch_stats
+        self._widths, self._batch_stats = widths, batch_stats
+        self.__dict__["_supernet"] = supernet   # not a submodule: the view's mode must not switch the supernet
 
     def forward(self, x):
         skeleton, _ = self._supernet._slice_map(self._widths)
@@ -203,96 +209,110 @@ def _rng(*keys: int) -> random.Random:
     return random.Random(int(np.random.SeedSequence([*keys, 17]).generate_state(1)[0]))
 
 
-def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int = 1000, batch_size: int = 4,
-                   lr: float = 2e-4, lambda_l1: float = 1.0, lambda_density: float = 0.0, objective=None,
-                   sandwich: tuple[str, ...] = ("largest", "smallest", "random", "random"),
-                   max_macs: float | None = None, pool: int = 64, ranking: dict | None = None, seed: int = 0, device="auto", save_every: int = 200,
-                   progress: bool = True) -> Supernet:
-    """Distil ``teacher_G`` into a supernet over ``space`` on ``dataset`` (items with ``"A"``, a search split).
+SANDWICH = ("largest", "smallest", "random", "random")
 
-    Every step draws one batch and, for each entry of ``sandwich``, a width set; the loss of each slice is
-    ``lambda_l1·|slice(A) − T(A)|₁ + lambda_density·objective(slice)`` (the density objective with the
-    teacher's neighbourhoods; off by default: the benchmarks measured L1-only supernets), gradients summed over the
-    slices, one Adam step. ``max_macs`` (a fraction of G's MACs) caps the random slices, which are drawn from
-    a seeded pool of ``pool`` width sets (each slice's gather indices are built once; 0: a fresh draw every
-    step). With ``out``, the run is resumable and writes ``supernet_G.pt`` (the shared
-    weights as a plain state dict) and ``supernet_state.pt``."""
-    from ganprune.core.device import pick_device
-    from ganprune.core.io import atomic_torch_save
-    from ganprune.models.checkpoint import safe_torch_load
-    from ganprune.pruning.physical import channel_ranking
-    from ganprune.train.common import SeededItems, StepBatches
-    from ganprune.train.common import mix as _mix
 
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise UserError(f"supernet steps: expected an integer >= 0, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UserError(f"supernet batch_size: expected an integer >= 1, got {batch_size!r}")
-    if lambda_density and objective is None:
-        raise UserError("supernet lambda_density > 0 needs the density objective (objective=...)")
-    dev = pick_device(device)
-    teacher = teacher_G.to(dev).eval()
-    first = dataset[0]["A"].unsqueeze(0).to(dev)
-    ranking = ranking if ranking is not None else channel_ranking(teacher, first)
-    supernet = Supernet(teacher, space, first, ranking)
-    supernet.net.to(dev).train()
-    opt = torch.optim.Adam(supernet.net.parameters(), lr=lr, betas=(0.5, 0.999))
-    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "lambda_l1": lambda_l1,
-                "lambda_density": lambda_density, "sandwich": list(sandwich), "seed": seed, "max_macs": max_macs, "pool": pool,
-                "widths_key": [[g.name, list(g.choices)] for g in space.groups],
-                "ranking_key": _ranking_key(ranking)}   # which channels a slice keeps: another ranking, another net
-    start_step = 0
-    out = Path(out) if out is not None else None
-    if out is not None and (out / STATE_FILE).is_file():
-        state = safe_torch_load(out / STATE_FILE)
-        for key in _RESUME_MUST_MATCH:
-            if state["settings"].get(key) != settings[key]:
-                raise UserError(f"{out / STATE_FILE}: was trained with {key}={state['settings'].get(key)!r}, "
-                                f"now {settings[key]!r}; use another folder or the same settings")
-        supernet.net.load_state_dict(state["net"])
-        opt.load_state_dict(state["opt"])
-        start_step = int(state["step"])
+class SupernetRecipe(Recipe):
+    """The trainer's recipe for a ``Supernet`` student: per step, one batch and one slice per ``sandwich``
+    entry, each slice's loss ``lambda_l1·|slice(A) − T(A)|₁ + lambda_density·density(slice)`` back-propagated
+    in turn (gradients summed, one Adam step). Random slices come from a pool of ``pool`` width sets drawn
+    once (0: a fresh draw every step), capped at ``max_macs`` (a fraction of G's MACs; None: uncapped).
+    Slices are a function of the trainer's seed and the step, as the data are, so resuming stays exact."""
 
-    def save(step):
-        if out is None:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"settings": settings, "step": step, "net": supernet.net.state_dict(),
-                           "opt": opt.state_dict()}, out / STATE_FILE)
-        atomic_torch_save({k: v.detach().cpu() for k, v in supernet.net.state_dict().items()}, out / WEIGHTS_FILE)
+    name = "supernet"
+    OPTIONS = {"lambda_l1": 1.0, "lambda_density": 0.0, "m": 4, "sandwich": SANDWICH, "max_macs": None, "pool": 64}
+    trains_D = False
 
-    if len(dataset) < batch_size:
-        raise UserError(f"supernet: {len(dataset)} training image(s), fewer than batch_size {batch_size}")
-    items = SeededItems(dataset)   # each item's augmentation is a function of its own seed
-    batches = iter(StepBatches(len(dataset), batch_size, _mix(seed, 1), start_step, steps))
-    pool_rng = _rng(seed, 1, 0)
-    random_pool = [supernet.sample(pool_rng, "random", max_macs) for _ in range(pool)]
-    began = time.perf_counter()
-    bar = range(start_step, steps)
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(bar, desc="supernet", initial=start_step, total=steps, leave=False)
-    for step in bar:
-        a = torch.stack([items[(i, s)]["A"] for i, s in next(batches)]).to(dev)
-        with torch.no_grad():
-            target = teacher(a)
-        rng = _rng(seed, 0, step)
-        opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for which in sandwich:
-            widths = (rng.choice(random_pool) if which == "random" and random_pool
-                      else supernet.sample(rng, which, max_macs))
-            loss = lambda_l1 * (supernet.forward(widths, a) - target).abs().mean()
-            if lambda_density:
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        if not isinstance(self.student_G, Supernet):
+            raise UserError(f"recipe 'supernet': trains a Supernet, got {type(self.student_G).__name__}")
+        o = self.options
+        self.seed = int(torch.randint(2**62, ()))   # the trainer seeds the global RNG before building a recipe
+        pool_rng = _rng(self.seed, 1)
+        self.pool = [self.student_G.sample(pool_rng, "random", o["max_macs"]) for _ in range(o["pool"])]
+        self.objective = None
+        if o["lambda_density"]:
+            from ganprune.scoring.objective import LocalDensityObjective
+            self.objective = LocalDensityObjective(self.teacher_G, m=o["m"], seed=0)
+
+    @classmethod
+    def validate(cls, options: dict) -> None:
+        super().validate(options)
+        bad = [w for w in options["sandwich"] if w not in ("largest", "smallest", "random")]
+        if bad or not options["sandwich"]:
+            raise UserError(f"supernet sandwich: expected a list of largest, smallest and random, got "
+                            f"{list(options['sandwich'])!r}")
+        cap = options["max_macs"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1):
+            raise UserError(f"supernet max_macs: expected a fraction of G's MACs in (0, 1] or None, got {cap!r}")
+        if options["pool"] < 0 or options["m"] < 2:
+            raise UserError(f"supernet: expected pool >= 0 and m >= 2, got pool {options['pool']}, m {options['m']}")
+
+    def forward(self, batch: dict) -> dict:
+        return {"A": batch["A"], "target": self.teacher_output(batch["A"])}
+
+    def generator_loss(self, out: dict):
+        o, supernet = self.options, self.student_G
+        rng = _rng(self.seed, 0, self.step)
+        for i, which in enumerate(o["sandwich"]):
+            widths = (rng.choice(self.pool) if which == "random" and self.pool
+                      else supernet.sample(rng, which, o["max_macs"]))
+            l1 = self.l1(supernet(out["A"], widths), out["target"])
+            loss, logs = o["lambda_l1"] * l1, {f"L1_{i}_{which}": l1.detach()}
+            if self.objective is not None:
                 view = supernet.module(widths, batch_stats=True)
-                loss = loss + lambda_density * objective(view, reference=objective.reference(a, index=step))
-            loss.backward()
-            total += float(loss.detach())
-        opt.step()
-        if progress:
-            bar.set_postfix(loss=f"{total / len(sandwich):.4f}")
-        if out is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
-            save(step + 1)
-    supernet.net.eval()
-    supernet.train_seconds = time.perf_counter() - began
-    return supernet
+                density = self.objective(view, reference=self.objective.reference(out["A"], index=self.step))
+                loss = loss + o["lambda_density"] * density
+                logs[f"density_{i}_{which}"] = density.detach()
+            yield loss, logs
+
+
+class SupernetFiles(RunFiles):
+    """``supernet_state.pt`` (the trainer's state), ``supernet_G.pt`` (the shared weights as the teacher's plain
+    state dict) and ``supernet_log.csv``."""
+
+    FILES = {"G": WEIGHTS_FILE, "state": STATE_FILE, "log": "supernet_log.csv"}
+    label = "supernet"
+
+    def upgrade(self, state):
+        if isinstance(state, dict) and {"settings", "net", "opt"} <= set(state):
+            raise UserError(f"{self.path('state')}: a supernet trained before it ran on the trainer; remove "
+                            f"{self.out} to train it again")
+        return state
+
+    def prepare(self, G, D, first, conditional_D) -> None:
+        pass
+
+    def write(self, state: dict, G, D) -> None:
+        atomic_torch_save(state, self.path("state"))
+        atomic_torch_save({k.removeprefix("net."): v for k, v in state["nets"]["G"].items()}, self.path("G"))
+        write_log(self.path("log"), state["log"])
+        self.last_state = state
+
+
+def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int = 1000, batch_size: int = 4,
+                   lr: float = 2e-4, lambda_l1: float = 1.0, lambda_density: float = 0.0, m: int = 4,
+                   sandwich: tuple[str, ...] = SANDWICH, max_macs: float | None = None, pool: int = 64,
+                   ranking: dict | None = None, seed: int = 0, device="auto", save_every: int = 200,
+                   progress: bool = True) -> Supernet:
+    """Distil ``teacher_G`` into a supernet over ``space`` on ``dataset`` (items with ``"A"``, a search split):
+    the trainer (``ganprune.train.trainer.finetune``: device, AMP, DDP, NaN recovery, exact resume) runs
+    ``SupernetRecipe`` for ``steps`` steps at a constant ``lr``. ``lambda_density`` > 0 adds the density
+    objective (the teacher's neighbourhoods, ``m`` per input; off by default: see the README's rank
+    benchmark). With ``out``, the run is resumable there (``SupernetFiles``)."""
+    from ganprune.pruning.physical import channel_ranking
+    from ganprune.train.trainer import finetune
+
+    first = dataset[0]["A"].unsqueeze(0).to(next(teacher_G.parameters()).device)
+    teacher_G.eval()
+    ranking = ranking if ranking is not None else channel_ranking(teacher_G, first)
+    supernet = Supernet(teacher_G, space, first, ranking)
+    settings = {"widths_key": [[g.name, list(g.choices)] for g in space.groups],
+                "ranking_key": _ranking_key(ranking)}   # which channels a slice keeps: another ranking, another net
+    options = {"lambda_l1": lambda_l1, "lambda_density": lambda_density, "m": m, "sandwich": tuple(sandwich),
+               "max_macs": max_macs, "pool": pool}
+    finetune(supernet, None, teacher_G, None, dataset, recipe=SupernetRecipe, steps=steps, batch_size=batch_size,
+             lr=lr, decay_from=1.0, seed=seed, device=device, save_every=save_every, recipe_options=options,
+             progress=progress, files=SupernetFiles(out) if out is not None else None, settings=settings)
+    return supernet.eval()

@@ -104,8 +104,9 @@ def check_schedule(steps, batch_size, lr, decay_from, beta1=0.5, **counts) -> No
 
 
 def check_shapes(G: nn.Module, item: dict, arch) -> None:
-    """A U-Net needs sides divisible by 2**downsamplings; say so instead of a deep shape error."""
-    a, b = item["A"], item["B"]
+    """A U-Net needs sides divisible by 2**downsamplings; say so instead of a deep shape error (and, where the
+    item has a ``B``, that G's output has its shape)."""
+    a, b = item["A"], item.get("B")
     try:
         with torch.no_grad():
             G.eval()
@@ -115,7 +116,7 @@ def check_shapes(G: nn.Module, item: dict, arch) -> None:
                         "choose an arch for this size or set load_size/crop_size") from None
     finally:
         G.train()
-    if tuple(out.shape[1:]) != tuple(b.shape):
+    if b is not None and tuple(out.shape[1:]) != tuple(b.shape):
         raise UserError(f"generator {arch!r} maps {tuple(a.shape)} to {tuple(out.shape[1:])}, but B is "
                         f"{tuple(b.shape)}; choose an arch for this image size")
 

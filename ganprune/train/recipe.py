@@ -11,7 +11,10 @@ optimizers, the LR schedule, DDP, checkpoints and NaN recovery. One training ste
    connectors, GCC adapters);
 5. ``after_step()`` (e.g. re-apply sparsity masks).
 During a phase only that phase's parameters require grad, so a loss may run any network forward.
-Each loss returns ``(scalar tensor, {name: float-able tensor})``; the logs go to ``log.csv``.
+Each loss returns ``(scalar tensor, {name: float-able tensor})``; the logs go to ``log.csv``. A loss may
+instead be a generator of such pairs (e.g. one per supernet slice): each part is back-propagated as soon
+as it is made, so gradients add up while only one part's activations are held. A recipe with
+``trains_D = False`` has no discriminator phase and trains with ``student_D`` None.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ class Recipe:
     paired_only = False
     needs_teacher = True        # the recipe learns from the teacher's generator (pix2pix trains without one)
     needs_teacher_D = False     # the recipe learns from the teacher's discriminator
+    trains_D = True             # False: G alone, no discriminator phase (student_D is None)
 
     def __init__(self, student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | None,
                  teacher_D: nn.Module | None, paired: bool, options: dict | None = None,

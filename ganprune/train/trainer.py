@@ -100,24 +100,41 @@ def build_phases(rec: Recipe, lr: float, beta1: float = 0.5, fused=None):
     """Optimizers (``{"G", "D", "extra.<name>"}``; each group remembers its ``base_lr``), the phases
     of one step in order (D, the recipe's extras, G) and every trainable parameter."""
     opt_G = _adam([rec.student_G, *rec.generator_extras()], lr, beta1, fused)
-    opt_D = _adam([rec.student_D, *rec.discriminator_extras()], lr, beta1, fused)
+    opt_D = _adam([rec.student_D, *rec.discriminator_extras()], lr, beta1, fused) if rec.trains_D else None
     extra_opts = rec.extra_optimizers(lr, beta1)
-    all_opts = {"G": opt_G, "D": opt_D, **{f"extra.{k}": o for k, o in extra_opts.items()}}
+    all_opts = {"G": opt_G, **({"D": opt_D} if opt_D is not None else {}),
+                **{f"extra.{k}": o for k, o in extra_opts.items()}}
     for opt in all_opts.values():
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
-    phases = ([_Phase("D", opt_D, rec.discriminator_loss)]
-              + [_Phase(k, o, (lambda out_, k=k: rec.extra_loss(k, out_))) for k, o in extra_opts.items()]
-              + [_Phase("G", opt_G, rec.generator_loss)])
+    phases = ([_Phase("D", opt_D, rec.discriminator_loss)] if opt_D is not None else []) + (
+        [_Phase(k, o, (lambda out_, k=k: rec.extra_loss(k, out_))) for k, o in extra_opts.items()]
+        + [_Phase("G", opt_G, rec.generator_loss)])
     trainables = list(dict.fromkeys(p for ph in phases for p in ph.params))
     for p in trainables:  # the forward of each step runs with all of them requiring grad
         p.requires_grad_(True)
     return all_opts, phases, trainables
 
 
+def _loss_parts(loss_fn, shared: dict, device, precision):
+    """A phase's ``(loss, logs)``, or each part of a loss given in parts (``Recipe``), computed under autocast."""
+    with autocast(device, precision):
+        result = loss_fn(shared)
+    if isinstance(result, tuple):
+        yield result
+        return
+    while True:
+        with autocast(device, precision):
+            part = next(result, None)
+        if part is None:
+            return
+        yield part
+
+
 def train_step(rec: Recipe, phases, trainables, scaler, batch: dict, device, precision="fp32", ddp=None):
-    """One step: the recipe's forward, then each phase with only its own parameters requiring grad.
-    Returns ``({phase: loss}, logs)``; the caller checks the losses (a NaN step must be undone)."""
+    """One step: the recipe's forward, then each phase with only its own parameters requiring grad; a loss
+    given in parts is back-propagated part by part (summed gradients). Returns ``({phase: loss}, logs)``; the
+    caller checks the losses (a NaN step must be undone)."""
     with autocast(device, precision):
         shared = rec.forward(batch)
     losses, logs = {}, {}
@@ -127,14 +144,16 @@ def train_step(rec: Recipe, phases, trainables, scaler, batch: dict, device, pre
         for p in ph.params:
             p.requires_grad_(True)
         ph.opt.zero_grad(set_to_none=True)
-        with autocast(device, precision):
-            loss, phase_logs = ph.loss_fn(shared)
-        scaler.scale(loss).backward()
+        total, phase_logs = 0.0, {}
+        for loss, part_logs in _loss_parts(ph.loss_fn, shared, device, precision):
+            scaler.scale(loss).backward()
+            total = total + loss.detach().float()
+            phase_logs.update(part_logs)
         if ddp is not None:
             ddp.average_grads(ph.params)
         scaler.step(ph.opt)
-        losses[ph.name] = loss.detach().float()
-        logs.update({f"loss_{ph.name}": loss.detach(), **phase_logs})
+        losses[ph.name] = torch.as_tensor(total, device=device)
+        logs.update({f"loss_{ph.name}": total, **phase_logs})
     for p in trainables:
         p.requires_grad_(True)
     scaler.update()
@@ -153,9 +172,11 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | 
              files: RunFiles | None = None, settings: dict | None = None) -> dict:
     """Train ``student_G``/``student_D`` (in place) for ``steps`` steps with ``recipe``; returns a summary.
 
+    ``recipe``: a registered name, or a ``Recipe`` subclass (the search's distillations, no CLI choices); a
+    recipe that trains G alone (``trains_D`` False) takes ``student_D=None``.
     ``dataset`` yields ``{"A", "B"}`` items (aligned: paired; unaligned, recognised by ``A_path``:
-    unpaired). Teachers are frozen (eval, no grad) and optional for recipes that learn without one
-    (``pix2pix``); recipes that co-train one train their own copy.
+    unpaired; ``"A"`` alone will do for such G-only recipes). Teachers are frozen (eval, no grad) and
+    optional for recipes that learn without one (``pix2pix``); recipes that co-train one train their own copy.
     With ``out``: ``G.pt``/``D.pt`` (``save_pruned`` format: spec + widths travel along; the spec comes
     from ``load_pruned``'s metadata or ``g_spec``/``d_spec``), ``state.pt`` (resume) and
     ``log.csv`` (lr, each phase's loss and the recipe's logs, averaged over ``log_every`` steps; val L1 at
@@ -166,12 +187,15 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | 
     """
     check_schedule(steps, batch_size, lr, decay_from, beta1, save_every=(save_every, 1), eval_every=(eval_every, 0),
                    max_retries=(max_retries, 0), log_every=(log_every, 1))
-    cls = get_recipe(recipe)
+    cls = recipe if isinstance(recipe, type) and issubclass(recipe, Recipe) else get_recipe(recipe)
+    if (student_D is None) == cls.trains_D:
+        raise UserError(f"recipe {cls.name!r}: " + ("trains G alone; pass student_D=None" if student_D is not None
+                                                    else "trains a discriminator too; pass student_D"))
     options = cls.check_options(dict(recipe_options or {}))
     if files is None and out is not None:
         files = RunFiles(out, g_spec, d_spec)
     ddp = Dist(device)
-    if d_spec is None and pruned_info(student_D) is not None:
+    if d_spec is None and student_D is not None and pruned_info(student_D) is not None:
         d_spec = pruned_info(student_D).spec   # a pruned D's saved spec carries the conditional-D fact
     run = _Run(cls, options, files, ddp, dict(batch_size=batch_size, lr=lr, beta1=beta1, decay_from=decay_from,
                                               seed=seed), settings or {}, d_spec)
@@ -213,9 +237,11 @@ class _Run:
             if T is not None:   # T_D is None for a G pruned without its discriminator
                 T.to(dev).eval().requires_grad_(False)
         G.to(dev).train()
-        D.to(dev).train()
         check_shapes(G, first, type(G).__name__)
-        conditional = conditional_d(self.d_spec, D, first["A"].shape[0], first["B"].shape[0])
+        conditional = False
+        if D is not None:
+            D.to(dev).train()
+            conditional = conditional_d(self.d_spec, D, first["A"].shape[0], first["B"].shape[0])
         if writer:
             files.prepare(G, D, first, conditional)
 
@@ -224,7 +250,7 @@ class _Run:
         self.cleanup.append(rec.close)  # hooks on the caller's nets go when the call ends, however it ends
         extras = {k: m.to(dev) for k, m in rec.extra_modules().items()}
         all_opts, phases, trainables = build_phases(rec, lr, self.schedule["beta1"], fused=dev.type == "cuda" or None)
-        nets = {"G": G, "D": D, **{f"extra.{k}": m for k, m in extras.items()}}
+        nets = {"G": G, **({"D": D} if D is not None else {}), **{f"extra.{k}": m for k, m in extras.items()}}
         log = _Log(log_every, dev)
         checkpoint = _Checkpoint(self.config(paired), nets, all_opts, make_grad_scaler(dev, prec), rec, log, dev)
 
@@ -323,7 +349,7 @@ class _Loop:
                         good = ckpt.snapshot(step, train_seconds)
                         failures = 0
                         if self.writer:
-                            run.files.write(good, self.nets["G"], self.nets["D"])
+                            run.files.write(good, self.nets["G"], self.nets.get("D"))
             except _NonFinite as exc:
                 at, which = exc.args
                 failures += 1
