@@ -22,8 +22,6 @@ from torch import nn
 
 from ganprune.core.errors import UserError
 
-DEFAULT_FINALISTS, DEFAULT_STEPS = 4, 60
-
 
 def finalist_rows(rows: list[dict], k: int) -> list[dict]:
     """The ``k`` best-scored feasible rows with distinct (G widths, D widths), best first, and the uniform row
@@ -47,7 +45,7 @@ class Distiller:
     """``distiller(g)`` trains ``g`` in place for ``steps`` Adam steps of L1 to the teacher's output on batches
     of ``data`` (items with ``"A"``, a search split); every call sees the same batches in the same order."""
 
-    def __init__(self, teacher_G: nn.Module, data, steps: int = DEFAULT_STEPS, batch_size: int = 4,
+    def __init__(self, teacher_G: nn.Module, data, steps: int, batch_size: int = 4,
                  lr: float = 2e-4, seed: int = 0):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise UserError(f"finalist_steps: expected an integer >= 1, got {steps!r}")
