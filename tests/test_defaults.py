@@ -17,6 +17,8 @@ import pytest
 
 import ganprune
 from ganprune.cli import COMMANDS, build_parser, main
+from ganprune.cli.cmd_models import EVAL_DATA, EVAL_MODEL
+from ganprune.cli.cmd_teacher import MAKE_DEMO
 from ganprune.core import options as O
 from ganprune.data.demo import make_demo
 from ganprune.evaluation import evaluate, load_model
@@ -53,9 +55,9 @@ TABLE = [
     ("search: finalists", O.SEARCH, finalists.Distiller,
      lambda o: {"steps": o["finalist_steps"], "seed": o["seed"]}),
     ("search: loop", O.SEARCH, loop.search, None),
-    ("eval: model", _schema("eval"), load_model, None),
-    ("eval", _schema("eval"), evaluate, None),
-    ("data make-demo", _schema("data make-demo"), make_demo, None),
+    ("eval: model", EVAL_MODEL, load_model, None),
+    ("eval", EVAL_DATA, evaluate, None),
+    ("data make-demo", MAKE_DEMO, make_demo, None),
     ("nni run", _schema("nni run"), run_experiment, None),
     ("nni space", _schema("nni space"), export_search_space, None),
 ]
@@ -129,11 +131,13 @@ def test_the_mismatches_fixed_here_stay_fixed():
     assert not hasattr(finalists, "DEFAULT_FINALISTS")
 
 
-def test_every_finetune_option_is_a_keyword_of_what_it_feeds():
-    """``ganprune finetune`` passes FINETUNE_RUN whole: each name is finetune_pruned's or the trainer's."""
-    known = set(inspect.signature(finetune_pruned).parameters) | set(inspect.signature(trainer.finetune).parameters)
-    assert [o.name for o in O.FINETUNE_RUN if o.name not in known] == []
-    assert [o.name for o in O.TEACHER] == list(O.resolve(O.TEACHER))   # train_teacher resolves exactly these
+@pytest.mark.parametrize("group, functions", [
+    (O.FINETUNE_RUN, (finetune_pruned, trainer.finetune)),   # finetune_pruned hands the rest to the trainer
+    (EVAL_MODEL, (load_model,)), (EVAL_DATA, (evaluate,)), (MAKE_DEMO, (make_demo,))])
+def test_a_group_a_command_passes_whole_is_all_keywords(group, functions):
+    """A command passes these groups as ``**pick(args, group)``: each name must be a keyword there."""
+    known = {name for fn in functions for name in inspect.signature(fn).parameters}
+    assert [o.name for o in group if o.name not in known] == []
 
 
 def test_shared_options_are_declared_once():

@@ -1,10 +1,10 @@
 """Commands about single networks: ``archs``, ``space``, ``export``, ``eval``."""
 from __future__ import annotations
 
-from ganprune.cli import command, need
-from ganprune.core.errors import UserError
 from dataclasses import replace
 
+from ganprune.cli import command, need, pick
+from ganprune.core.errors import UserError
 from ganprune.core.options import DIRECTION, INPUT_NC, MAX_OPSET, N_LAYERS_D, NDF, NGF, NORM, OUTPUT_NC, Option
 
 KINDS = ("generator", "discriminator")
@@ -144,7 +144,7 @@ def _export(args):
           f"\nsize: {r['bytes'] / 2**20:.2f} MiB -> {r['path']} ({r['seconds']:.1f} s)")
 
 
-@command("eval", "evaluate a generator on a split: MACs, params, PSNR/SSIM (vs GT and teacher), FID, KID", [
+EVAL_MODEL = (
     Option("generator", kind="path", help="dense reference-format generator checkpoint (latest_net_G.pth)"),
     Option("arch", "unet_256", help="arch of --generator (default unet_256)"),
     NGF,
@@ -154,8 +154,10 @@ def _export(args):
     OUTPUT_NC,
     Option("pruned", kind="path", help="pruned generator file written by ganprune"),
     Option("teacher", kind="path", help="evaluate the generator of a `ganprune train-teacher` folder"),
-    Option("teacher_for_reference", kind="path", help="train-teacher folder: adds PSNR/SSIM vs its outputs and "
-           "its own row"),
+)
+"""``ganprune eval``'s model: ``ganprune.evaluation.load_model``'s keywords, by name."""
+
+EVAL_DATA = (
     Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
     Option("phase", "val", help="split to evaluate on (default val)"),
     Option("mode", "aligned", choices=("aligned", "unaligned")),
@@ -163,7 +165,8 @@ def _export(args):
     Option("size", None, "int", min=1, help="resize images to this square (default: their own size)"),
     Option("n", None, "int", min=1, help="evaluate the first N images only (default: all)"),
     Option("batch_size", 8, "int", min=1),
-    Option("no_fid", False, "flag", help="skip FID and KID (the slow part: ~0.3 s per image on a CPU)"),
+    Option("fid", True, "toggle", help="FID and KID (default on; --no-fid skips them, the slow part: ~0.3 s per "
+           "image on a CPU)"),
     Option("fid_weights", kind="path", help="FID weights: a TorchScript feature network or pytorch-fid's "
            "pt_inception-2015-12-05 state dict (default: the bundled FID Inception)"),
     Option("segmenter", kind="path", help="TorchScript segmentation model ([N,3,H,W] in [0,1] -> logits): adds mIoU"),
@@ -171,23 +174,27 @@ def _export(args):
     Option("latency", False, "flag", help="also time CPU inference (torch and onnxruntime, batch 1)"),
     Option("latency_repeats", 20, "int", min=1, help="timed calls per backend (default 20)"),
     Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
-    Option("out", kind="path", help="folder for eval.csv and eval.md"),
-])
+)
+"""``ganprune eval``'s data and measurements: ``ganprune.evaluation.evaluate``'s keywords, by name (KID goes
+with FID)."""
+
+
+@command("eval", "evaluate a generator on a split: MACs, params, PSNR/SSIM (vs GT and teacher), FID, KID",
+         EVAL_MODEL + (
+             Option("teacher_for_reference", kind="path", help="train-teacher folder: adds PSNR/SSIM vs its outputs "
+                    "and its own row"),
+         ) + EVAL_DATA + (
+             Option("out", kind="path", help="folder for eval.csv and eval.md"),
+         ))
 def _eval(args):
     from ganprune.evaluation import evaluate, load_model, report_markdown, write_report
     need(args, "dataroot")
-    label, G = load_model(args.generator, args.pruned, args.teacher, arch=args.arch, ngf=args.ngf,
-                          norm=args.norm, dropout=args.dropout, input_nc=args.input_nc, output_nc=args.output_nc)
+    label, G = load_model(**pick(args, EVAL_MODEL))
     teacher = None
     if args.teacher_for_reference:
         from ganprune.train.teacher import load_teacher
         teacher = load_teacher(args.teacher_for_reference)[0]
-    table, computed_on = evaluate({label: G}, args.dataroot, phase=args.phase, mode=args.mode,
-                                  direction=args.direction, size=args.size, n=args.n, fid=not args.no_fid,
-                                  kid=not args.no_fid, fid_weights=args.fid_weights, teacher=teacher,
-                                  latency=args.latency, latency_repeats=args.latency_repeats,
-                                  segmenter=args.segmenter, num_classes=args.num_classes,
-                                  batch_size=args.batch_size, device=args.device)
+    table, computed_on = evaluate({label: G}, **pick(args, EVAL_DATA), kid=args.fid, teacher=teacher)
     print(report_markdown(table, computed_on), end="")
     if args.out:
         paths = write_report(table, computed_on, args.out)
