@@ -60,6 +60,7 @@ TABLE = [
     ("data make-demo", MAKE_DEMO, make_demo, None),
     ("nni run", _schema("nni run"), run_experiment, None),
     ("nni space", _schema("nni space"), export_search_space, None),
+    ("demo", _schema("demo"), teacher.demo_teacher, None),
 ]
 
 
@@ -145,7 +146,7 @@ def test_shared_options_are_declared_once():
     root = Path(ganprune.__file__).parent
     source = "\n".join(p.read_text(encoding="utf-8") for p in root.rglob("*.py"))
     shared = {o.name: o for o in (O.NGF, O.NDF, O.NORM, O.N_LAYERS_D, O.OUTPUT_NC, O.DIRECTION, O.LOAD_SIZE,
-                                  O.CROP_SIZE)}
+                                  O.CROP_SIZE, O.MODE, O.DEVICE, O.PRECISION, O.RECIPE)}
     for name in shared:
         assert len(re.findall(rf'Option\(\s*"{name}"', source)) == 1, name
     for command, (_, schema, _) in COMMANDS.items():
@@ -183,3 +184,19 @@ def test_the_commands_pass_their_options_by_name(tmp_path, monkeypatch):
                   "resume": False, "recipe_options": {"w": 0.5}}
     assert kw["steps"] == inspect.signature(trainer.finetune).parameters["steps"].default
     assert os.listdir(tmp_path) == []   # nothing was written
+
+
+def test_a_default_written_in_a_help_text_is_the_declared_one():
+    """Help texts that spell their default out (most leave it to ``option_help``) say the declared value."""
+    from ganprune.cli import option_help
+    wrong = []
+    for command, (_, schema, _) in COMMANDS.items():
+        for o in schema:
+            m = re.search(r"\(default:? ([^;:)]+?)[;)]", option_help(o))
+            if m is None or o.default is None or o.kind == "flag":   # a flag's text says what "off" does
+                continue
+            said = m.group(1).strip()
+            value = ("on" if o.default else "off") if isinstance(o.default, bool) else o.default
+            if not (said == str(value) or _same(said, value)):
+                wrong.append(f"{command} --{o.name}: help says {said!r}, default {o.default!r}")
+    assert wrong == []

@@ -5,7 +5,8 @@ from dataclasses import replace
 
 from ganprune.cli import command, need, pick
 from ganprune.core.errors import UserError
-from ganprune.core.options import DIRECTION, INPUT_NC, MAX_OPSET, N_LAYERS_D, NDF, NGF, NORM, OUTPUT_NC, Option
+from ganprune.core.options import (DEVICE, DIRECTION, INPUT_NC, MAX_OPSET, MODE, N_LAYERS_D, NDF, NGF, NORM,
+                                   OUTPUT_NC, Option)
 
 KINDS = ("generator", "discriminator")
 
@@ -36,7 +37,7 @@ def _archs(args):
     Option("arch", help="built-in arch (unet_256, resnet_9blocks, basic, ...) or package.module:Class"),
     Option("kind", choices=KINDS, help="needed for package.module:Class archs (built-in names are unique "
            "across kinds)"),
-    replace(NGF, help="base width (ngf of G, ndf of D; default 64)"),
+    replace(NGF, help="base width (ngf of G, ndf of D)"),
     NORM,
     Option("input_nc", None, "int", min=1, help="input channels (default 3 for G, 6 for a conditional D)"),
     Option("size", 256, "int", min=1, help="image size for MACs (default 256; a U-Net needs at least "
@@ -160,7 +161,7 @@ EVAL_MODEL = (
 EVAL_DATA = (
     Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
     Option("phase", "val", help="split to evaluate on (default val)"),
-    Option("mode", "aligned", choices=("aligned", "unaligned")),
+    MODE,
     DIRECTION,
     Option("size", None, "int", min=1, help="resize images to this square (default: their own size)"),
     Option("n", None, "int", min=1, help="evaluate the first N images only (default: all)"),
@@ -173,7 +174,7 @@ EVAL_DATA = (
     Option("num_classes", None, "int", min=1, help="classes of --segmenter (default: from its logits)"),
     Option("latency", False, "flag", help="also time CPU inference (torch and onnxruntime, batch 1)"),
     Option("latency_repeats", 20, "int", min=1, help="timed calls per backend (default 20)"),
-    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
+    DEVICE,
 )
 """``ganprune eval``'s data and measurements: ``ganprune.evaluation.evaluate``'s keywords, by name (KID goes
 with FID)."""

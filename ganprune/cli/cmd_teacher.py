@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ganprune.cli import command, need, pick
 from ganprune.core.errors import UserError
-from ganprune.core.options import TEACHER, Option
+from ganprune.core.options import DEVICE, PRECISION, TEACHER, Option
 
 
 @command("agents", "list the pruning agents: built-in, installed plugins (entry points) and --agent-file", [
@@ -68,8 +68,8 @@ def _teacher_summary(r: dict) -> str:
     Option("quick", False, "flag", help="64x64, unet_64 ngf 8, 200 teacher steps, short search and fine-tuning, "
            "no FID (about 45 s; 30 s with the teacher cached)"),
     Option("task", "gray2color", help="demo task: gray2color (default), edges2photo or blur2sharp"),
-    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
-    Option("precision", "auto", help="auto, fp32, bf16, fp16"),
+    DEVICE,
+    PRECISION,
 ])
 def _demo(args):
     import time
