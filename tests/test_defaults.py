@@ -48,7 +48,6 @@ TABLE = [
     ("train-teacher", O.TEACHER, teacher.train_teacher, None),
     ("search", O.SEARCH, setup.run_search, O.search_keywords),
     ("search: evaluator", O.SEARCH, setup.build_evaluator, O.evaluator_keywords),
-    ("search: calibration", O.SEARCH, setup.calibration, None),
     ("search: supernet", O.SEARCH, setup.attach_supernet, _supernet),
     ("search: supernet training", O.SEARCH, supernet.train_supernet,
      lambda o: {"steps": o["supernet_steps"], "seed": o["seed"]}),
