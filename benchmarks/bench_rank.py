@@ -311,7 +311,8 @@ def winners(evs, supernet, judge, budget, d_widths, s, fidelity, train, variants
         ev.supernet = None
         picks["greedy agents, supernet slice density, from slice"] = (gw, dw, supernet)
         ev.use_supernet(supernet)
-        gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed, Distiller(judge.T_G, train, seed=seed))
+        gw, dw = searched(ev, budget, d_widths, "greedy", s["rounds"], seed,
+                          Distiller(judge.T_G, train, steps=60, seed=seed))
         ev.supernet = None
         picks["greedy agents + finalists, from slice"] = (gw, dw, supernet)
         for label, other in (variants or {}).items():

@@ -53,7 +53,7 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
              direction: str = "AtoB", size: int | None = None, n: int | None = None, fid: bool = True,
              kid: bool = True, fid_weights=None, teacher: nn.Module | None = None, latency: bool = False,
              latency_threads: int = 2, latency_repeats: int = 20, segmenter=None, num_classes: int | None = None,
-             batch_size: int = 8, device=None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+             batch_size: int = 8, device="auto", progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """One row per generator in ``models`` (plus ``"teacher"`` when given) and the ``computed_on`` facts.
 
     ``segmenter`` is a TorchScript file or module (see ``quality.load_segmenter``); ``fid_weights`` a

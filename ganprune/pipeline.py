@@ -227,7 +227,7 @@ class _Run:
                             self.path("finetune"), mode=c["mode"], direction=c["direction"], load_size=c["size"],
                             crop_size=c["size"], train_phase=c["phase"], eval_images=c["eval_images"],
                             recipe=c["recipe"], steps=c["finetune_steps"], batch_size=c["batch_size"], seed=c["seed"],
-                            save_every=c["save_every"],
+                            save_every=c["save_every"], eval_every=0,   # val L1 at the start and end only
                             progress=self.progress)
         return {k: r[k] for k in ("recipe", "steps", "steps_run", "val_L1", "val_L1_student_to_teacher", "device")}
 

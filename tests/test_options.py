@@ -10,7 +10,7 @@ import ganprune.nni
 from ganprune.cli import main
 from ganprune.core.errors import UserError
 from ganprune.nni.space import Setup, load_options
-from ganprune.core.options import FINETUNE, NNI, PIPELINE, SEARCH, Option, check, read_config, resolve
+from ganprune.core.options import FINETUNE, NNI, PIPELINE, SEARCH, TEACHER, Option, check, read_config, resolve
 from ganprune.pipeline import resolve_config, run_pipeline
 
 
@@ -162,13 +162,13 @@ def test_resolve_converts_text_numbers_and_fills_defaults():
     o = resolve(SEARCH, {"rounds": "12", "l1-weight": "0.5", "g_budget": 0.3})
     assert o["rounds"] == 12 and o["l1_weight"] == 0.5 and o["g_budget"] == 0.3 and o["seed"] == 0
     assert isinstance(resolve(SEARCH, {"l1_weight": 1})["l1_weight"], float)
-    assert resolve(FINETUNE, {"recipe_option": ["w=0.3", "aug=[noise, jitter]"]})["recipe_option"] == \
-        {"w": 0.3, "aug": ["noise", "jitter"]}
-    assert resolve(FINETUNE, {"recipe_option": {"w": 1}})["recipe_option"] == {"w": 1}
+    assert resolve(FINETUNE, {"recipe_option": ["w=0.3", "aug=[noise, jitter]"]})["recipe_options"] == \
+        {"w": 0.3, "aug": ["noise", "jitter"]}   # recipe_option (the flag's old spelling) is an alias
+    assert resolve(FINETUNE, {"recipe_options": {"w": 1}})["recipe_options"] == {"w": 1}
 
 
 def test_every_declared_default_passes_its_own_check():
-    for schema in (SEARCH, PIPELINE, NNI, FINETUNE):
+    for schema in (SEARCH, PIPELINE, NNI, FINETUNE, TEACHER):
         names = [o.name for o in schema]
         assert len(names) == len(set(names))
         for o in schema:

@@ -1,9 +1,12 @@
 """Commands about single networks: ``archs``, ``space``, ``export``, ``eval``."""
 from __future__ import annotations
 
-from ganprune.cli import command, need
+from dataclasses import replace
+
+from ganprune.cli import command, need, pick
 from ganprune.core.errors import UserError
-from ganprune.core.options import MAX_OPSET, NORMS, Option
+from ganprune.core.options import (DEVICE, DIRECTION, INPUT_NC, MAX_OPSET, MODE, N_LAYERS_D, NDF, NGF, NORM,
+                                   OUTPUT_NC, Option)
 
 KINDS = ("generator", "discriminator")
 
@@ -34,8 +37,8 @@ def _archs(args):
     Option("arch", help="built-in arch (unet_256, resnet_9blocks, basic, ...) or package.module:Class"),
     Option("kind", choices=KINDS, help="needed for package.module:Class archs (built-in names are unique "
            "across kinds)"),
-    Option("ngf", None, "int", min=1, help="base width (ngf of G, ndf of D; default 64)"),
-    Option("norm", None, choices=NORMS, help="norm layers (default batch)"),
+    replace(NGF, help="base width (ngf of G, ndf of D)"),
+    NORM,
     Option("input_nc", None, "int", min=1, help="input channels (default 3 for G, 6 for a conditional D)"),
     Option("size", 256, "int", min=1, help="image size for MACs (default 256; a U-Net needs at least "
            "2**downsamplings)"),
@@ -54,8 +57,8 @@ def _space(args):
     kind = args.kind or kind_of(args.arch)
     options = {}
     if ":" not in args.arch:
-        options = {k: v for k, v in (("ngf" if kind == "generator" else "ndf", args.ngf), ("norm", args.norm),
-                                     ("input_nc", args.input_nc)) if v is not None}
+        options = {"ngf" if kind == "generator" else "ndf": args.ngf, "norm": args.norm,
+                   **({"input_nc": args.input_nc} if args.input_nc else {})}
     net = build(args.arch, kind, **options)
     channels = args.input_nc or (3 if kind == "generator" else 6)
     space = SearchSpace.from_model(net, torch.zeros(1, channels, args.size, args.size), arch=args.arch,
@@ -74,14 +77,14 @@ def _space(args):
     Option("generator", kind="path", help="dense reference-format generator checkpoint (latest_net_G.pth)"),
     Option("discriminator", kind="path", help="dense reference-format discriminator checkpoint (latest_net_D.pth)"),
     Option("arch", help="arch of the dense checkpoint (default unet_256 for G, basic for D)"),
-    Option("ngf", 64, "int", min=1, help="generator base width (default 64)"),
-    Option("ndf", 64, "int", min=1, help="discriminator base width (default 64)"),
-    Option("norm", "batch", choices=NORMS),
+    NGF,
+    NDF,
+    NORM,
     Option("dropout", False, "flag", help="the generator was built with dropout"),
-    Option("n_layers_d", 3, "int", min=1, help="layers of the n_layers discriminator"),
+    N_LAYERS_D,
     Option("input_nc", None, "int", min=1, help="input channels of a dense checkpoint (default 3 for G, 6 for a "
            "conditional D)"),
-    Option("output_nc", 3, "int", min=1, help="generator output channels (default 3)"),
+    OUTPUT_NC,
     Option("onnx", kind="path", help="ONNX file to write (same as --out with --format onnx)"),
     Option("out", kind="path", help="file to write: .onnx, OpenVINO .xml (+ .bin), or ExecuTorch .pte"),
     Option("format", None, choices=("onnx", "openvino", "pte"), help="runtime format (default: from the file's "
@@ -142,50 +145,56 @@ def _export(args):
           f"\nsize: {r['bytes'] / 2**20:.2f} MiB -> {r['path']} ({r['seconds']:.1f} s)")
 
 
-@command("eval", "evaluate a generator on a split: MACs, params, PSNR/SSIM (vs GT and teacher), FID, KID", [
+EVAL_MODEL = (
     Option("generator", kind="path", help="dense reference-format generator checkpoint (latest_net_G.pth)"),
     Option("arch", "unet_256", help="arch of --generator (default unet_256)"),
-    Option("ngf", 64, "int", min=1, help="base width of --generator (default 64)"),
-    Option("norm", "batch", choices=NORMS),
+    NGF,
+    NORM,
     Option("dropout", False, "flag", help="--generator was built with dropout"),
-    Option("input_nc", 3, "int", min=1, help="input channels of --generator (default 3)"),
-    Option("output_nc", 3, "int", min=1, help="output channels of --generator (default 3)"),
+    INPUT_NC,
+    OUTPUT_NC,
     Option("pruned", kind="path", help="pruned generator file written by ganprune"),
     Option("teacher", kind="path", help="evaluate the generator of a `ganprune train-teacher` folder"),
-    Option("teacher_for_reference", kind="path", help="train-teacher folder: adds PSNR/SSIM vs its outputs and "
-           "its own row"),
+)
+"""``ganprune eval``'s model: ``ganprune.evaluation.load_model``'s keywords, by name."""
+
+EVAL_DATA = (
     Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
     Option("phase", "val", help="split to evaluate on (default val)"),
-    Option("mode", "aligned", choices=("aligned", "unaligned")),
-    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
+    MODE,
+    DIRECTION,
     Option("size", None, "int", min=1, help="resize images to this square (default: their own size)"),
     Option("n", None, "int", min=1, help="evaluate the first N images only (default: all)"),
     Option("batch_size", 8, "int", min=1),
-    Option("no_fid", False, "flag", help="skip FID and KID (the slow part on a CPU)"),
+    Option("fid", True, "toggle", help="FID and KID (default on; --no-fid skips them, the slow part on a CPU)"),
     Option("fid_weights", kind="path", help="FID weights: a TorchScript feature network or pytorch-fid's "
            "pt_inception-2015-12-05 state dict (default: the bundled FID Inception)"),
     Option("segmenter", kind="path", help="TorchScript segmentation model ([N,3,H,W] in [0,1] -> logits): adds mIoU"),
     Option("num_classes", None, "int", min=1, help="classes of --segmenter (default: from its logits)"),
     Option("latency", False, "flag", help="also time CPU inference (torch and onnxruntime, batch 1)"),
     Option("latency_repeats", 20, "int", min=1, help="timed calls per backend (default 20)"),
-    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
-    Option("out", kind="path", help="folder for eval.csv and eval.md"),
-])
+    DEVICE,
+)
+"""``ganprune eval``'s data and measurements: ``ganprune.evaluation.evaluate``'s keywords, by name (KID goes
+with FID)."""
+
+
+@command("eval", "evaluate a generator on a split: MACs, params, PSNR/SSIM (vs GT and teacher), FID, KID",
+         EVAL_MODEL + (
+             Option("teacher_for_reference", kind="path", help="train-teacher folder: adds PSNR/SSIM vs its outputs "
+                    "and its own row"),
+         ) + EVAL_DATA + (
+             Option("out", kind="path", help="folder for eval.csv and eval.md"),
+         ))
 def _eval(args):
     from ganprune.evaluation import evaluate, load_model, report_markdown, write_report
     need(args, "dataroot")
-    label, G = load_model(args.generator, args.pruned, args.teacher, arch=args.arch, ngf=args.ngf,
-                          norm=args.norm, dropout=args.dropout, input_nc=args.input_nc, output_nc=args.output_nc)
+    label, G = load_model(**pick(args, EVAL_MODEL))
     teacher = None
     if args.teacher_for_reference:
         from ganprune.train.teacher import load_teacher
         teacher = load_teacher(args.teacher_for_reference)[0]
-    table, computed_on = evaluate({label: G}, args.dataroot, phase=args.phase, mode=args.mode,
-                                  direction=args.direction, size=args.size, n=args.n, fid=not args.no_fid,
-                                  kid=not args.no_fid, fid_weights=args.fid_weights, teacher=teacher,
-                                  latency=args.latency, latency_repeats=args.latency_repeats,
-                                  segmenter=args.segmenter, num_classes=args.num_classes,
-                                  batch_size=args.batch_size, device=args.device)
+    table, computed_on = evaluate({label: G}, **pick(args, EVAL_DATA), kid=args.fid, teacher=teacher)
     print(report_markdown(table, computed_on), end="")
     if args.out:
         paths = write_report(table, computed_on, args.out)

@@ -5,7 +5,7 @@ import os
 
 from ganprune.cli import command, need, pick
 from ganprune.core.errors import UserError
-from ganprune.core.options import FINETUNE, PIPELINE, SEARCH, STAGES, Option, search_keywords
+from ganprune.core.options import FINETUNE, FINETUNE_RUN, PIPELINE, SEARCH, STAGES, Option, search_keywords
 
 
 @command("search", "collaborative G/D width search scored by the local-density objective (no fine-tuning)", SEARCH)
@@ -39,13 +39,7 @@ def _finetune(args):
     from ganprune.pipeline import finetune_pruned
     need(args, "pruned_g", "dataroot", "out")
     TG, TD, _, d_spec = pair_from_options(pick(args, FINETUNE))
-    r = finetune_pruned(args.pruned_g, args.pruned_d, TG, TD, d_spec, args.dataroot, args.out,
-                        mode=args.mode, direction=args.direction, load_size=args.load_size,
-                        crop_size=args.crop_size, recipe=args.recipe, recipe_options=args.recipe_option or {},
-                        steps=args.steps, batch_size=args.batch_size, lr=args.lr, beta1=args.beta1,
-                        decay_from=args.decay_from, seed=args.seed, device=args.device, precision=args.precision,
-                        save_every=args.save_every, eval_every=args.eval_every, resume=not args.no_resume,
-                        num_workers=args.num_workers)
+    r = finetune_pruned(args.pruned_g, args.pruned_d, TG, TD, d_spec, **pick(args, FINETUNE_RUN))
     if os.environ.get("RANK", "0") != "0":   # under torchrun every rank returns the summary; one prints it
         return
     rate = f"{r['steps_per_s']:.2f} steps/s" if r["steps_per_s"] else "nothing to do"

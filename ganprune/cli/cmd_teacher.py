@@ -1,9 +1,9 @@
 """Commands that make things to prune: ``data make-demo``, ``train-teacher``, ``demo``; and ``agents``."""
 from __future__ import annotations
 
-from ganprune.cli import command, need
+from ganprune.cli import command, need, pick
 from ganprune.core.errors import UserError
-from ganprune.core.options import NORMS, TRAINING, Option
+from ganprune.core.options import DEVICE, PRECISION, TEACHER, Option
 
 
 @command("agents", "list the pruning agents: built-in, installed plugins (entry points) and --agent-file", [
@@ -17,7 +17,7 @@ def _agents(args):
     print(pd.DataFrame(rows, columns=["name", "source", "description", "options"]).to_markdown(index=False))
 
 
-@command("data make-demo", "build the offline paired demo dataset from photos shipped in scikit-image/-learn", [
+MAKE_DEMO = (
     Option("out", kind="path", positional=True, help="folder to build into (new, empty, or an earlier demo build)"),
     Option("size", 128, "int", min=1, help="tile size: 64, 128 or 256 (default 128)"),
     Option("task", "edges2photo", help="edges2photo, blur2sharp or gray2color (default edges2photo): how the "
@@ -25,52 +25,29 @@ def _agents(args):
     Option("seed", 0, "int", min=0, help="chooses which whole photos form the val split (default 0)"),
     Option("layout", "aligned", choices=("aligned", "unaligned"), help="aligned: pix2pix pairs in train/ val/; "
            "unaligned: CycleGAN folders trainA trainB testA testB (default aligned)"),
-])
+)
+"""``ganprune data make-demo``: ``ganprune.data.demo.make_demo``'s keywords, by name."""
+
+
+@command("data make-demo", "build the offline paired demo dataset from photos shipped in scikit-image/-learn",
+         MAKE_DEMO)
 def _data_make_demo(args):
     from ganprune.data.demo import make_demo
     if not args.out:
         raise UserError("missing OUT, the folder to build the demo set into (or 'out:' in --config)")
-    s = make_demo(args.out, size=args.size, task=args.task, seed=args.seed, layout=args.layout)
+    s = make_demo(**pick(args, MAKE_DEMO))
     state = f"built in {s['seconds']:.1f} s" if s["built"] else "already built"
     layout = " unaligned (trainA trainB testA testB)" if s["layout"] == "unaligned" else ""
     print(f"{s['task']} {s['size']}x{s['size']}{layout}: {s['train']} train / {s['val']} val pairs "
           f"(val photos: {', '.join(s['val_sources'])}), {state} -> {s['out']}")
 
 
-@command("train-teacher", "train a Pix2Pix teacher (G + conditional PatchGAN D) on an aligned dataset, resumably", [
-    Option("dataroot", kind="path", help="aligned dataset folder (train/ and val/ or test/ of A|B images)"),
-    Option("out", kind="path", help="output folder: latest_net_G/D.pth, teacher.yaml, train_state.pt, log.csv"),
-    Option("arch", "unet_128", help="generator arch (default unet_128; see `ganprune archs`)"),
-    Option("ngf", 64, "int", min=1),
-    Option("no_dropout", False, "flag", help="no dropout in G (pix2pix uses it)"),
-    Option("netD", "basic", help="discriminator arch: basic, n_layers, pixel (default basic)"),
-    Option("ndf", 64, "int", min=1),
-    Option("n_layers_d", 3, "int", min=1, help="layers of an n_layers D (default 3)"),
-    Option("norm", "batch", choices=NORMS),
-    Option("direction", "AtoB", choices=("AtoB", "BtoA")),
-    Option("load_size", None, "int", min=1, help="resize images to this square (default: keep)"),
-    Option("crop_size", None, "int", min=1, help="random crop for training, resize for val"),
-    Option("steps", 20000, "int", min=0, help="total training steps (default 20000)"),
-    Option("lambda_l1", 100.0, "float", min=0),
-    Option("gan_mode", "vanilla", choices=("vanilla", "lsgan", "hinge")),
-    *TRAINING,
-    Option("save_every", 1000, "int", min=1, help="steps between checkpoints (default 1000)"),
-    Option("eval_every", 2000, "int", min=0, help="steps between val L1 checks (0: start and end)"),
-    Option("log_every", 10, "int", min=1, help="steps per log.csv row (default 10)"),
-    Option("val_items", None, "int", min=1, help="use only the first N val images (default: all)"),
-])
+@command("train-teacher", "train a Pix2Pix teacher (G + conditional PatchGAN D) on an aligned dataset, resumably",
+         TEACHER)
 def _train_teacher(args):
     from ganprune.train.teacher import train_teacher
     need(args, "dataroot", "out")
-    r = train_teacher(args.dataroot, args.out, arch=args.arch, ngf=args.ngf, netD=args.netD, ndf=args.ndf,
-                      n_layers_D=args.n_layers_d, norm=args.norm, dropout=not args.no_dropout,
-                      direction=args.direction, load_size=args.load_size, crop_size=args.crop_size,
-                      batch_size=args.batch_size, steps=args.steps, lr=args.lr, beta1=args.beta1,
-                      lambda_l1=args.lambda_l1, gan_mode=args.gan_mode, decay_from=args.decay_from,
-                      seed=args.seed, device=args.device, precision=args.precision, save_every=args.save_every,
-                      eval_every=args.eval_every, log_every=args.log_every, val_items=args.val_items,
-                      resume=not args.no_resume, num_workers=args.num_workers)
-    print(_teacher_summary(r))
+    print(_teacher_summary(train_teacher(**pick(args, TEACHER))))
 
 
 def _teacher_summary(r: dict) -> str:
@@ -91,8 +68,8 @@ def _teacher_summary(r: dict) -> str:
     Option("quick", False, "flag", help="64x64, unet_64 ngf 8, 200 teacher steps, short search and fine-tuning, "
            "no FID (run times: docs/benchmarks.md)"),
     Option("task", "gray2color", help="demo task: gray2color (default), edges2photo or blur2sharp"),
-    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
-    Option("precision", "auto", help="auto, fp32, bf16, fp16"),
+    DEVICE,
+    PRECISION,
 ])
 def _demo(args):
     import time

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping
 
 import yaml
@@ -208,6 +208,28 @@ def read_config(path) -> dict:
     return values
 
 
+# --------------------------------------------------------------------------- options several commands share
+# Declared once here; a command that needs other wording for one of them says so with dataclasses.replace.
+
+NGF = Option("ngf", 64, "int", min=1, help="built-in G: filters in the first conv layer")
+NDF = Option("ndf", 64, "int", min=1, help="built-in D: filters in the first conv layer")
+NORM = Option("norm", "batch", choices=NORMS, help="built-in G (and D): normalisation layer")
+N_LAYERS_D = Option("n_layers_d", 3, "int", min=1, help="layers of the n_layers D")
+INPUT_NC = Option("input_nc", 3, "int", min=1, help="input image channels")
+OUTPUT_NC = Option("output_nc", 3, "int", min=1, help="output image channels")
+DIRECTION = Option("direction", "AtoB", choices=("AtoB", "BtoA"), help="which side is G's input")
+LOAD_SIZE = Option("load_size", None, "int", min=1, help="resize images to this square (default: keep)")
+CROP_SIZE = Option("crop_size", None, "int", min=1, help="random crop for training, resize for val")
+MODE = Option("mode", "aligned", choices=("aligned", "unaligned"), aliases=("dataset_mode",),
+              help="dataset layout: aligned (pix2pix: train/ val/) or unaligned (CycleGAN: trainA trainB testA "
+              "testB) (default aligned; dataset_mode is the same option)")
+DEVICE = Option("device", "auto", help="auto, cpu, cuda or cuda:N")
+PRECISION = Option("precision", "auto", help="auto, fp32, bf16, fp16 (auto: bf16/fp16 on CUDA, fp32 on CPU)")
+RECIPE = Option("recipe", "density", help="fine-tuning recipe (`ganprune finetune --help` lists them)")
+BATCH_SIZE = Option("batch_size", 1, "int", min=1, help="per process")
+SAVE_EVERY = Option("save_every", 500, "int", min=1, help="fine-tuning steps between resumable checkpoints (default "
+                    "500; a killed fine-tune resumes from the last one, bit-identically)")
+
 # --------------------------------------------------------------------------- the shared option groups
 
 PAIR = (
@@ -219,8 +241,8 @@ PAIR = (
     Option("g_arch_options", None, "pairs", metavar="KEY=VALUE", aliases=("g_arch_option",),
            help="keyword argument of your own G class (pkg.module:Class), repeatable; only these are passed to it "
            "(default none); in a config a mapping g_arch_options: {key: value}"),
-    Option("ngf", 64, "int", min=1, help="built-in G: filters in the first conv layer (default 64)"),
-    Option("norm", "batch", choices=NORMS, help="built-in G (and D): normalisation layer (default batch)"),
+    NGF,
+    NORM,
     Option("dropout", False, "flag", help="built-in G: it was built with dropout (default off)"),
     Option("discriminator", kind="path", help="reference-format discriminator checkpoint (latest_net_D.pth); "
            "leave it out to prune G alone: D is then built fresh (the PatchGAN below) for fine-tuning, and the "
@@ -228,21 +250,19 @@ PAIR = (
     Option("d_arch", "basic", help="discriminator arch: basic, n_layers, pixel or pkg.module:Class (default basic)"),
     Option("d_arch_options", None, "pairs", metavar="KEY=VALUE", aliases=("d_arch_option",),
            help="keyword argument of your own D class, repeatable (default none)"),
-    Option("ndf", 64, "int", min=1, help="built-in D: filters in the first conv layer (default 64)"),
+    NDF,
     Option("d_norm", None, choices=NORMS, help="discriminator norm (default: same as --norm)"),
-    Option("n_layers_d", 3, "int", min=1, help="layers of the n_layers D (default 3)"),
-    Option("input_nc", 3, "int", min=1, help="input image channels (default 3)"),
-    Option("output_nc", 3, "int", min=1, help="output image channels (default 3)"),
+    N_LAYERS_D,
+    INPUT_NC,
+    OUTPUT_NC,
     Option("unconditional_d", None, "toggle", help="D sees only images (CycleGAN), not cat(A, B) (default: from "
            "the data: unconditional for unaligned, conditional for aligned)"),
 )
 
 SEARCH_DATA = (
     Option("dataroot", kind="path", help="dataset folder (reference aligned or unaligned layout)"),
-    Option("mode", "aligned", choices=("aligned", "unaligned"), aliases=("dataset_mode",),
-           help="dataset layout: aligned (pix2pix: train/ val/) or unaligned (CycleGAN: trainA trainB testA testB) "
-           "(default aligned)"),
-    Option("direction", "AtoB", choices=("AtoB", "BtoA"), help="which side is G's input (default AtoB)"),
+    MODE,
+    DIRECTION,
     Option("size", None, "int", min=1, help="image size (default: the images' own)"),
     Option("phase", "train", help="search split (never val/test; default train)"),
     Option("calib_images", 16, "int", min=1, help="calibration images: the first N of the search split "
@@ -308,11 +328,10 @@ STAGES = ("search", "prune", "finetune", "evaluate", "export", "report")
 PIPELINE = SEARCH + (
     Option("widths", kind="path", help="a widths.yaml (from `ganprune search` or `ganprune nni run`) to prune to "
            "instead of searching (default: search)"),
-    Option("recipe", "density", help="fine-tuning recipe (default density; see `ganprune finetune`)"),
+    RECIPE,
     Option("finetune_steps", 1000, "int", min=0, help="fine-tuning steps (default 1000)"),
-    Option("batch_size", 1, "int", min=1, help="fine-tuning batch size (default 1)"),
-    Option("save_every", 500, "int", min=1, help="fine-tuning steps between resumable checkpoints (default 500; a "
-           "killed fine-tune resumes from the last one, bit-identically)"),
+    replace(BATCH_SIZE, help="fine-tuning batch size"),
+    SAVE_EVERY,
     Option("fid", True, "toggle", help="FID/KID in the evaluation (default on; the slow part on a CPU)"),
     Option("eval_images", None, "int", min=1, help="evaluate on the first N val images (default all)"),
     Option("latency", True, "toggle", help="CPU latency, torch and onnxruntime, batch 1 (default on)"),
@@ -334,43 +353,70 @@ NNI = tuple(o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
 """Every ``ganprune nni`` command: the search options (an NNI tuner that fails stops the experiment, so
 no ``on_agent_error`` or ``agent_timeout``) plus the penalty of over-budget candidates; one YAML drives them all."""
 
-DEVICE = (
-    Option("device", "auto", help="auto, cpu, cuda or cuda:N (default auto)"),
-    Option("precision", "auto", help="auto, fp32, bf16, fp16 (auto: bf16/fp16 on CUDA, fp32 on CPU)"),
-)
-
 TRAINING = (
-    Option("batch_size", 1, "int", min=1, help="per process (default 1)"),
+    BATCH_SIZE,
     Option("lr", 2e-4, "float", min=0),
     Option("beta1", 0.5, "float", min=0, max=1),
     Option("decay_from", 0.5, "float", min=0, max=1,
            help="fraction of steps after which the LR decays linearly to 0 (default 0.5)"),
     Option("seed", 0, "int", min=0),
-    *DEVICE,
+    DEVICE,
+    PRECISION,
     Option("num_workers", 0, "int", min=0, help="DataLoader worker processes (default 0)"),
-    Option("no_resume", False, "flag", help="start over even if --out holds a resumable run"),
+    Option("resume", True, "toggle", help="continue the resumable run --out holds (default on; --no-resume starts "
+           "over)"),
 )
+
+FINETUNE_RUN = (
+    Option("dataroot", kind="path", help="dataset folder (aligned: train/ val/; unaligned: trainA trainB testA testB)"),
+    MODE,
+    DIRECTION,
+    LOAD_SIZE,
+    CROP_SIZE,
+    RECIPE,
+    Option("recipe_options", None, "pairs", metavar="KEY=VALUE", aliases=("recipe_option",),
+           help="recipe option, repeatable (values are YAML: 0.3, true, [noise, jitter]); in --config a mapping "
+           "recipe_options: {key: value}"),
+    Option("out", kind="path", help="output folder: G.pt, D.pt (pruned format), state.pt, log.csv"),
+    Option("steps", 10000, "int", min=0, help="total training steps (default 10000)"),
+    *TRAINING,
+    SAVE_EVERY,
+    Option("eval_every", 1000, "int", min=0, help="steps between val L1 checks (0: start and end)"),
+)
+"""What ``ganprune finetune`` hands to ``ganprune.pipeline.finetune_pruned`` (the data) and on to
+``ganprune.train.trainer.finetune`` (the training settings) by name; the trainer's defaults are these."""
 
 FINETUNE = (
     Option("pruned_g", kind="path", help="pruned generator file (written by `ganprune prune`/save_pruned)"),
     Option("pruned_d", kind="path", help="pruned discriminator file (default: a trainable copy of the teacher's D)"),
     *PAIR,
-    Option("dataroot", kind="path", help="dataset folder (aligned: train/ val/; unaligned: trainA trainB testA testB)"),
-    Option("mode", "aligned", choices=("aligned", "unaligned"), aliases=("dataset_mode",),
-           help="dataset layout (default aligned; dataset_mode is the same option)"),
-    Option("direction", "AtoB", choices=("AtoB", "BtoA"), help="which side is G's input (default AtoB)"),
-    Option("load_size", None, "int", min=1, help="resize images to this square (default: keep)"),
-    Option("crop_size", None, "int", min=1, help="random crop for training, resize for val"),
-    Option("recipe", "density", help="fine-tuning recipe (default density)"),
-    Option("recipe_option", None, "pairs", metavar="KEY=VALUE", help="recipe option, repeatable (values are YAML: "
-           "0.3, true, [noise, jitter]); in --config a mapping recipe_option: {key: value}"),
-    Option("out", kind="path", help="output folder: G.pt, D.pt (pruned format), state.pt, log.csv"),
-    Option("steps", 10000, "int", min=0, help="total training steps (default 10000)"),
-    *TRAINING,
-    Option("save_every", 500, "int", min=1, help="steps between checkpoints (default 500)"),
-    Option("eval_every", 1000, "int", min=0, help="steps between val L1 checks (0: start and end)"),
+    *FINETUNE_RUN,
 )
 """``ganprune finetune``: the pruned pair, its teacher, the data and the training settings."""
+
+TEACHER = (
+    Option("dataroot", kind="path", help="aligned dataset folder (train/ and val/ or test/ of A|B images)"),
+    Option("out", kind="path", help="output folder: latest_net_G/D.pth, teacher.yaml, train_state.pt, log.csv"),
+    Option("arch", "unet_128", help="generator arch (default unet_128; see `ganprune archs`)"),
+    NGF,
+    Option("dropout", True, "toggle", help="dropout in G, as pix2pix trains it (default on; --no-dropout: none)"),
+    Option("netD", "basic", help="discriminator arch: basic, n_layers, pixel (default basic)"),
+    NDF,
+    N_LAYERS_D,
+    NORM,
+    DIRECTION,
+    LOAD_SIZE,
+    CROP_SIZE,
+    Option("steps", 20000, "int", min=0, help="total training steps (default 20000)"),
+    Option("lambda_l1", 100.0, "float", min=0),
+    Option("gan_mode", "vanilla", choices=("vanilla", "lsgan", "hinge")),
+    *TRAINING,
+    Option("save_every", 1000, "int", min=1, help="steps between checkpoints (default 1000)"),
+    Option("eval_every", 2000, "int", min=0, help="steps between val L1 checks (0: start and end)"),
+    Option("log_every", 10, "int", min=1, help="steps per log.csv row (default 10)"),
+    Option("val_items", None, "int", min=1, help="use only the first N val images (default: all)"),
+)
+"""``ganprune train-teacher`` and ``ganprune.train.teacher.train_teacher``: the keywords it takes, by name."""
 
 
 

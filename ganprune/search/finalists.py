@@ -19,8 +19,6 @@ from torch import nn
 from ganprune.core.errors import UserError
 from ganprune.train.recipe import Recipe
 
-DEFAULT_FINALISTS, DEFAULT_STEPS = 4, 60
-
 
 def finalist_rows(rows: list[dict], k: int) -> list[dict]:
     """The ``k`` best-scored feasible rows with distinct (G widths, D widths), best first, and the uniform row
@@ -59,7 +57,7 @@ class Distiller:
     output on batches of ``data`` (items with ``"A"``, a search split), on the trainer (``Distill``); every
     call sees the same batches in the same order."""
 
-    def __init__(self, teacher_G: nn.Module, data, steps: int = DEFAULT_STEPS, batch_size: int = 4,
+    def __init__(self, teacher_G: nn.Module, data, steps: int, batch_size: int = 4,
                  lr: float = 2e-4, seed: int = 0):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise UserError(f"finalist_steps: expected an integer >= 1, got {steps!r}")

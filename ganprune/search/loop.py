@@ -404,7 +404,7 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
     atomic_write_yaml(path, data)
 
 
-def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int = 50, out_dir=None,
+def search(evaluator, g_agent, d_agent, g_budget, d_budget, rounds: int, out_dir=None,
            on_agent_error: str = "stop", progress: bool = True, g_spec=None, d_spec=None,
            fill: bool = True, seed: int = 0, agent_timeout: float | None = DEFAULT_TIMEOUT,
            max_rounds: int | None = None, uniform: bool = True, finalists: int = 0,

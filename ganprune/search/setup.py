@@ -85,7 +85,7 @@ def calibration(dataroot, *, phase="train", calib_images=16, calib_batch=8, mode
                                direction=direction, size=size)
 
 
-def attach_supernet(evaluator, G, dataroot, out=None, *, steps=0, g_budget=0.25, mode="aligned", direction="AtoB",
+def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, mode="aligned", direction="AtoB",
                     size=None, phase="train", seed=0, progress=True):
     """Train (or, from ``out/supernet``, reload) the supernet whose slices the evaluator then scores; nothing
     when ``steps`` is 0. Random slices are capped at 1.2× a MACs budget (capacity goes where the search
@@ -109,7 +109,7 @@ def attach_supernet(evaluator, G, dataroot, out=None, *, steps=0, g_budget=0.25,
 
 def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
-               d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=60, seed=0,
+               d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
                finalists=0, finalist_steps=60, **evaluator_options):

@@ -291,7 +291,7 @@ class SupernetFiles(RunFiles):
         self.last_state = state
 
 
-def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int = 1000, batch_size: int = 4,
+def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int, batch_size: int = 4,
                    lr: float = 2e-4, lambda_l1: float = 1.0, lambda_density: float = 0.0, m: int = 4,
                    sandwich: tuple[str, ...] = SANDWICH, max_macs: float | None = None, pool: int = 64,
                    ranking: dict | None = None, seed: int = 0, device="auto", save_every: int = 200,

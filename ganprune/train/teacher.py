@@ -23,6 +23,7 @@ from torch import nn
 from ganprune.data.datasets import AlignedDataset, held_out_phase
 from ganprune.core.device import pick_device, resolve_precision
 from ganprune.core.errors import UserError
+from ganprune.core.options import TEACHER, resolve
 from ganprune.train.outputs import RunFiles
 from ganprune.core.io import atomic_torch_save, atomic_write_yaml
 from ganprune.models.sizes import check_image_size
@@ -145,16 +146,11 @@ def _old_log(path: Path, upto: int) -> list[dict]:
 
 # --------------------------------------------------------------------------- training
 
-def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: str = "basic", ndf: int = 64,
-                  n_layers_D: int = 3, norm: str = "batch", dropout: bool = True, direction: str = "AtoB",
-                  load_size: int | None = None, crop_size: int | None = None, batch_size: int = 1,
-                  steps: int = 20000, lr: float = 2e-4, beta1: float = 0.5, lambda_l1: float = 100.0,
-                  gan_mode: str = "vanilla", decay_from: float = 0.5, seed: int = 0, device="auto",
-                  precision: str = "auto", save_every: int = 1000, eval_every: int = 2000, log_every: int = 10,
-                  val_items: int | None = None, resume: bool = True, num_workers: int = 0,
-                  progress: bool = True) -> dict:
+def train_teacher(dataroot, out, *, progress: bool = True, **options) -> dict:
     """Train (or continue training) a Pix2Pix teacher into ``out``; returns a summary dict.
 
+    ``options``: ``ganprune train-teacher``'s, by name (``ganprune.core.options.TEACHER``: arch, ngf, steps,
+    lr, eval_every, resume, ...); their defaults and checks are the command line's.
     Writes ``latest_net_G.pth``/``latest_net_D.pth`` (reference-format state dicts), ``teacher.yaml``
     (specs, data, steps done, val L1), ``train_state.pt`` (everything to resume) and ``log.csv`` (mean
     losses every ``log_every`` steps — ``loss_G_L1`` is λ·L1 as in the reference logs — and val L1 at
@@ -163,11 +159,13 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
     ``resume`` a rerun continues from the last save; a finished run returns at once.
     """
     from ganprune.train.trainer import finetune
-    dataroot, out = os.fspath(dataroot), Path(out)
+    o = resolve(TEACHER, {**options, "dataroot": dataroot, "out": out})
+    dataroot, out, direction = o["dataroot"], Path(o["out"]), o["direction"]
+    load_size, crop_size, val_items, seed = o["load_size"], o["crop_size"], o["val_items"], o["seed"]
     if not os.path.isdir(os.path.join(dataroot, "train")):
         raise UserError(f"{dataroot}: expected an aligned dataset folder with a train/ subfolder of A|B images")
-    dev = pick_device(device)
-    prec = resolve_precision(dev, precision)
+    dev = pick_device(o["device"])
+    prec = resolve_precision(dev, o["precision"])
     train_set = AlignedDataset(dataroot, "train", direction=direction, load_size=load_size, crop_size=crop_size)
     first = SeededItems(train_set)[(0, seed)]  # shapes only; leaves the global RNG alone
     val_phase = held_out_phase(dataroot)
@@ -175,28 +173,30 @@ def train_teacher(dataroot, out, arch: str = "unet_128", ngf: int = 64, netD: st
     val_set = (AlignedDataset(dataroot, val_phase, direction=direction, load_size=load_size, crop_size=crop_size,
                               flip=False, max_items=val_items) if val_phase else None)
 
-    g_spec = {"arch": arch, "ngf": ngf, "norm": norm, "dropout": bool(dropout),
+    g_spec = {"arch": o["arch"], "ngf": o["ngf"], "norm": o["norm"], "dropout": o["dropout"],
               "input_nc": int(first["A"].shape[0]), "output_nc": int(first["B"].shape[0])}
-    d_spec = {"arch": netD, "ndf": ndf, "norm": norm, "n_layers": n_layers_D,
+    d_spec = {"arch": o["netD"], "ndf": o["ndf"], "norm": o["norm"], "n_layers": o["n_layers_d"],
               "input_nc": g_spec["input_nc"] + g_spec["output_nc"]}
     torch.manual_seed(seed)
     G, D = load_generator(None, **g_spec), load_discriminator(None, **d_spec)
-    check_image_size(G, *first["A"].shape[-2:], f"generator {arch!r}")
-    check_shapes(G, first, arch)
+    check_image_size(G, *first["A"].shape[-2:], f"generator {o['arch']!r}")
+    check_shapes(G, first, o["arch"])
 
     data = {"root": os.path.abspath(dataroot), "direction": direction, "size": list(first["A"].shape[1:]),
             "load_size": load_size, "crop_size": crop_size, "train_items": len(train_set), "val_phase": val_phase,
             "val_items": len(val_set) if val_set is not None else 0}
-    training = {"steps_target": steps, "batch_size": batch_size, "lr": lr, "beta1": beta1, "lambda_l1": lambda_l1,
-                "gan_mode": gan_mode, "decay_from": decay_from, "seed": seed, "device": str(dev), "precision": prec}
+    training = {"steps_target": o["steps"], **{k: o[k] for k in ("batch_size", "lr", "beta1", "lambda_l1", "gan_mode",
+                                                                 "decay_from", "seed")},
+                "device": str(dev), "precision": prec}
+    schedule = {k: o[k] for k in ("batch_size", "lr", "beta1", "decay_from", "seed")}
+    recipe_options = {"gan_mode": o["gan_mode"], "lambda_l1": o["lambda_l1"]}
     files = TeacherFiles(out, g_spec, d_spec, data, training)
     settings = {"G": g_spec, "D": d_spec, "direction": direction, "load_size": load_size, "crop_size": crop_size,
                 "val_items": val_items}
-    r = finetune(G, D, None, None, train_set, recipe="pix2pix", steps=steps, batch_size=batch_size, lr=lr,
-                 beta1=beta1, decay_from=decay_from, seed=seed, device=device, precision=prec,
-                 save_every=save_every, eval_every=eval_every, eval_dataset=val_set, resume=resume,
-                 recipe_options={"gan_mode": gan_mode, "lambda_l1": lambda_l1}, progress=progress,
-                 num_workers=num_workers, log_every=log_every, files=files, settings=settings,
+    r = finetune(G, D, None, None, train_set, recipe="pix2pix", steps=o["steps"], **schedule, device=o["device"],
+                 precision=prec, save_every=o["save_every"], eval_every=o["eval_every"], eval_dataset=val_set,
+                 resume=o["resume"], recipe_options=recipe_options, progress=progress, num_workers=o["num_workers"],
+                 log_every=o["log_every"], files=files, settings=settings,
                  d_spec={**d_spec, "conditional": True})  # the reference pix2pix D sees cat(A, B)
     spec = files.summary(files.last_state)
     t = spec["training"]

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ganprune.core.device import autocast, make_grad_scaler, resolve_precision, to_channels_last
 from ganprune.core.errors import UserError
+from ganprune.core.options import FINETUNE_RUN, defaults
 from ganprune.train.distributed import Dist, RankSlice
 from ganprune.train.outputs import RunFiles
 from ganprune.train.recipe import Recipe, get_recipe
@@ -163,14 +164,21 @@ def train_step(rec: Recipe, phases, trainables, scaler, batch: dict, device, pre
 
 # --------------------------------------------------------------------------- the trainer
 
+_F = defaults(FINETUNE_RUN)   # ``ganprune finetune``'s, which hands its options to this function by name
+
+
 def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | None, teacher_D: nn.Module | None,
-             dataset, recipe: str = "density", steps: int = 1000, out=None, batch_size: int = 1, lr: float = 2e-4,
-             beta1: float = 0.5, decay_from: float = 0.5, seed: int = 0, device="auto", precision: str = "auto",
-             save_every: int = 500, eval_every: int = 0, eval_dataset=None, resume: bool = True,
-             recipe_options: dict | None = None, progress: bool = True, g_spec: dict | None = None,
-             d_spec: dict | None = None, max_retries: int = 3, num_workers: int = 0, log_every: int = 1,
-             files: RunFiles | None = None, settings: dict | None = None) -> dict:
+             dataset, recipe: str = _F["recipe"], steps: int = _F["steps"], out=None,
+             batch_size: int = _F["batch_size"], lr: float = _F["lr"], beta1: float = _F["beta1"],
+             decay_from: float = _F["decay_from"], seed: int = _F["seed"], device=_F["device"],
+             precision: str = _F["precision"],
+             save_every: int = _F["save_every"], eval_every: int = _F["eval_every"], eval_dataset=None,
+             resume: bool = _F["resume"], recipe_options: dict | None = _F["recipe_options"], progress: bool = True,
+             g_spec: dict | None = None, d_spec: dict | None = None, max_retries: int = 3,
+             num_workers: int = _F["num_workers"], log_every: int = 1, files: RunFiles | None = None,
+             settings: dict | None = None) -> dict:
     """Train ``student_G``/``student_D`` (in place) for ``steps`` steps with ``recipe``; returns a summary.
+    Defaults: ``ganprune finetune``'s (``ganprune.core.options.FINETUNE_RUN``).
 
     ``recipe``: a registered name, or a ``Recipe`` subclass (the search's distillations, no CLI choices); a
     recipe that trains G alone (``trains_D`` False) takes ``student_D=None``.
