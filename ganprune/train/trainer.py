@@ -98,7 +98,8 @@ def _adam(modules, lr, beta1, fused):
 
 def build_phases(rec: Recipe, lr: float, beta1: float = 0.5, fused=None):
     """Optimizers (``{"G", "D", "extra.<name>"}``; each group remembers its ``base_lr``), the phases
-    of one step in order (D, the recipe's extras, G) and every trainable parameter."""
+    of one step in order (D unless the recipe trains no student D, the recipe's extras, G) and every
+    trainable parameter. The D optimizer exists either way, so checkpoints have one layout."""
     opt_G = _adam([rec.student_G, *rec.generator_extras()], lr, beta1, fused)
     opt_D = _adam([rec.student_D, *rec.discriminator_extras()], lr, beta1, fused)
     extra_opts = rec.extra_optimizers(lr, beta1)
@@ -106,9 +107,9 @@ def build_phases(rec: Recipe, lr: float, beta1: float = 0.5, fused=None):
     for opt in all_opts.values():
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
-    phases = ([_Phase("D", opt_D, rec.discriminator_loss)]
-              + [_Phase(k, o, (lambda out_, k=k: rec.extra_loss(k, out_))) for k, o in extra_opts.items()]
-              + [_Phase("G", opt_G, rec.generator_loss)])
+    phases = ([_Phase("D", opt_D, rec.discriminator_loss)] if rec.trains_student_D else [])
+    phases += [_Phase(k, o, (lambda out_, k=k: rec.extra_loss(k, out_))) for k, o in extra_opts.items()]
+    phases.append(_Phase("G", opt_G, rec.generator_loss))
     trainables = list(dict.fromkeys(p for ph in phases for p in ph.params))
     for p in trainables:  # the forward of each step runs with all of them requiring grad
         p.requires_grad_(True)
