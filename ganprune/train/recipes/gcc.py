@@ -9,9 +9,9 @@ discriminator + online collaborative distillation.
   "capacity" follows the small G's). The EMA is the code's annealed one: the new Δ_T gets weight
   β = 1 − progress, so it tracks the teacher early and freezes by the end. The gates shape training only:
   ``D.pt`` holds the D weights, the gates (and the fraction still on, logged as ``D_gates_on``) live in
-  ``state.pt``. **In a short run the gates do not act**: they start at 1 and move by about lr per step,
-  so switching a channel off (α < 0.5) takes thousands of steps at 1e-4; over a few hundred or even
-  1,500 steps ``D_gates_on`` stays at 1 and this part of GCC changes nothing.
+  ``state.pt``. **In a short run the gates do not act**: they start at 1 and Adam moves them by at most
+  about lr per step, so switching a channel off (α < 0.5) takes at least 5,000 steps at 1e-4; over a few
+  hundred or even 1,500 steps ``D_gates_on`` stays at 1 and this part of GCC changes nothing.
 * Online collaborative distillation: a copy of the teacher G/D is trained alongside (``OnlineTeacher``:
   GAN + 100·L1); 1×1 adapters map 4 student-G features (``generator_taps``) to the teacher's widths, and
   the student is pulled to the teacher by 50·Σ√MSE(f, f_T) + 1e4·Σ√MSE(Gram(f), Gram(f_T)) over those 4 G
