@@ -143,6 +143,8 @@ def test_dgl(nets):
         _, logs = rec.generator_loss(out)
         expected = rec.gan(nets["TD"](torch.cat([out["A"], out["fake"]], 1)), True)
     assert float(logs["G_adv_teacher_d"]) == pytest.approx(float(expected), rel=1e-5)
+    terms_finite_and_nonzero(logs, ["G_adv", "G_adv_teacher_d", "G_L1"])
+    assert rec.options["lambda_teacher_d"] == 0.1  # DGL-GAN's published weight
 
 
 def terms_finite_and_nonzero(logs, keys):

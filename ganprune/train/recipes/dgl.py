@@ -1,14 +1,16 @@
-"""DGL-GAN (Wan et al., "DGL-GAN: Discriminator Guided Learning for GAN Compression"): the frozen, pretrained
+"""DGL-GAN (Tian et al., 2021, "DGL-GAN: Discriminator Guided Learning for GAN Compression"; code:
+yuesongtian/DGL-GAN, ``stylegan2_dgl/training/loss.py`` ``G_dg_logistic_ns``): the frozen, pretrained
 teacher D guides the pruned generator.
 
-G: GAN(D_S(G_S(A)) → real) + λ·GAN(D_T(G_S(A)) → real) + λ_L1·|G_S(A) − target|₁ with λ = 0.1, the weight
-of the released code (issue 24's reading; the code was not re-read for this recipe); D_S is trained as in
-pix2pix, D_T never changes (eval mode, no grad: only the student's output receives its gradient).
+G: GAN(D_S(G_S(A)) → real) + λ·GAN(D_T(G_S(A)) → real) + λ_L1·|G_S(A) − target|₁ with λ = 0.1, the code's
+weight (its term is the non-saturating softplus(−D_T(G_S(A))), which is the vanilla GAN loss); D_S is
+trained as in pix2pix, D_T never changes (eval mode, no grad: only the student's output receives its
+gradient).
 
-Deliberate deviation: the λ_L1 (100) term, pix2pix's ground-truth L1 (or, for unpaired data, L1 to the
+Deliberate deviations: the λ_L1 (100) term, pix2pix's ground-truth L1 (or, for unpaired data, L1 to the
 teacher's output), is ours: DGL-GAN was published for unconditional GANs (StyleGAN2, BigGAN), which have no
-reconstruction target, so the recipe is pix2pix plus DGL's teacher-D term. It never distils the teacher's
-output.
+reconstruction target, so the recipe is pix2pix plus DGL's teacher-D term; the paper's two-stage training
+schedule is not reproduced (the term acts from step 0). It never distils the teacher's output.
 """
 from ganprune.train.recipe import Recipe, register_recipe
 from ganprune.train.losses import GANLoss
