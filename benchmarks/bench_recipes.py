@@ -53,7 +53,7 @@ from ganprune.pruning.physical import prune
 from ganprune.pruning.space import SearchSpace
 from ganprune.train.teacher import load_teacher, train_teacher
 
-RECIPES = ("pix2pix", "density", "dgl", "dcd", "gcc", "selfsup", "cyclegan")
+RECIPES = ("pix2pix", "density", "dgl", "dcd", "gcc", "omgd", "selfsup", "cyclegan", "output_l1")
 
 
 def settings(quick: bool) -> dict:

@@ -117,7 +117,7 @@ def test_outputs_load_and_log(tiny, tmp_path):
     assert not any(p.requires_grad for p in tiny["TG"].parameters()) and not tiny["TG"].training
 
 
-@pytest.mark.parametrize("recipe", ["density", "gcc"])  # gcc: recipe optimizers, modules and state too
+@pytest.mark.parametrize("recipe", ["density", "gcc", "omgd"])  # gcc: recipe optimizers, modules and state; omgd: no D phase
 def test_resume_is_exact(tiny, tmp_path, recipe):
     _, G_ref, D_ref = run(tiny, recipe=recipe, steps=6)
     out = tmp_path / "run"

@@ -77,8 +77,13 @@ def check_gradients(rec, phases):
     for ph in phases:
         for p in ph.params:
             assert p.grad is not None and torch.isfinite(p.grad).all(), ph.name
-    modules = {"G": rec.student_G, "D": rec.student_D, **{f"extra {i}": m for i, m in enumerate(
+    modules = {"G": rec.student_G, **{f"extra {i}": m for i, m in enumerate(
         [*rec.generator_extras(), *rec.discriminator_extras()])}}
+    if rec.trains_student_D:
+        modules["D"] = rec.student_D
+    else:  # no D phase: the student D got no gradient at all
+        assert "D" not in [ph.name for ph in phases]
+        assert all(p.grad is None for p in rec.student_D.parameters())
     for name, m in modules.items():
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), name
 
@@ -138,27 +143,119 @@ def test_dgl(nets):
         _, logs = rec.generator_loss(out)
         expected = rec.gan(nets["TD"](torch.cat([out["A"], out["fake"]], 1)), True)
     assert float(logs["G_adv_teacher_d"]) == pytest.approx(float(expected), rel=1e-5)
+    terms_finite_and_nonzero(logs, ["G_adv", "G_adv_teacher_d", "G_L1"])
+    assert rec.options["lambda_teacher_d"] == 0.1  # DGL-GAN's published weight
+
+
+def terms_finite_and_nonzero(logs, keys):
+    for k in keys:
+        assert k in logs and np.isfinite(float(logs[k])) and float(logs[k]) > 0, (k, logs.get(k))
+
+
+def student_D_untouched(rec, D_before, batch, steps=3):
+    """Train ``steps`` steps counting student-D forwards: none may happen, and D keeps its weights."""
+    calls = []
+    handle = rec.student_D.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        history = train(rec, batch, steps)
+    finally:
+        handle.remove()
+    assert not calls
+    assert all(torch.equal(a, b) for a, b in zip(D_before.state_dict().values(), rec.student_D.state_dict().values()))
+    return history
 
 
 def test_dcd(nets):
     rec = make(nets, "dcd")
+    assert not rec.trains_student_D
     out = rec.forward(nets["batch"])
     assert [f.shape[1] for f in out["student_feats"]] == [4, 8, 16, 32]  # pruned widths of the 4 taps
     assert [f.shape[1] for f in out["teacher_feats"]] == [8, 16, 32, 64]
-    dcd = rec.dcd_loss(out)
-    assert float(dcd.detach()) > 1e-4
+    # the teacher-output terms: Gram-L1 and feature-L1 on the feature network, to the teacher's output
+    loss, logs = rec.generator_loss(out)
+    terms_finite_and_nonzero(logs, ["G_style", "G_feature", "G_dcd"])
+    assert "G_adv_teacher_d" not in logs  # the released pix2pix distiller gives the student no GAN term
+    style, feature = rec.perceptual(out["fake"], out["teacher_fake"])
+    assert float(logs["G_style"]) == pytest.approx(float(style.detach()), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float((1e4 * style + 10 * feature).detach() + logs["G_dcd"]), rel=1e-5)
+    with torch.no_grad():  # the online teacher's output, before any update: the given teacher's
+        assert torch.allclose(out["teacher_fake"], copy.deepcopy(nets["TG"]).train()(nets["batch"]["A"]), atol=1e-5)
+    rec.student_G.zero_grad(set_to_none=True)
+    dcd = rec.dcd_loss(rec.forward(nets["batch"]))
     dcd.backward()  # the DCD term alone reaches the student G and its connectors
     for net in (rec.student_G, rec.s_conn):
         assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0
     assert all(p.grad is None for p in rec.t_conn.parameters())
     rec.student_G.zero_grad(set_to_none=True)
     rec.s_conn.zero_grad(set_to_none=True)
+    # the teacher D learns real B vs the teacher's outputs (not the student's)
+    out = rec.forward(nets["batch"])
+    d_loss, d_logs = rec.extra_loss("teacher_D", out)
+    with torch.no_grad():
+        expected = rec.gan(rec.D_T(torch.cat([out["A"], out["teacher_fake"]], 1)), False)
+    assert float(d_logs["DT_fake"]) == pytest.approx(float(expected), rel=1e-5)
     teacher_D_before = [p.clone() for p in rec.D_T.parameters()]
-    history = train(rec, nets["batch"], 16, lr=1e-3)
-    falls(history, "G_dcd")
+    history = student_D_untouched(rec, nets["D"], nets["batch"], steps=12)
+    falls(history, "G_style", "G_feature")
     assert all(h["G_dcd"] > 0 for h in history)
     assert any(not torch.equal(a, b) for a, b in zip(teacher_D_before, rec.D_T.parameters()))  # co-trained
     assert not any(p.requires_grad for p in nets["TD"].parameters())  # the caller's teacher is untouched
+    _, logs = make(nets, "dcd", lambda_teacher_gan=1.0).generator_loss(out)
+    terms_finite_and_nonzero(logs, ["G_adv_teacher_d"])
+    assert make(nets, "dcd", online=False).extra_optimizers(1e-3, 0.5) == {}
+
+
+def test_omgd(nets):
+    rec = make(nets, "omgd")
+    assert not rec.trains_student_D and set(rec.extra_optimizers(1e-3, 0.5)) == {"teacher_D", "teacher_G"}
+    out = rec.forward(nets["batch"])
+    loss, logs = rec.generator_loss(out)
+    terms_finite_and_nonzero(logs, ["G_ssim", "G_style", "G_feature", "G_tv", "G_cd"])
+    assert "G_adv" not in logs
+    o, terms = rec.options, ("ssim", "style", "feature", "tv", "cd")
+    assert [o[f"lambda_{k}"] for k in terms] == [10, 1e4, 10, 1e-5, 10]  # the released pix2pix weights
+    expected = sum(o[f"lambda_{k}"] * float(logs[f"G_{k}"]) for k in terms)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    fake = out["fake"].detach()
+    assert float(logs["G_tv"]) == pytest.approx(float((fake[..., 1:] - fake[..., :-1]).abs().sum()
+                                                       + (fake[..., 1:, :] - fake[..., :-1, :]).abs().sum()), rel=1e-5)
+    # the student gets no GAN gradient: no D phase, no student-D forward, D's weights unchanged
+    history = student_D_untouched(rec, nets["D"], nets["batch"], steps=12)
+    falls(history, "loss_G")
+    assert any(h["GT_L1"] > 0 for h in history)  # the online teacher trains alongside
+    # with student_gan the D phase and the GAN term come back
+    rec = make(nets, "omgd", student_gan=True, online=False)
+    assert rec.trains_student_D and rec.extra_optimizers(1e-3, 0.5) == {}
+    D_before = copy.deepcopy(rec.student_D)
+    history = train(rec, nets["batch"], 2)
+    assert all(np.isfinite(h["G_adv"]) for h in history)
+    assert any(not torch.equal(a, b) for a, b in zip(D_before.parameters(), rec.student_D.parameters()))
+    with pytest.raises(UserError, match="online teacher trains on paired"):
+        make(nets, "omgd", paired=False)
+    make(nets, "omgd", paired=False, online=False)
+    with pytest.raises(UserError, match="feature_stages"):
+        make(nets, "omgd", feature_stages=1)
+
+
+def test_omgd_feature_size_resizes(nets):
+    """feature_size resizes before the feature network: the stage maps grow with it."""
+    from ganprune.metrics.fid_inception import InceptionStages
+    x = nets["batch"]["A"]
+    native, resized = InceptionStages(2)(x), InceptionStages(2, size=96)(x)
+    assert [f.shape[1] for f in native] == [64, 192] and resized[0].shape[-1] > native[0].shape[-1]
+    with pytest.raises(UserError, match="too small"):
+        InceptionStages(4)(x[..., :32, :32])
+
+
+def test_output_l1_control(nets):
+    rec = make(nets, "output_l1", paired=False)
+    out = rec.forward(nets["batch"])
+    loss, logs = rec.generator_loss(out)
+    with torch.no_grad():
+        expected = (out["fake"] - nets["TG"](nets["batch"]["A"])).abs().mean()
+    assert float(logs["G_L1_teacher"]) == pytest.approx(float(expected), rel=1e-5)
+    history = student_D_untouched(rec, nets["D"], nets["batch"], steps=12)
+    falls(history, "G_L1_teacher")
 
 
 def test_gcc(nets):
@@ -183,6 +280,25 @@ def test_gcc(nets):
         assert torch.equal(D(x), plain)
     with pytest.raises(UserError, match="needs paired"):
         make(nets, "gcc", paired=False)
+    assert make(nets, "gcc").gan.mode == "vanilla"  # as ganprune's teachers are trained
+
+
+def test_gcc_warmup_and_ema(nets):
+    rec = make(nets, "gcc", adapter_warmup=0.5)
+    seen = []
+    rec.adapters[0].register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0].requires_grad))
+    history = train(rec, nets["batch"], 4)
+    assert seen == [False, False, True, True]  # adapters alone learn from the G-feature terms at first
+    terms_finite_and_nonzero(history[-1], ["G_feature", "G_gram", "G_adv", "G_L1", "GT_adv", "GT_L1"])
+    # the EMA of the teacher pair's balance: follows the new value at the start, frozen at the end
+    rec.ema_delta_t, rec._teacher_fake_d = 5.0, torch.tensor(0.0)
+    out = rec.forward(nets["batch"])
+    rec.step, rec.steps = 0, 10
+    _, logs = rec.extra_loss("teacher_G", out)
+    assert rec.ema_delta_t == pytest.approx(abs(float(logs["GT_adv"])))
+    rec.ema_delta_t, rec.step = 5.0, 10
+    rec.extra_loss("teacher_G", rec.forward(nets["batch"]))
+    assert rec.ema_delta_t == pytest.approx(5.0)
 
 
 def test_selfsup(nets):

@@ -32,8 +32,8 @@ def _search(args):
           f"D MACs {best['d_macs']:,}" + (f" -> {os.path.join(args.out, 'widths.yaml')}" if args.out else ""))
 
 
-@command("finetune", "fine-tune a pruned G/D pair with a recipe (density, pix2pix, cyclegan, dgl, dcd, gcc, selfsup)",
-         FINETUNE)
+@command("finetune", "fine-tune a pruned G/D pair with a recipe (density, pix2pix, cyclegan, dgl, dcd, gcc, omgd, "
+                     "selfsup, output_l1)", FINETUNE)
 def _finetune(args):
     from ganprune.train.pair import pair_from_options
     from ganprune.pipeline import finetune_pruned

@@ -103,3 +103,46 @@ class FIDInceptionFeatures(nn.Module):
             x = tf_bilinear_resize(x)
             x = x * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]
             return load_fid_inception(images.device)(x).reshape(images.shape[0], FEATURE_DIM)
+
+
+STAGES = ("conv_2", "conv_4", "mixed_2", "mixed_7")   # the scripted net's children that end a resolution stage
+
+
+class InceptionStages(nn.Module):
+    """Activations of the bundled FID Inception at the ends of its first ``stages`` resolution stages
+    (64, 192, 288, 768 channels at strides ≈2, 4, 8, 16): a pretrained feature network for perceptual
+    losses that is available offline (VGG16, which OMGD and DCD use, needs torchvision's download).
+
+    Images in [-1, 1] are mapped to the TF input range without clamping (the loss needs their gradient)
+    and, with ``size`` > 0, TF-bilinear resized to ``size``² first; ``size`` 0 keeps the images' own size
+    (the network is fully convolutional up to its last pool; four stages need at least 43²). Runs in
+    float32 with the shared frozen network, so it holds no parameters of its own."""
+
+    def __init__(self, stages: int = 4, size: int = 0):
+        super().__init__()
+        if not 1 <= stages <= len(STAGES):
+            raise UserError(f"feature stages: expected 1..{len(STAGES)}, got {stages!r}")
+        if size < 0:
+            raise UserError(f"feature size: expected 0 (the images' own size) or a side length > 0, got {size!r}")
+        self.stages, self.size = stages, size
+        weights_path()
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            x = (images.float() + 1.0) / 2.0
+            if self.size:
+                x = tf_bilinear_resize(x, self.size)
+            x = x * (TF_RANGE[1] - TF_RANGE[0]) + TF_RANGE[0]
+            out, wanted = [], STAGES[:self.stages]
+            try:
+                for name, layer in load_fid_inception(images.device).net.layers.named_children():
+                    x = layer(x)
+                    if name in wanted:
+                        out.append(x)
+                        if len(out) == len(wanted):
+                            return out
+            except RuntimeError as exc:
+                raise UserError(f"feature network: {images.shape[-2]}x{images.shape[-1]} images are too small for "
+                                f"{self.stages} Inception stages; resize them (feature_size) or use fewer "
+                                f"stages ({str(exc).splitlines()[0][:80]})") from None
+        raise AssertionError("unreachable: every stage name is a child of the scripted network")

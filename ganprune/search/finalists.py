@@ -42,7 +42,7 @@ class Distill(Recipe):
     """L1 from the student's output to the teacher's, G alone: what each finalist is trained with."""
 
     name = "distill"
-    trains_D = False
+    uses_D = False
 
     def forward(self, batch: dict) -> dict:
         return {"A": batch["A"], "fake": self.student_G(batch["A"])}

@@ -221,7 +221,7 @@ class SupernetRecipe(Recipe):
 
     name = "supernet"
     OPTIONS = {"lambda_l1": 1.0, "lambda_density": 0.0, "m": 4, "sandwich": SANDWICH, "max_macs": None, "pool": 64}
-    trains_D = False
+    uses_D = False
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)

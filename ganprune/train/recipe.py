@@ -4,7 +4,9 @@ A recipe turns a batch into losses; the trainer (``ganprune.train.trainer``) own
 optimizers, the LR schedule, DDP, checkpoints and NaN recovery. One training step is:
 
 1. ``forward(batch)`` → a dict of tensors shared by the phases (default: ``A``, ``B``, student ``fake``);
-2. the discriminator phase: ``discriminator_loss(out)`` updates the student D (+ ``discriminator_extras``);
+2. the discriminator phase: ``discriminator_loss(out)`` updates the student D (+ ``discriminator_extras``),
+   unless ``trains_student_D`` is false (OMGD, DCD: the student learns from the teacher alone and its D
+   stays as it was);
 3. one phase per entry of ``extra_optimizers()`` (in order): ``extra_loss(name, out)`` updates that
    optimizer's parameters (a co-trained teacher, GCC's channel gates, ...);
 4. the generator phase: ``generator_loss(out)`` updates the student G (+ ``generator_extras``, e.g. DCD
@@ -14,7 +16,7 @@ During a phase only that phase's parameters require grad, so a loss may run any 
 Each loss returns ``(scalar tensor, {name: float-able tensor})``; the logs go to ``log.csv``. A loss may
 instead be a generator of such pairs (e.g. one per supernet slice): each part is back-propagated as soon
 as it is made, so gradients add up while only one part's activations are held. A recipe with
-``trains_D = False`` has no discriminator phase and trains with ``student_D`` None.
+``uses_D = False`` has no discriminator phase and trains with ``student_D`` None.
 """
 from __future__ import annotations
 
@@ -58,7 +60,8 @@ class Recipe:
     paired_only = False
     needs_teacher = True        # the recipe learns from the teacher's generator (pix2pix trains without one)
     needs_teacher_D = False     # the recipe learns from the teacher's discriminator
-    trains_D = True             # False: G alone, no discriminator phase (student_D is None)
+    uses_D = True               # False: G alone, no student D at all (student_D is None): supernet, distillation
+    trains_student_D = True     # False: a student D is kept but never trained (an instance may set it from its options)
 
     def __init__(self, student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | None,
                  teacher_D: nn.Module | None, paired: bool, options: dict | None = None,
@@ -194,7 +197,53 @@ class Recipe:
         return net
 
 
-# --------------------------------------------------------------------------- feature taps (DCD, GCC)
+class OnlineTeacher:
+    """Trainable copies of the teacher G and D, trained alongside the student on the pix2pix loss
+    (D: ½(D(A, B) → real + D(A, G_T(A)) → fake); G_T: GAN + λ_L1·|G_T(A) − B|₁) with the recipe's ``gan``:
+    the "online" teacher of OMGD, DCD and GCC, whose student learns from this moving teacher. The
+    caller's teacher is never changed. Phases ``teacher_D`` then ``teacher_G``; paired data only."""
+
+    def __init__(self, rec: "Recipe", lambda_l1: float):
+        if not rec.paired:
+            raise UserError(f"recipe {rec.name!r}: the online teacher trains on paired (aligned) data; set "
+                            "online=false for unpaired data")
+        if rec.teacher_D is None:
+            raise UserError(f"recipe {rec.name!r}: the online teacher needs the teacher's discriminator "
+                            "(--discriminator); or set online=false")
+        self.rec, self.lambda_l1 = rec, lambda_l1
+        self.G, self.D = rec.trainable_copy(rec.teacher_G), rec.trainable_copy(rec.teacher_D)
+
+    def modules(self) -> dict:
+        return {"teacher_G": self.G, "teacher_D": self.D}
+
+    def optimizers(self, lr, beta1) -> dict:
+        return {"teacher_D": torch.optim.Adam(self.D.parameters(), lr=lr, betas=(beta1, 0.999)),
+                "teacher_G": torch.optim.Adam(self.G.parameters(), lr=lr, betas=(beta1, 0.999))}
+
+    def forward(self, out: dict) -> None:
+        """``teacher_fake_grad`` (the teacher trains on it) and its detached ``teacher_fake``."""
+        out["teacher_fake_grad"] = self.G(out["A"])
+        out["teacher_fake"] = out["teacher_fake_grad"].detach()
+
+    def loss(self, name: str, out: dict):
+        rec, a = self.rec, out["A"]
+        if name == "teacher_D":
+            loss, real, fake = rec.standard_d_loss(rec.gan, self.D, a, out["B"], out["teacher_fake"])
+            return loss, {"DT_real": real.detach(), "DT_fake": fake.detach()}
+        adv = rec.adversarial(self.D, a, out["teacher_fake_grad"])
+        l1 = rec.l1(out["teacher_fake_grad"], out["B"])
+        return adv + self.lambda_l1 * l1, {"GT_adv": adv.detach(), "GT_L1": l1.detach()}
+
+
+# --------------------------------------------------------------------------- feature taps (DCD, GCC, OMGD)
+
+def connector(in_ch: int, out_ch: int) -> nn.Module:
+    """1×1 conv (no bias) + BN + ReLU, He-initialised for the output side: the feature connector of OMGD's
+    and DCD's code."""
+    conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    return nn.Sequential(conv, nn.BatchNorm2d(out_ch), nn.ReLU())
+
 
 def generator_taps(G: nn.Module, n: int = 4) -> list[str]:
     """Names of ``n`` modules spread over a generator whose outputs are distilled: for a U-Net the

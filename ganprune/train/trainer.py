@@ -99,18 +99,19 @@ def _adam(modules, lr, beta1, fused):
 
 def build_phases(rec: Recipe, lr: float, beta1: float = 0.5, fused=None):
     """Optimizers (``{"G", "D", "extra.<name>"}``; each group remembers its ``base_lr``), the phases
-    of one step in order (D, the recipe's extras, G) and every trainable parameter."""
+    of one step in order (D unless the recipe trains no student D, the recipe's extras, G) and every
+    trainable parameter. The D optimizer exists either way, so checkpoints have one layout."""
     opt_G = _adam([rec.student_G, *rec.generator_extras()], lr, beta1, fused)
-    opt_D = _adam([rec.student_D, *rec.discriminator_extras()], lr, beta1, fused) if rec.trains_D else None
+    opt_D = _adam([rec.student_D, *rec.discriminator_extras()], lr, beta1, fused) if rec.uses_D else None
     extra_opts = rec.extra_optimizers(lr, beta1)
     all_opts = {"G": opt_G, **({"D": opt_D} if opt_D is not None else {}),
                 **{f"extra.{k}": o for k, o in extra_opts.items()}}
     for opt in all_opts.values():
         for group in opt.param_groups:
             group.setdefault("base_lr", group["lr"])
-    phases = ([_Phase("D", opt_D, rec.discriminator_loss)] if opt_D is not None else []) + (
-        [_Phase(k, o, (lambda out_, k=k: rec.extra_loss(k, out_))) for k, o in extra_opts.items()]
-        + [_Phase("G", opt_G, rec.generator_loss)])
+    phases = ([_Phase("D", opt_D, rec.discriminator_loss)] if opt_D is not None and rec.trains_student_D else [])
+    phases += [_Phase(k, o, (lambda out_, k=k: rec.extra_loss(k, out_))) for k, o in extra_opts.items()]
+    phases.append(_Phase("G", opt_G, rec.generator_loss))
     trainables = list(dict.fromkeys(p for ph in phases for p in ph.params))
     for p in trainables:  # the forward of each step runs with all of them requiring grad
         p.requires_grad_(True)
@@ -181,7 +182,7 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | 
     Defaults: ``ganprune finetune``'s (``ganprune.core.options.FINETUNE_RUN``).
 
     ``recipe``: a registered name, or a ``Recipe`` subclass (the search's distillations, no CLI choices); a
-    recipe that trains G alone (``trains_D`` False) takes ``student_D=None``.
+    recipe that trains G alone (``uses_D`` False) takes ``student_D=None``.
     ``dataset`` yields ``{"A", "B"}`` items (aligned: paired; unaligned, recognised by ``A_path``:
     unpaired; ``"A"`` alone will do for such G-only recipes). Teachers are frozen (eval, no grad) and
     optional for recipes that learn without one (``pix2pix``); recipes that co-train one train their own copy.
@@ -196,7 +197,7 @@ def finetune(student_G: nn.Module, student_D: nn.Module, teacher_G: nn.Module | 
     check_schedule(steps, batch_size, lr, decay_from, beta1, save_every=(save_every, 1), eval_every=(eval_every, 0),
                    max_retries=(max_retries, 0), log_every=(log_every, 1))
     cls = recipe if isinstance(recipe, type) and issubclass(recipe, Recipe) else get_recipe(recipe)
-    if (student_D is None) == cls.trains_D:
+    if (student_D is None) == cls.uses_D:
         raise UserError(f"recipe {cls.name!r}: " + ("trains G alone; pass student_D=None" if student_D is not None
                                                     else "trains a discriminator too; pass student_D"))
     options = cls.check_options(dict(recipe_options or {}))

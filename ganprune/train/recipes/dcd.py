@@ -1,69 +1,86 @@
-"""DCD (seed 001): the teacher discriminator as a transformation for feature-map distillation.
+"""DCD (Hu et al., 2022, "Discriminator-Cooperated Feature Map Distillation for GAN Compression"; code:
+poopit/DCD-official, ``distillers/pix2pixbest_distiller.py``).
 
-Four intermediate generator features (``generator_taps``: same layers in teacher and student) are each
-mapped by a 1×1 conv + BN + ReLU connector to a pseudo-image (the generator's output channels, resized
-to the image size; cat with the input for a conditional D), both pseudo-images go through the teacher D,
-and the student is pulled towards the teacher in the space of an intermediate teacher-D layer:
-λ_dcd·Σ_k |D_T^l(ψ_s,k(f_s,k)) − D_T^l(ψ_t,k(f_t,k))|₁ (λ_dcd = 1, l = the last hidden activation).
-The teacher D is co-trained (a copy; "collaborative adversarial training"): it learns to tell real B
-from the student's outputs, and the student gets an adversarial loss from it as well as from D_S.
+As the released pix2pix distiller does it, the student has no GAN or ground-truth loss and no D of its own
+(no D phase; ``D.pt`` is the D it was given). Its loss, with T the teacher's output (detached):
 
-Why the teacher-side connectors are frozen random projections: if both were trained, both could map
-every feature to the same constant pseudo-image and the term would be zero without teaching anything
-(the released code's term is zero for Pix2Pix for another reason); a fixed random 1×1 projection keeps
-the teacher's spatial structure, and the student connector + student G must reproduce it.
+    λ_style·Σ_l |Gram(φ_l(S)) − Gram(φ_l(T))|₁ + λ_feature·|φ_2(S) − φ_2(T)|₁      (output terms)
+    + λ_dcd·Σ_k |D_T^l(ψ_s,k(f_s,k)) − D_T^l(ψ_t,k(f_t,k))|₁                       (the DCD term)
+
+Output terms as in OMGD, on which DCD's code is built (``ganprune.train.perceptual``); in the DCD term four
+intermediate generator features (``generator_taps``, the same layers in teacher and student) are each mapped
+by a 1×1 conv + BN + ReLU connector to a pseudo-image (the generator's output channels, resized to the image
+size; cat with the input for a conditional D), and both pseudo-images go through the teacher D, compared at
+its last hidden activation. ``online`` (default, as in the code): teacher G and D are copies trained
+alongside (``OnlineTeacher``: the teacher D learns real B vs the *teacher's* outputs, the teacher G GAN +
+λ_L1·L1 to B), and the student distils from that moving pair. ``lambda_teacher_gan`` > 0 adds the teacher
+D's adversarial term on the student's output (DCD's CycleGAN distiller adds it at weight 1; the pix2pix
+distiller computes it but leaves it out of the loss, hence 0).
+
+Deliberate deviations: the teacher D is the trained one, fine-tuned (the paper builds it from scratch
+during a 200-epoch run); φ is the bundled FID Inception's first four stages, not VGG16; style/feature
+weights are the distiller's defaults 1e4 / 10 (the released pix2pix script passes a four-value list of
+which the distiller reads the first two, i.e. 10 / 1e4, apparently by mistake); teacher-side connectors
+are frozen random projections — if both sides were trained, both could map every feature to one constant
+pseudo-image and the term would vanish without teaching anything (the released code trains both; its
+D-feature hook names a layer the n_layers D does not have, so there the term is zero anyway); gan_mode for
+the online teacher defaults to vanilla, how ganprune's teachers are trained (the code: hinge).
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganprune.train.recipe import Recipe, discriminator_taps, generator_taps, register_recipe, tap_channels
 from ganprune.train.losses import GANLoss
-
-
-def connector(in_ch: int, out_ch: int) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1), nn.BatchNorm2d(out_ch), nn.ReLU())
+from ganprune.train.perceptual import Perceptual
+from ganprune.train.recipe import (OnlineTeacher, Recipe, connector, discriminator_taps, generator_taps,
+                                   register_recipe, tap_channels)
 
 
 @register_recipe("dcd")
 class DCD(Recipe):
     needs_teacher_D = True
-    OPTIONS = {"gan_mode": "vanilla", "lambda_dcd": 1.0, "lambda_l1": 100.0, "lambda_gan": 1.0,
-               "lambda_teacher_gan": 1.0}
+    trains_student_D = False
+    OPTIONS = {"lambda_style": 1e4, "lambda_feature": 10.0, "lambda_dcd": 1.0, "lambda_teacher_gan": 0.0,
+               "online": True, "gan_mode": "vanilla", "lambda_l1": 100.0, "feature_stages": 4, "feature_size": 0}
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.gan = GANLoss(self.options["gan_mode"])
-        self.D_T = self.trainable_copy(self.teacher_D)
+        o = self.options
+        self.gan = GANLoss(o["gan_mode"])
+        self.online = OnlineTeacher(self, o["lambda_l1"]) if o["online"] else None
+        self.T_G, self.D_T = (self.online.G, self.online.D) if self.online else (self.teacher_G, self.teacher_D)
         names = generator_taps(self.student_G)
-        self.s_taps, self.t_taps = self.taps(self.student_G, names), self.taps(self.teacher_G, names)
+        self.s_taps, self.t_taps = self.taps(self.student_G, names), self.taps(self.T_G, names)
         self.d_taps = self.taps(self.D_T, discriminator_taps(self.D_T, 1))
         out_ch = next(m for m in reversed(list(self.student_G.modules()))
                       if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))).out_channels
         self.s_conn = nn.ModuleList(connector(tap_channels(self.student_G, k), out_ch) for k in names)
-        self.t_conn = nn.ModuleList(connector(tap_channels(self.teacher_G, k), out_ch) for k in names)
+        self.t_conn = nn.ModuleList(connector(tap_channels(self.T_G, k), out_ch) for k in names)
         self.t_conn.eval().requires_grad_(False)
+        self.perceptual = Perceptual(o["feature_stages"], o["feature_size"])
 
     def extra_modules(self):
-        return {"teacher_D": self.D_T, "student_connectors": self.s_conn, "teacher_connectors": self.t_conn}
+        return {"student_connectors": self.s_conn, "teacher_connectors": self.t_conn,
+                **(self.online.modules() if self.online else {})}
 
     def generator_extras(self):
         return [self.s_conn]
 
     def extra_optimizers(self, lr, beta1):
-        return {"teacher_D": torch.optim.Adam(self.D_T.parameters(), lr=lr, betas=(beta1, 0.999))}
+        return self.online.optimizers(lr, beta1) if self.online else {}
+
+    def extra_loss(self, name, out):
+        return self.online.loss(name, out)
 
     def forward(self, batch):
         out = super().forward(batch)
         out["student_feats"] = self.s_taps.features()
-        with torch.no_grad():
-            out["teacher_fake"] = self.teacher_G(batch["A"])
-            out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
+        if self.online:
+            self.online.forward(out)
+        else:
+            out["teacher_fake"] = self.teacher_output(batch["A"])
+        out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
         return out
-
-    def extra_loss(self, name, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.D_T, out["A"], out["B"], out["fake"])
-        return loss, {"DT_real": real.detach(), "DT_fake": fake.detach()}
 
     def _d_features(self, a, pseudo):
         pseudo = F.interpolate(pseudo, size=a.shape[-2:], mode="bilinear", align_corners=False)
@@ -79,11 +96,13 @@ class DCD(Recipe):
         return total
 
     def generator_loss(self, out):
-        o, a, fake = self.options, out["A"], out["fake"]
-        adv = self.adversarial(self.student_D, a, fake)
-        adv_t = self.adversarial(self.D_T, a, fake)
-        l1 = self.l1(fake, self.target(out))
+        o, fake = self.options, out["fake"]
+        style, feature = self.perceptual(fake, out["teacher_fake"])
         dcd = self.dcd_loss(out)
-        loss = o["lambda_gan"] * adv + o["lambda_teacher_gan"] * adv_t + o["lambda_l1"] * l1 + o["lambda_dcd"] * dcd
-        return loss, {"G_adv": adv.detach(), "G_adv_teacher_d": adv_t.detach(), "G_L1": l1.detach(),
-                      "G_dcd": dcd.detach()}
+        loss = o["lambda_style"] * style + o["lambda_feature"] * feature + o["lambda_dcd"] * dcd
+        logs = {"G_style": style.detach(), "G_feature": feature.detach(), "G_dcd": dcd.detach()}
+        if o["lambda_teacher_gan"] > 0:
+            adv_t = self.adversarial(self.D_T, out["A"], fake)
+            loss = loss + o["lambda_teacher_gan"] * adv_t
+            logs["G_adv_teacher_d"] = adv_t.detach()
+        return loss, logs

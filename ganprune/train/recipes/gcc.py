@@ -1,30 +1,39 @@
-"""GCC (seed 000): selective-activation discriminator + online collaborative distillation.
+"""GCC (Li et al., NeurIPS 2021, "Revisiting Discriminator in GAN Compression: A Generator-discriminator
+Cooperative Compression Scheme"; code: SJLeo/GCC, ``models/Pix2Pix.py``): selective-activation
+discriminator + online collaborative distillation.
 
 * Selective activation: a gate α ∈ [0, 1] (init 1) per hidden channel of the student D, applied after
   each hidden activation as m = 1[α ≥ 0.5] with a straight-through gradient. The gates have their own
   Adam (lr 1e-4) and are updated with the D weights frozen on ½(L_D^real + L_D^fake) + |Δ_S − EMA(Δ_T)|,
   Δ = |L_G^adv − L_D^fake|: the student pair's balance is pulled to the teacher pair's (the D's
-  "capacity" follows the small G's). The gates shape training only: ``D.pt`` holds the D weights, the
-  gates (and the fraction still on, logged as ``D_gates_on``) live in ``state.pt``.
-* Online collaborative distillation: a copy of the teacher G/D is trained alongside (hinge GAN + 100·L1);
-  1×1 adapters map 4 student-G features (``generator_taps``) to the teacher's widths, and the student is
-  pulled to the teacher by 50·Σ√MSE(f, f_T) + 1e4·Σ√MSE(Gram(f), Gram(f_T)) over those 4 G layers and
-  2 teacher-D layers (the teacher D's last two hidden activations on the student's vs the teacher's
-  output). Student task loss: hinge GAN + 100·L1. Paired data only (the teacher trains on B).
+  "capacity" follows the small G's). The EMA is the code's annealed one: the new Δ_T gets weight
+  β = 1 − progress, so it tracks the teacher early and freezes by the end. The gates shape training only:
+  ``D.pt`` holds the D weights, the gates (and the fraction still on, logged as ``D_gates_on``) live in
+  ``state.pt``. **In a short run the gates do not act**: they start at 1 and Adam moves them by at most
+  about lr per step, so switching a channel off (α < 0.5) takes at least 5,000 steps at 1e-4; over a few
+  hundred or even 1,500 steps ``D_gates_on`` stays at 1 and this part of GCC changes nothing.
+* Online collaborative distillation: a copy of the teacher G/D is trained alongside (``OnlineTeacher``:
+  GAN + 100·L1); 1×1 adapters map 4 student-G features (``generator_taps``) to the teacher's widths, and
+  the student is pulled to the teacher by 50·Σ√MSE(f, f_T) + 1e4·Σ√MSE(Gram(f), Gram(f_T)) over those 4 G
+  layers and 2 teacher-D layers (the teacher D's last two hidden activations on the student's vs the
+  teacher's output). Student task loss: GAN + 100·L1. Paired data only (the teacher trains on B).
+
+Deliberate deviations: ``gan_mode`` defaults to vanilla, the loss ganprune's teachers are trained with (GCC
+uses hinge because its nets were pretrained with hinge; set ``gan_mode=hinge`` for such nets); the adapters
+are warmed up: for the first ``adapter_warmup`` fraction of the steps the G-feature terms reach only the
+randomly initialised adapters (student features detached), so the 50/1e4-weighted terms do not push the
+student towards an arbitrary projection (GCC trains them together from step 0, over 100s of epochs); the
+EMA's β is annealed per step rather than per epoch.
 """
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ganprune.core.errors import UserError
-from ganprune.train.recipe import Recipe, discriminator_taps, generator_taps, register_recipe, tap_channels
+from ganprune.train.perceptual import gram
+from ganprune.train.recipe import (OnlineTeacher, Recipe, discriminator_taps, generator_taps, register_recipe,
+                                   tap_channels)
 from ganprune.train.losses import GANLoss
-
-
-def gram(f: torch.Tensor) -> torch.Tensor:
-    b, c, h, w = f.shape
-    flat = f.float().reshape(b, c, h * w)
-    return flat @ flat.transpose(1, 2) / (c * h * w)
 
 
 def root_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -69,22 +78,25 @@ class ChannelGates(nn.Module):
 @register_recipe("gcc")
 class GCC(Recipe):
     needs_teacher_D = True
-    OPTIONS = {"lambda_l1": 100.0, "lambda_feature": 50.0, "lambda_gram": 1e4, "gate_lr": 1e-4, "ema_decay": 0.9}
+    OPTIONS = {"gan_mode": "vanilla", "lambda_l1": 100.0, "lambda_feature": 50.0, "lambda_gram": 1e4, "gate_lr": 1e-4,
+               "adapter_warmup": 0.1}
     paired_only = True
 
     @classmethod
     def validate(cls, options):
         super().validate(options)
-        if not 0.0 <= options["ema_decay"] < 1.0:
-            raise UserError(f"recipe 'gcc' option ema_decay: expected a value in [0, 1), got {options['ema_decay']!r}")
+        if not 0.0 <= options["adapter_warmup"] < 1.0:
+            raise UserError(f"recipe 'gcc' option adapter_warmup: expected a fraction of the steps in [0, 1), "
+                            f"got {options['adapter_warmup']!r}")
         if not options["gate_lr"] > 0:
             raise UserError(f"recipe 'gcc' option gate_lr: expected a positive learning rate, "
                             f"got {options['gate_lr']!r}")
 
     def __init__(self, *args, **kw):
         super().__init__(*args, **kw)
-        self.gan = GANLoss("hinge")
-        self.T_G, self.T_D = self.trainable_copy(self.teacher_G), self.trainable_copy(self.teacher_D)
+        self.gan = GANLoss(self.options["gan_mode"])
+        self.online = OnlineTeacher(self, self.options["lambda_l1"])
+        self.T_G, self.T_D = self.online.G, self.online.D
         names = generator_taps(self.student_G)
         self.s_taps, self.t_taps = self.taps(self.student_G, names), self.taps(self.T_G, names)
         self.d_taps = self.taps(self.T_D, discriminator_taps(self.T_D, 2))
@@ -96,14 +108,13 @@ class GCC(Recipe):
         self._teacher_fake_d = None
 
     def extra_modules(self):
-        return {"teacher_G": self.T_G, "teacher_D": self.T_D, "adapters": self.adapters, "gates": self.gates}
+        return {**self.online.modules(), "adapters": self.adapters, "gates": self.gates}
 
     def generator_extras(self):
         return [self.adapters]
 
     def extra_optimizers(self, lr, beta1):
-        return {"teacher_D": torch.optim.Adam(self.T_D.parameters(), lr=lr, betas=(beta1, 0.999)),
-                "teacher_G": torch.optim.Adam(self.T_G.parameters(), lr=lr, betas=(beta1, 0.999)),
+        return {**self.online.optimizers(lr, beta1),
                 "gates": torch.optim.Adam(self.gates.parameters(), lr=self.options["gate_lr"], betas=(beta1, 0.999))}
 
     def state_dict(self):
@@ -115,31 +126,25 @@ class GCC(Recipe):
     def forward(self, batch):
         out = super().forward(batch)
         out["student_feats"] = self.s_taps.features()
-        out["teacher_fake_grad"] = self.T_G(batch["A"])  # the teacher trains on this one
+        self.online.forward(out)
         out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
-        out["teacher_fake"] = out["teacher_fake_grad"].detach()
         return out
 
     def _d(self, D, a, image):
         return D(self.d_input(D, a, image))
 
-    def discriminator_loss(self, out):
-        loss, real, fake = self.standard_d_loss(self.gan, self.student_D, out["A"], out["B"], out["fake"])
-        return loss, {"D_real": real.detach(), "D_fake": fake.detach()}
-
     def extra_loss(self, name, out):
         a = out["A"]
         if name == "teacher_D":
-            loss, real, fake = self.standard_d_loss(self.gan, self.T_D, a, out["B"], out["teacher_fake"])
-            self._teacher_fake_d = fake.detach()
-            return loss, {"DT_real": real.detach(), "DT_fake": fake.detach()}
+            loss, logs = self.online.loss(name, out)
+            self._teacher_fake_d = logs["DT_fake"]
+            return loss, logs
         if name == "teacher_G":
-            adv = self.gan(self._d(self.T_D, a, out["teacher_fake_grad"]), True, for_discriminator=False)
-            l1 = self.l1(out["teacher_fake_grad"], out["B"])
-            delta = float((adv.detach() - self._teacher_fake_d).abs())
-            decay = self.options["ema_decay"]
-            self.ema_delta_t = delta if self.ema_delta_t is None else decay * self.ema_delta_t + (1 - decay) * delta
-            return adv + self.options["lambda_l1"] * l1, {"GT_adv": adv.detach(), "GT_L1": l1.detach()}
+            loss, logs = self.online.loss(name, out)
+            delta = float((logs["GT_adv"] - self._teacher_fake_d).abs())
+            keep = self.step / self.steps  # 1 − β: GCC anneals β from 1 to 0 over training
+            self.ema_delta_t = delta if self.ema_delta_t is None else keep * self.ema_delta_t + (1 - keep) * delta
+            return loss, logs
         # gates: the student D's weights are frozen in this phase, only α moves
         fake = out["fake"].detach()
         loss_d, real, fake_d = self.standard_d_loss(self.gan, self.student_D, a, out["B"], fake)
@@ -153,8 +158,9 @@ class GCC(Recipe):
 
     def distill_loss(self, out):
         o, feature, style = self.options, 0.0, 0.0
+        warm = self.step < self.options["adapter_warmup"] * self.steps  # only the adapters learn from these yet
         for f_s, f_t, adapt in zip(out["student_feats"], out["teacher_feats"], self.adapters):
-            f = adapt(f_s)
+            f = adapt(f_s.detach() if warm else f_s)
             feature = feature + root_mse(f, f_t)
             style = style + root_mse(gram(f), gram(f_t))
         a = out["A"]
