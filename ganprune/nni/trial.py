@@ -1,7 +1,7 @@
 """One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune nni trial``).
 
 The trial rebuilds the teacher pair, calibration batches, spaces and evaluator from the same options as
-``ganprune search`` (a YAML given with ``--config``), reads the widths with ``nni.get_next_parameter()``
+``ganprune search`` (a YAML given with ``--config``), as it does (``ganprune.search.setup.prepare``), reads the widths with ``nni.get_next_parameter()``
 and reports ``nni.report_final_result({"default": ..., "score": ..., ...})``.
 
 An over-budget candidate is not an error: it is scored as usual, reported with ``feasible: False``, and
@@ -77,13 +77,11 @@ def run_trial(values: Mapping | None = None, **overrides) -> dict:
     are ``ganprune nni``'s (``values`` such as ``load_options(path)``, and/or keywords)."""
     import nni
 
-    from ganprune.nni.space import Setup, from_params
+    from ganprune.nni.space import Setup
     start = time.perf_counter()
     params = next_parameters(nni)
-    setup = Setup(values, **overrides)
-    from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
-    evaluator = setup.evaluator()
-    result = score_candidate(setup, evaluator, params)
+    setup = Setup(values, evaluator=True, **overrides)
+    result = score_candidate(setup, setup.evaluator, params)
     result["trial_seconds"] = time.perf_counter() - start
     nni.report_final_result(result)
     return result

@@ -34,10 +34,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ganprune.search.agent import Feedback
+from ganprune.search.agent import Feedback, call_agent
 from ganprune.search.budget import as_budget, fill_budget, uniform_widths
 from ganprune.core.errors import UserError
-from ganprune.core.guard import DEFAULT_TIMEOUT, PluginTimeout, guarded_call
+from ganprune.core.guard import DEFAULT_TIMEOUT, PluginTimeout
 from ganprune.core.io import atomic_write_text, atomic_write_yaml
 from ganprune.core.outdir import run_lock
 
@@ -210,8 +210,7 @@ class CollaborativeSearch:
 
     # -- one round ---------------------------------------------------------------------------
     def _call(self, agent, role, what, fn):
-        """A plugin call under the guard (``ganprune.core.guard.guarded_call``): errors are one line naming it."""
-        return guarded_call(f"{role}-agent {agent.name or type(agent).__name__}", what, fn, self.agent_timeout)
+        return call_agent(agent, role, what, fn, self.agent_timeout)
 
     def _propose(self, agent, peer, space, role):
         try:
