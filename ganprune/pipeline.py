@@ -173,7 +173,7 @@ class _Run:
                                 f"{option} {self.c[option]}: {budget.describe()}; give the {option} they were found "
                                 "under, or other widths")
         with candidate_rng(self.c["seed"], g_w, d_w, evaluator.device):   # as a search would score them
-            metrics = evaluator.evaluate(g_w, d_w)
+            metrics = evaluator.score_pair(g_w, d_w)
         row = {"round": 0, "phase": "given", "g_widths": json.dumps(g_w), "d_widths": json.dumps(d_w), "error": "",
                "g_feasible": True, "d_feasible": True, "feasible": True, **metrics}
         _, _, g_spec, d_spec = self.pair()

@@ -45,7 +45,7 @@ def score_candidate(setup, evaluator, params: dict) -> dict:
         if setup.d_space is not None:
             d_widths = shrink_into_budget(setup.d_space, d_widths, setup.d_budget)
     with candidate_rng(setup.options["seed"], g_widths, d_widths, evaluator.device):   # as `ganprune search` scores it
-        metrics = evaluator.evaluate(g_widths, d_widths)
+        metrics = evaluator.score_pair(g_widths, d_widths)
     g_ok, d_ok = metrics["g_macs"] <= setup.g_budget, metrics["d_macs"] <= setup.d_budget
     result = {k: v for k, v in metrics.items() if k != "seconds"}   # every evaluator metric, as plain numbers
     result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
