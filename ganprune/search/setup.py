@@ -30,7 +30,8 @@ def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_s
     if D is None:
         return g_space, None, False
     conditional = conditional_d(d_spec, D, x.shape[1], y.shape[1])
-    d_space = d_space or SearchSpace.from_model(D, d_input(x, y, conditional), arch=d_arch if d_arch and ":" not in d_arch else None,
+    d_space = d_space or SearchSpace.from_model(D, d_input(x, y, conditional),
+                                                arch=d_arch if d_arch and ":" not in d_arch else None,
                                                 config=d_space_file)
     return g_space, d_space, conditional
 
@@ -122,8 +123,8 @@ class SearchSetup:
 
 def prepare(G, D, g_spec, d_spec, dataroot, out=None, *, mode, direction, size, phase, calib_images, calib_batch,
             seed, g_budget, d_budget, g_agent, d_agent, agent_file, g_agent_options, d_agent_options,
-            latency_table=None, latency_backend="torch+fold", latency_threads=2, evaluator=True, agents=True,
-            progress=True, **scoring) -> SearchSetup:
+            latency_table, latency_backend, latency_threads, evaluator=True, agents=True, progress=True,
+            **scoring) -> SearchSetup:
     """Calibration batches → search spaces → budgets → candidate evaluator → agents, the one way every
     search step builds them; ``evaluator``/``agents`` False leave those out (the NNI tuner needs no
     evaluator, a trial and the prune stage no agents). Budgets as ``parse_budget`` reads them, each checked
