@@ -87,8 +87,8 @@ def main() -> None:
     g = yaml.safe_load(open(os.path.join(a.teacher, "teacher.yaml")))["G"]
     setup = Setup({"generator": os.path.join(a.teacher, "latest_net_G.pth"), "g_arch": g["arch"], "ngf": g["ngf"],
                    "norm": g["norm"], "dropout": g["dropout"], "dataroot": a.dataroot, "calib_images": a.calib_images,
-                   "calib_batch": a.calib_images, "m": a.calib_images, "g_budget": a.g_budget})
-    evaluator = setup.evaluator()
+                   "calib_batch": a.calib_images, "m": a.calib_images, "g_budget": a.g_budget}, evaluator=True)
+    evaluator = setup.evaluator
     dims = [len(g.choices) for g in setup.g_space.groups if len(g.choices) > 1]
     print(f"G: {len(dims)} searched groups, {sorted(dims)} choices each; D: "
           f"{'searched too' if setup.d_space is not None else 'none'}; budget {a.g_budget} of dense G MACs")

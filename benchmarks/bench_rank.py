@@ -211,7 +211,7 @@ def score_all(evs, T_G, train, cands, d_widths, supernet, variants=None):
     def run_terms(names, ev):
         """One evaluation per candidate, several of its terms as scorers ({term: scorer name})."""
         t = time.perf_counter()
-        metrics = [ev.evaluate(w, d_widths) for w in cands]
+        metrics = [ev.score_pair(w, d_widths) for w in cands]
         for term, name in names.items():
             scores[name] = [m[term] for m in metrics]
             cost[name] = (time.perf_counter() - t) / len(cands)
@@ -219,14 +219,14 @@ def score_all(evs, T_G, train, cands, d_widths, supernet, variants=None):
     ev_recal.supernet = None
     run_terms({"density": "density, inherited + BN re-estimated (old default)",
                "l1": "L1 to teacher, inherited + BN re-estimated"}, ev_recal)
-    run("density, inherited + teacher BN", lambda w: ev_teacher_bn.evaluate(w, d_widths)["density"])
+    run("density, inherited + teacher BN", lambda w: ev_teacher_bn.score_pair(w, d_widths)["density"])
     run("params (more = better)", lambda w: -ev_recal.g_space.params(w))
     run("proxy fine-tune 30 steps, L1", lambda w: proxy_finetune_l1(ev_recal, T_G, train, w, d_widths))
     ev_recal.use_supernet(supernet)
     run_terms({"density": "supernet slice, density", "l1": "supernet slice, L1 to teacher"}, ev_recal)
     for label, other in (variants or {}).items():
         other.use_supernet(supernet)
-        run(f"supernet slice, density, {label}", lambda w: other.evaluate(w, d_widths)["density"])
+        run(f"supernet slice, density, {label}", lambda w: other.score_pair(w, d_widths)["density"])
         other.supernet = None
     ev_recal.refine = Distiller(T_G, train, steps=60, seed=0)   # what the search does to its finalists
     steps = ev_recal.refine.steps
@@ -251,7 +251,7 @@ def calibration_study(T_G, T_D, data, common, ev, supernet, cands, d_widths, sli
                        for i in range(0, n, 8)]
             other = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space, **common)
             other.use_supernet(supernet)
-            score = [other.evaluate(w, d_widths)["density"] for w in cands]
+            score = [other.score_pair(w, d_widths)["density"] for w in cands]
             rows.append({"G budget": f"{budget:.0%}", "calibration images": f"{how} {n}",
                          "τ from slice": kendalltau(-np.array(score), slice_fidelity).statistic,
                          "pick PSNR from slice": slice_fidelity[int(np.argmin(score))]})

@@ -89,17 +89,17 @@ def main():
                              "wall s": wall, "search score": float("nan")})
                 print(f"  {method:14s} @ {budget:.0%}: no feasible pair in {rounds} rounds", flush=True)
                 continue
-            held_out = report_eval.evaluate(best["g_widths"], best["d_widths"])
+            held_out = report_eval.score_pair(best["g_widths"], best["d_widths"])
             per_candidate = result.history["seconds"].mean()
             student, _ = search_eval.build_pair(best["g_widths"], best["d_widths"])
             forward = min(search_eval.forward_seconds(student) for _ in range(3))
             rows.append({"G budget": f"{budget:.0%}", "method": method,
                          "G MACs %": 100 * best["g_macs"] / g_full, "D MACs %": 100 * best["d_macs"] / d_full,
                          "search score": best["score"], "val density": held_out["density"],
-                         "val PSNR vs teacher": held_out["psnr_teacher"], "val balance": held_out["balance"],
+                         "val pooled PSNR vs teacher": held_out["psnr_pooled"], "val balance": held_out["balance"],
                          "candidates": len(result.history), "wall s": wall, "cost ×fwd": per_candidate / forward})
             print(f"  {method:14s} @ {budget:.0%}: search {best['score']:.4f}  val density {held_out['density']:.4f}"
-                  f"  PSNR {held_out['psnr_teacher']:.2f} dB  ({wall:.0f} s)", flush=True)
+                  f"  pooled PSNR {held_out['psnr_pooled']:.2f} dB  ({wall:.0f} s)", flush=True)
     table = pd.DataFrame(rows)
     table.to_csv(os.path.join(args.out, "bench_search.csv"), index=False)
     print(f"\nteacher {spec['G']['arch']} ngf {spec['G']['ngf']} ({s['steps']} steps) at {s['size']}²; "

@@ -9,9 +9,9 @@ import os
 
 from ganprune.core.errors import UserError
 from ganprune.core.outdir import one_run_at_a_time
-from ganprune.core.options import PIPELINE, STAGES, evaluator_keywords, resolve, search_keywords
+from ganprune.core.options import PIPELINE, STAGES, resolve, search_keywords
 from ganprune.train.pair import pair_from_options
-from ganprune.search.setup import attach_supernet, build_evaluator, calibration, run_search
+from ganprune.search.setup import attach_supernet, prepare_from_options, run_search
 
 __all__ = ["run_pipeline", "resolve_config", "eval_phase", "finetune_pruned"]
 
@@ -136,19 +136,17 @@ class _Run:
         return {"rounds": len(r.history), "best_round": int(b["round"]), "score": float(b["score"]),
                 "g_macs": int(b["g_macs"]), "d_macs": int(b["d_macs"])}
 
-    def evaluator(self):
-        """The search's own evaluator: it builds a pair exactly as the search scored it (same channel
-        ranking, BN re-estimated on the same calibration images)."""
-        G, D, g_spec, d_spec = self.pair()
-        c = self.c
-        batches = calibration(c["dataroot"], phase=c["phase"], calib_images=c["calib_images"],
-                              calib_batch=c["calib_batch"], mode=c["mode"], direction=c["direction"], size=c["size"],
-                              seed=c["seed"])
-        return build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=c["seed"], **evaluator_keywords(c))
+    def setup(self):
+        """The search's own setup without agents (``prepare``, as the search built it): the evaluator builds a
+        pair exactly as the search scored it (same channel ranking, BN re-estimated on the same calibration
+        images), the budgets are the search's (a latency table from ``search/`` reused)."""
+        return prepare_from_options(self.c, *self.pair(), self.path("search"), agents=False, progress=self.progress)
 
     def adopt(self, path) -> dict:
         """The search stage for given widths (``widths``: a widths.yaml from `ganprune search` or `nni run`):
-        they are checked against this pair's spaces, scored once, and become the winner."""
+        they are checked against this pair's spaces and against the budgets like any candidate (widths over
+        a budget are refused, in one line naming the file and the budget), scored once, and become the
+        winner."""
         import json
 
         from ganprune.core.io import atomic_write_text
@@ -160,7 +158,8 @@ class _Run:
         except (TypeError, KeyError):
             raise UserError(f"{path}: expected a widths.yaml (generator: widths:, discriminator: widths:) as "
                             "`ganprune search` writes it") from None
-        evaluator = self.evaluator()
+        s = self.setup()
+        evaluator = s.evaluator
         try:
             g_w = evaluator.g_space.validate(g_w)
             d_w = evaluator.d_space.validate(d_w) if evaluator.d_space is not None else {}
@@ -168,12 +167,18 @@ class _Run:
             raise UserError(f"{path}: {exc}") from None
         if evaluator.d_space is None and given["discriminator"]["widths"]:
             raise UserError(f"{path}: has discriminator widths, but no --discriminator was given to prune")
+        for net, widths, budget, option in (("G", g_w, s.g_budget, "g_budget"), ("D", d_w, s.d_budget, "d_budget")):
+            if budget is not None and not budget.fits(widths):
+                raise UserError(f"{path}: the {net} widths cost {budget.cost(widths):.4g} {budget.unit}, over "
+                                f"{option} {self.c[option]}: {budget.describe()}; give the {option} they were found "
+                                "under, or other widths")
         with candidate_rng(self.c["seed"], g_w, d_w, evaluator.device):   # as a search would score them
-            metrics = evaluator.evaluate(g_w, d_w)
+            metrics = evaluator.score_pair(g_w, d_w)
         row = {"round": 0, "phase": "given", "g_widths": json.dumps(g_w), "d_widths": json.dumps(d_w), "error": "",
                "g_feasible": True, "d_feasible": True, "feasible": True, **metrics}
         _, _, g_spec, d_spec = self.pair()
-        save_winner(self.path("search", "widths.yaml"), dict(row, g_widths=g_w, d_widths=d_w), g_spec, d_spec)
+        save_winner(self.path("search", "widths.yaml"), dict(row, g_widths=g_w, d_widths=d_w), g_spec, d_spec,
+                    (s.g_budget, s.d_budget))
         history = pd_frame([row], HISTORY_COLUMNS).to_csv(index=False)
         for name in ("search/history.csv", "history.csv"):
             atomic_write_text(self.path(*name.split("/")), history)
@@ -190,7 +195,7 @@ class _Run:
         winner = load_winner(self.path("search", "widths.yaml"))
         G, D, g_spec, d_spec = self.pair()
         c = self.c
-        evaluator = self.evaluator()
+        evaluator = self.setup().evaluator
         attach_supernet(evaluator, G, c["dataroot"], self.path("search"), steps=c["supernet_steps"],
                         g_budget=c["g_budget"], mode=c["mode"], direction=c["direction"], size=c["size"],
                         phase=c["phase"], seed=c["seed"], progress=self.progress)   # the winner starts from its slice

@@ -25,10 +25,10 @@ class WidthsOnly:
         full = space.full_widths()
         return sum((1 - widths[g] / full[g]) ** 2 * (1 + i % 3) for i, g in enumerate(sorted(full)))
 
-    def evaluate(self, g_widths, d_widths):
+    def score_pair(self, g_widths, d_widths):
         self.evaluations += 1
         g, d = self._loss(self.g_space, g_widths), self._loss(self.d_space, d_widths)
-        return {"density": g, "l1": 0.0, "psnr_teacher": 30.0, "balance": 0.0, "d_fidelity": d, "score_g": g,
+        return {"density": g, "l1": 0.0, "psnr_pooled": 30.0, "balance": 0.0, "d_fidelity": d, "score_g": g,
                 "score_d": d, "score": g + d, "g_macs": int(self.g_space.macs(g_widths)),
                 "d_macs": int(self.d_space.macs(d_widths)), "seconds": 0.0}
 

@@ -41,8 +41,8 @@ def test_example_configs_are_valid_prune_configs(name, tmp_path):
     #                                                                       accepts the file as it is
     assert args.g_arch == values["g_arch"] and args.out == str(tmp_path)
     if name.startswith("cyclegan"):
-        from ganprune.core.options import conditional_d
-        assert not conditional_d(vars(args)) and args.mode == "unaligned" and args.norm == "instance"
+        from ganprune.core.options import conditional_from_options
+        assert not conditional_from_options(vars(args)) and args.mode == "unaligned" and args.norm == "instance"
 
 
 @pytest.mark.slow

@@ -82,8 +82,8 @@ class _RefineAware:
         self.inner, self.g_space, self.d_space, self.after = inner, inner.g_space, inner.d_space, after
         self.evaluations, self.refine, self.distilled = 0, None, []
 
-    def evaluate(self, g_widths, d_widths):
-        r = dict(self.inner.evaluate(g_widths, d_widths))
+    def score_pair(self, g_widths, d_widths):
+        r = dict(self.inner.score_pair(g_widths, d_widths))
         if self.refine is not None:
             self.distilled.append(g_widths)
             r["score"] = self.after(g_widths)

@@ -197,8 +197,9 @@ def test_penalty_is_documented_formula():
 
 
 @pytest.mark.slow
-def test_trial_reports_feasible_and_penalised_infeasible(setup):
-    ev = setup.evaluator()
+def test_trial_reports_feasible_and_penalised_infeasible(config):
+    setup = Setup(load_options(config), evaluator=True)     # as a trial builds it
+    ev = setup.evaluator
     small = score_candidate(setup, ev, to_params(setup.g_space.uniform(0.25), setup.d_space.uniform(0.25)))
     assert small["feasible"] and small["default"] == small["score"] and math.isfinite(small["score"])
     repaired = score_candidate(setup, ev, {})            # repair (default on): shrunk into both budgets
@@ -207,15 +208,49 @@ def test_trial_reports_feasible_and_penalised_infeasible(setup):
     assert json.loads(repaired["g_widths"]) == shrink_into_budget(setup.g_space, setup.g_space.full_widths(),
                                                                   setup.g_budget)
     setup.options["repair"] = False
-    try:
-        full = score_candidate(setup, ev, {})
-    finally:
-        setup.options["repair"] = True
+    full = score_candidate(setup, ev, {})
     assert not full["feasible"] and not full["g_feasible"] and not full["d_feasible"]
     excess = full["g_macs"] / setup.g_budget - 1 + full["d_macs"] / setup.d_budget - 1
     assert full["default"] == pytest.approx(full["score"] + 1.0 * (1 + excess))
     assert set(HISTORY_COLUMNS) - {"round", "phase", "g_widths", "d_widths", "g_ms", "d_ms", "seconds",
                                    "error"} <= set(full)
+
+
+_EXITS = (
+    "import sys\n"
+    "from ganprune.search.agent import Agent, register_agent\n"
+    "@register_agent('tuner-exit-test')\n"
+    "class Exits(Agent):\n"
+    "    description = 'calls sys.exit where told'\n"
+    "    OPTIONS = {'where': 'ask'}\n"
+    "    def __init__(self, *args, **kwargs):\n"
+    "        super().__init__(*args, **kwargs)\n"
+    "        if self.options['where'] == 'init':\n"
+    "            sys.exit(0)\n"
+    "    def ask(self, peer):\n"
+    "        sys.exit(0)\n")
+
+
+def test_our_tuner_builds_and_calls_its_agents_as_the_search_does(config, tmp_path):
+    """The tuner's agents come from the one search setup (``prepare``): built under the guard, every call
+    guarded, the config's agents where the tuner's arguments leave them out."""
+    from ganprune.nni.experiment import default_trials
+    from ganprune.nni.tuner import GanpruneTuner
+    plugin = tmp_path / "exits.py"
+    plugin.write_text(_EXITS)
+    tuner = GanpruneTuner(str(config), g_agent="tuner-exit-test", agent_file=str(plugin))
+    with pytest.raises(UserError, match=r"^G-agent tuner-exit-test: ask\(\) called sys\.exit\(0\)"):
+        tuner.generate_parameters(0)
+    tuner = GanpruneTuner(str(config), g_agent="tuner-exit-test", agent_file=str(plugin),
+                          g_agent_options={"where": "init"})
+    with pytest.raises(UserError, match=r"^G-agent tuner-exit-test: __init__ called sys\.exit\(0\)"):
+        tuner.update_search_space({})
+    tuner = GanpruneTuner(str(config))
+    params = tuner.generate_parameters(0)
+    assert (tuner.g_agent.name, tuner.d_agent.name, tuner.d_agent.seed) == ("random", "random", 1)
+    assert from_params(params, tuner.g_space, tuner.d_space)[0] == tuner.g_agent._pending
+    agents = Setup(load_options(config), calib_images=1, agents=True)
+    assert default_trials("ours", agents, {}) == 60 and default_trials("TPE", agents, {"G/x": {}}) == 20
 
 
 def _replay(setup, history):

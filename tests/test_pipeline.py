@@ -142,3 +142,24 @@ def test_winner_starts_from_its_supernet_slice(tiny, tmp_path):
     out0 = str(tmp_path / "run0")
     run_pipeline({**tiny, "supernet_steps": 0}, out0, stages=["search", "prune"], progress=False)
     assert not os.path.exists(os.path.join(out0, "search", "supernet"))
+
+
+def test_given_widths_are_checked_against_the_budgets(tiny, tmp_path):
+    """`--widths` is checked like any candidate: widths over a budget are refused in one line naming the file
+    and the budget, before anything is written; widths that fit are recorded feasible, with the budgets."""
+    given = tmp_path / "full.yaml"     # no group named: every group at full width
+    given.write_text(yaml.safe_dump({"generator": {"widths": {}}, "discriminator": {"widths": {}}}))
+    out = tmp_path / "run"
+    with pytest.raises(UserError) as info:
+        run_pipeline({**tiny, "widths": str(given)}, out, stages=["search"], progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{given}: the G widths cost ") and "over g_budget 0.25: " in message
+    assert "\n" not in message and not os.path.exists(out / "search" / "widths.yaml")
+    with pytest.raises(UserError, match=r"the D widths cost .* over d_budget 0\.5: "):
+        run_pipeline({**tiny, "widths": str(given), "g_budget": 1.0}, out, stages=["search"], progress=False)
+    run_pipeline({**tiny, "widths": str(given), "g_budget": 1.0, "d_budget": 1.0}, out, stages=["search"],
+                 progress=False)
+    winner = yaml.safe_load((out / "widths.yaml").read_text())
+    assert winner["budget"]["generator"]["limit"] == winner["generator"]["macs"]   # the dense G, within 100%
+    history = pd.read_csv(out / "history.csv")
+    assert list(history["phase"]) == ["given"] and history["feasible"].all()

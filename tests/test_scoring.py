@@ -29,7 +29,7 @@ def _evaluator(G, D, **kw):
 def test_full_widths_score_best(recalibrate_bn, one_thread):
     G, D = _unet(), ganprune.load_discriminator(None, arch="basic", ndf=8).eval()
     ev = _evaluator(G, D, recalibrate_bn=recalibrate_bn)
-    full = ev.evaluate(ev.g_space.full_widths(), ev.d_space.full_widths())
+    full = ev.score_pair(ev.g_space.full_widths(), ev.d_space.full_widths())
     assert full["density"] == pytest.approx(0, abs=1e-6) and full["l1"] == pytest.approx(0, abs=1e-6)
     assert full["score"] == pytest.approx(0, abs=1e-5)
     rng = random.Random(0)
@@ -38,7 +38,7 @@ def test_full_widths_score_best(recalibrate_bn, one_thread):
         dw = {g.name: rng.choice(list(g.choices)) for g in ev.d_space.groups}
         if gw == ev.g_space.full_widths():
             continue
-        m = ev.evaluate(gw, dw)
+        m = ev.score_pair(gw, dw)
         assert m["score_g"] > full["score_g"] and m["density"] > 1e-4
 
 
@@ -47,14 +47,14 @@ def test_generator_only_scoring(one_thread):
     full_ev = _evaluator(G, ganprune.load_discriminator(None, arch="basic", ndf=8).eval())
     ev = CandidateEvaluator(G, None, full_ev.g_space, None, _batches(), full_ev.objective)
     w = full_ev.g_space.uniform(0.5)
-    g_only = ev.evaluate(w, {})
-    both = full_ev.evaluate(w, full_ev.d_space.full_widths())
+    g_only = ev.score_pair(w, {})
+    both = full_ev.score_pair(w, full_ev.d_space.full_widths())
     assert g_only["density"] == pytest.approx(both["density"]) and g_only["l1"] == pytest.approx(both["l1"])
     assert g_only["balance"] == 0 and g_only["d_fidelity"] == 0 and g_only["score_d"] == 0 and g_only["d_macs"] == 0
     assert g_only["score"] == pytest.approx(g_only["density"])
     g, d = ev.build_pair(w, {})
     assert d is None and sum(p.numel() for p in g.parameters()) < sum(p.numel() for p in G.parameters())
-    assert ev.evaluate(ev.g_space.full_widths(), {})["score"] == pytest.approx(0, abs=1e-6)
+    assert ev.score_pair(ev.g_space.full_widths(), {})["score"] == pytest.approx(0, abs=1e-6)
 
 
 def test_evaluation_split_refused():

@@ -58,11 +58,11 @@ def test_search_never_sees_the_evaluation_split(tmp_path, pair):
 def test_full_widths_score_zero_and_pruning_costs(pair):
     G, D = pair
     ev = build_evaluator(G, D, _batches(), m=4, recalibrate_bn=False)
-    full = ev.evaluate(ev.g_space.full_widths(), ev.d_space.full_widths())
+    full = ev.score_pair(ev.g_space.full_widths(), ev.d_space.full_widths())
     assert full["density"] == pytest.approx(0, abs=1e-6)
     assert full["l1"] == pytest.approx(0, abs=1e-6) and full["balance"] == pytest.approx(0, abs=1e-6)
     assert full["d_fidelity"] == pytest.approx(0, abs=1e-6)
-    small = ev.evaluate(ev.g_space.uniform(0.25), ev.d_space.uniform(0.25))
+    small = ev.score_pair(ev.g_space.uniform(0.25), ev.d_space.uniform(0.25))
     assert small["density"] > 1e-4 and small["l1"] > 1e-3 and small["d_fidelity"] > 0
     assert small["g_macs"] < 0.3 * full["g_macs"] and small["d_macs"] < 0.3 * full["d_macs"]
     assert all(math.isfinite(v) for v in small.values())
@@ -71,7 +71,7 @@ def test_full_widths_score_zero_and_pruning_costs(pair):
 def test_teacher_is_not_modified_by_evaluation(pair, evaluator):
     G, _ = pair
     before = {k: v.clone() for k, v in G.state_dict().items()}
-    evaluator.evaluate(evaluator.g_space.uniform(0.5), evaluator.d_space.uniform(0.5))
+    evaluator.score_pair(evaluator.g_space.uniform(0.5), evaluator.d_space.uniform(0.5))
     assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())
 
 
@@ -124,8 +124,8 @@ class _Rescored:
         self.inner, self.g_space, self.d_space, self.rescore = inner, inner.g_space, inner.d_space, rescore
         self.evaluations = 0
 
-    def evaluate(self, g_widths, d_widths):
-        r = dict(self.inner.evaluate(g_widths, d_widths))
+    def score_pair(self, g_widths, d_widths):
+        r = dict(self.inner.score_pair(g_widths, d_widths))
         self.rescore(g_widths, r)
         return r
 
@@ -176,6 +176,8 @@ def test_resume_after_interruption_reproduces_the_straight_run(tmp_path, evaluat
     g, d, _, _ = _agents(evaluator, seed=3)
     search(evaluator, g, d, g_max, d_max, rounds=3, out_dir=tmp_path, progress=False)
     assert list(pd.read_csv(tmp_path / "history.csv")["phase"].iloc[:3]) == ["search"] * 3   # + a fill row
+    old = pd.read_csv(tmp_path / "history.csv")   # as older versions named psnr_pooled: resumes alike
+    old.rename(columns={"psnr_pooled": "psnr_teacher"}).to_csv(tmp_path / "history.csv", index=False)
     g, d, _, _ = _agents(evaluator, seed=3)  # fresh agents, as after a kill
     resumed = search(evaluator, g, d, g_max, d_max, rounds=6, out_dir=tmp_path, progress=False).history
     assert list(resumed["g_widths"]) == list(straight["g_widths"])
@@ -234,5 +236,5 @@ def test_evaluator_takes_a_pair_whose_input_and_output_channels_differ():
     batches = [{"A": torch.randn(2, 1, 64, 64), "B": torch.randn(2, 3, 64, 64), "phase": "train"}]
     ev = build_evaluator(G, D, batches, m=2)
     assert list(ev.d_example.shape) == [1, 4, 64, 64]
-    m = ev.evaluate(ev.g_space.uniform(0.5), ev.d_space.uniform(0.5))
+    m = ev.score_pair(ev.g_space.uniform(0.5), ev.d_space.uniform(0.5))
     assert math.isfinite(m["score"]) and 0 < m["d_macs"] < ev.d_space.macs(ev.d_space.full_widths())

@@ -139,9 +139,9 @@ def test_evaluator_scores_supernet_slices(one_thread):
         for p in sn.net.parameters():
             p.mul_(0.5)
     w = ev.g_space.uniform(0.5)
-    before = ev.evaluate(w, ev.d_space.full_widths())
+    before = ev.score_pair(w, ev.d_space.full_widths())
     ev.use_supernet(sn)
-    after = ev.evaluate(w, ev.d_space.full_widths())
+    after = ev.score_pair(w, ev.d_space.full_widths())
     assert after["l1"] != pytest.approx(before["l1"])
     g, _ = ev.build_pair(w, ev.d_space.full_widths())
     sliced = sn.extract(w)

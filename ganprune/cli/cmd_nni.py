@@ -5,12 +5,13 @@ import os
 
 from ganprune.cli import command, need, pick
 from ganprune.core.errors import UserError
-from ganprune.nni.experiment import ENCODINGS, TUNERS
+from ganprune.nni.experiment import TUNERS
+from ganprune.nni.space import ENCODINGS
 from ganprune.core.options import NNI, Option
 
 
 @command("nni space", "write the NNI search space (one dimension per prunable G and D group) for a search config",
-         NNI + (Option("encoding", "choice", choices=ENCODINGS[1:], help="choice: keys G/<group>, values the widths "
+         NNI + (Option("encoding", "choice", choices=ENCODINGS, help="choice: keys G/<group>, values the widths "
                        "(any tuner, ours included); ordinal: keys G/<group>:index, a quniform position in the "
                        "ascending widths (ordered: better for TPE and Anneal) (default choice)"),))
 def _nni_space(args):
@@ -47,7 +48,7 @@ def _nni_trial(args):
                     "default 1)"),
              Option("port", 8080, "int", min=1, max=65535, help="NNI web UI / REST port (default 8080)"),
              Option("timeout", 3600.0, "float", min=0, help="seconds to wait for the trials (default 3600)"),
-             Option("encoding", "auto", choices=ENCODINGS, help="widths as the tuner sees them: choice (unordered "
+             Option("encoding", "auto", choices=("auto", *ENCODINGS), help="widths as the tuner sees them: choice (unordered "
                     "values), ordinal (an ordered position per group) or auto: ordinal for TPE and Anneal, which "
                     "model order, choice for the others (default auto)"),
              Option("keep_alive", False, "flag", help="after the last trial keep the experiment and its web UI "

@@ -420,8 +420,9 @@ TEACHER = (
 
 
 
-def conditional_d(o: Mapping) -> bool:
-    """Whether D sees cat(A, B): as ``unconditional_d`` says, else from the data (unaligned: images only)."""
+def conditional_from_options(o: Mapping) -> bool:
+    """Whether D sees cat(A, B), from the options: as ``unconditional_d`` says, else from the data (unaligned:
+    images only). ``pair_specs`` stores it in the D spec, where ``models.registry.conditional_d`` reads it."""
     if o.get("unconditional_d") is not None:
         return not o["unconditional_d"]
     return o.get("mode", "aligned") != "unaligned"
@@ -439,11 +440,11 @@ def pair_specs(o: Mapping) -> tuple[dict, dict]:
                   "output_nc": o["output_nc"], "dropout": bool(o["dropout"])}
     if ":" in o["d_arch"]:
         d_spec = {"arch": o["d_arch"], "kind": "discriminator", **(o.get("d_arch_options") or {}),
-                  "conditional": conditional_d(o)}
+                  "conditional": conditional_from_options(o)}
     else:
-        d_in = o["input_nc"] + o["output_nc"] if conditional_d(o) else o["output_nc"]
+        d_in = o["input_nc"] + o["output_nc"] if conditional_from_options(o) else o["output_nc"]
         d_spec = {"arch": o["d_arch"], "ndf": o["ndf"], "norm": o["d_norm"] or o["norm"], "input_nc": d_in,
-                  "n_layers": o["n_layers_d"], "conditional": conditional_d(o)}
+                  "n_layers": o["n_layers_d"], "conditional": conditional_from_options(o)}
     return g_spec, d_spec
 
 

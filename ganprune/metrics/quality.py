@@ -360,7 +360,8 @@ def image_quality(generator: nn.Module, data, teacher: nn.Module | None = None, 
     ``{"A", "B"}`` batches in [-1, 1]); see the module docstring for the conventions.
 
     Returns ``psnr``/``ssim`` (vs the paired ground truth; None for unaligned data), ``psnr_teacher``/
-    ``ssim_teacher`` (vs ``teacher``'s output, when given), ``fid``, ``kid_mean``/``kid_std``, ``miou``
+    ``ssim_teacher`` (vs ``teacher``'s output, when given; per-image means, as every value here: the search's
+    ``psnr_pooled`` is another measure), ``fid``, ``kid_mean``/``kid_std``, ``miou``
     (with ``segmenter``), ``seconds`` and ``computed_on``. ``reference_features`` reuses the real
     images' features from ``real_features`` (to score several generators against one split). The
     networks given are not modified (copies are evaluated in eval mode).

@@ -12,6 +12,7 @@ import importlib
 import re
 from typing import Mapping
 
+import torch
 from torch import nn
 
 from ganprune.core.errors import UserError
@@ -176,6 +177,12 @@ def conditional_d(d_spec: Mapping | None, D: nn.Module | None = None, a_channels
         raise UserError(f"discriminator takes {conv.in_channels} channels, but the input has {a_channels} and the "
                         f"generator's output {b_channels} (expected {a_channels + b_channels} or {b_channels})")
     return conv.in_channels == a_channels + b_channels
+
+
+def d_input(a, image, conditional: bool):
+    """What a discriminator sees: cat(A, image) along the channels when it is conditional (pix2pix),
+    else the image alone (CycleGAN)."""
+    return torch.cat([a, image], 1) if conditional else image
 
 
 def with_conditional(d_spec: Mapping | None, D: nn.Module | None, a_channels: int, b_channels: int) -> dict:

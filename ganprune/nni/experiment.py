@@ -28,6 +28,7 @@ from typing import Mapping
 import pandas as pd
 
 from ganprune.core.errors import UserError
+from ganprune.nni.space import ENCODINGS
 
 BUILTIN_TUNERS = ("TPE", "Random", "Anneal", "Evolution", "GridSearch")
 TUNERS = ("ours",) + BUILTIN_TUNERS
@@ -35,7 +36,6 @@ TUNERS = ("ours",) + BUILTIN_TUNERS
 # and so gain from ordinal widths. NNI 3.0's Random samples each value alike either way, Evolution's mutation
 # re-draws a dimension uniformly, GridSearch enumerates: order tells them nothing, so they keep `choice`.
 ORDINAL_TUNERS = ("TPE", "Anneal")
-ENCODINGS = ("auto", "choice", "ordinal")
 _log = logging.getLogger("ganprune.nni")
 
 
@@ -75,9 +75,10 @@ def _tuner_config(tuner: str, trials: int, seed: int, trial_config: str, tuner_o
 
 
 def width_encoding(tuner: str, encoding: str = "auto") -> str:
-    """The search-space encoding an experiment uses: ``auto`` is ordinal for ``ORDINAL_TUNERS``, else choice."""
-    if encoding not in ENCODINGS:
-        raise UserError(f"--encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
+    """The search-space encoding an experiment uses (``ENCODINGS``, or ``auto``: ordinal for
+    ``ORDINAL_TUNERS``, else choice)."""
+    if encoding not in ("auto", *ENCODINGS):
+        raise UserError(f"--encoding {encoding!r}: expected one of {', '.join(('auto', *ENCODINGS))}")
     if encoding == "auto":
         return "ordinal" if tuner in ORDINAL_TUNERS else "choice"
     if tuner == "ours" and encoding == "ordinal":
@@ -170,7 +171,6 @@ def collect_history(jobs: list, setup, exp_dir: str) -> pd.DataFrame:
 def write_results(out: str, jobs: list, setup, exp_dir: str) -> tuple[pd.DataFrame, dict | None]:
     """NNI's trial records as ``out/history.csv`` and, when a trial was feasible, ``out/widths.yaml``: what
     ``nni run`` and ``nni collect`` both write. Returns ``(history, best row or None)``."""
-    from ganprune.search.budget import Budget
     from ganprune.core.io import atomic_write_text
     from ganprune.search.loop import save_winner
     history = collect_history(jobs, setup, exp_dir)
@@ -179,8 +179,7 @@ def write_results(out: str, jobs: list, setup, exp_dir: str) -> tuple[pd.DataFra
     best = best_row(history)
     if best:
         save_winner(os.path.join(out, "widths.yaml"), best, setup.g_spec, setup.d_spec,
-                    (Budget(setup.g_space, setup.g_budget),
-                     Budget(setup.d_space, setup.d_budget) if setup.d_space is not None else None))
+                    (setup.search.g_budget, setup.search.d_budget))
     return history, best
 
 
@@ -224,19 +223,14 @@ def _start(config, port: int, attempts: int = 3):
 
 
 def default_trials(tuner: str, setup, space: dict) -> int:
-    """Trials when none are given: for 'ours', what its agents need to reach the budgets and refine (their
-    ``rounds_hint``, at least 20; agents that propose within budget from the start: ``ganprune search``'s
-    default rounds); for an NNI tuner, two per search dimension and at least 20
-    (its candidates are repaired into the budgets, so each one is a usable result)."""
+    """Trials when none are given: for 'ours', what its agents (``setup``'s, built with ``agents=True``) need
+    to reach the budgets and refine (their ``rounds_hint``, at least 20; agents that propose within budget
+    from the start: ``ganprune search``'s default rounds); for an NNI tuner, two per search dimension and at
+    least 20 (its candidates are repaired into the budgets, so each one is a usable result)."""
     if tuner != "ours":
         return max(20, 2 * len(space))
-    from ganprune.search.agent import get_agent
     from ganprune.search.setup import default_rounds
-    o = setup.options
-    g = get_agent(o["g_agent"], o["agent_file"])(setup.g_space, setup.g_budget, seed=o["seed"], role="G",
-                                                 **(o["g_agent_options"] or {}))
-    d = (get_agent(o["d_agent"], o["agent_file"])(setup.d_space, setup.d_budget, seed=o["seed"] + 1, role="D",
-                                                  **(o["d_agent_options"] or {})) if setup.d_space is not None else None)
+    g, d = setup.g_agent, setup.d_agent
     hints = [a.rounds_hint() for a in (g, d) if a is not None]
     return max([20, *[int(h) for h in hints if h]]) if any(hints) else default_rounds(g, d)
 
@@ -292,7 +286,7 @@ def run_experiment(values: Mapping | None, out, tuner: str = "ours", trials: int
     out = os.path.abspath(os.fspath(out))
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
-    setup = Setup(o, calib_images=1)
+    setup = Setup(o, calib_images=1, agents=tuner == "ours" and trials is None)   # agents: to size the trials
     trial_config = os.path.join(out, "trial_config.yaml")
     atomic_write_yaml(trial_config, resolved_options(o))
     space = search_space if search_space is not None else make_space(setup.g_space, setup.d_space, encoding)

@@ -63,15 +63,18 @@ def resolved_options(values: Mapping) -> dict:
 
 
 class Setup:
-    """What every NNI step rebuilds from the options: teacher pair, calibration batches, both search
-    spaces and MACs budgets. ``evaluator()`` adds the (costlier) candidate evaluator.
+    """A search set up from ``ganprune nni`` options by ``ganprune.search.setup.prepare`` (the one way every
+    search is built; its result is ``search``): ``options``, the pair's specs, both search spaces, the MACs
+    budgets as numbers (D's ``inf`` when G is searched alone) and, when asked for, the candidate
+    ``evaluator`` (trials) and the agents ``g_agent``/``d_agent`` (the tuner; ``d_agent`` None for G alone).
 
     ``Setup(load_options("search.yaml"))`` or ``Setup(dataroot=..., teacher=..., g_budget=0.3)``."""
 
-    def __init__(self, values: Mapping | None = None, calib_images: int | None = None, **overrides):
-        from ganprune.search.budget import is_latency, resolve_macs
+    def __init__(self, values: Mapping | None = None, calib_images: int | None = None, *, evaluator: bool = False,
+                 agents: bool = False, **overrides):
+        from ganprune.search.budget import is_latency
+        from ganprune.search.setup import prepare_from_options
         from ganprune.train.pair import pair_from_options
-        from ganprune.search.setup import build_spaces, calibration
         if calib_images is not None:      # fewer images where only the spaces are needed
             overrides["calib_images"] = calib_images
         o = self.options = options(values, **overrides)
@@ -81,31 +84,14 @@ class Setup:
             if is_latency(o[name]):
                 raise UserError(f"{name} {o[name]!r}: NNI experiments budget MACs only; use a fraction, "
                                 "a percentage or a MAC count (latency budgets work in `ganprune search` and `prune`)")
-        self.G, self.D, self.g_spec, self.d_spec = pair_from_options(o)
-        self.batches = calibration(o["dataroot"], phase=o["phase"], calib_images=o["calib_images"],
-                                   calib_batch=o["calib_batch"], mode=o["mode"], direction=o["direction"],
-                                   size=o["size"], seed=o["seed"])
-        if not self.batches:
-            raise UserError(f"{o['dataroot']}: no {o['phase']} images for calibration")
-        self.g_space, self.d_space, _ = build_spaces(self.G, self.D, self.batches, self.g_spec, self.d_spec,
-                                                     o["g_space"], o["d_space"])
-        self.g_budget = resolve_macs(o["g_budget"], self.g_space.macs(self.g_space.full_widths()))
+        s = self.search = prepare_from_options(o, *pair_from_options(o), evaluator=evaluator, agents=agents,
+                                               progress=False)
+        self.g_spec, self.d_spec, self.g_space, self.d_space = s.g_spec, s.d_spec, s.g_space, s.d_space
+        self.evaluator = s.evaluator
+        self.g_agent, self.d_agent = s.g_agent, s.d_agent
+        self.g_budget = s.g_budget.limit
         # G-only (no D checkpoint): no D to fit, so every candidate's D "fits" (its MACs are 0)
-        self.d_budget = (resolve_macs(o["d_budget"], self.d_space.macs(self.d_space.full_widths()))
-                         if self.d_space is not None else math.inf)
-        from ganprune.search.budget import Budget
-        from ganprune.search.setup import check_reachable
-        check_reachable(Budget(self.g_space, self.g_budget), "G", "g_budget")
-        if self.d_space is not None:
-            check_reachable(Budget(self.d_space, self.d_budget), "D", "d_budget")
-
-    def evaluator(self):
-        from ganprune.core.options import evaluator_keywords
-        from ganprune.search.setup import build_evaluator
-        return build_evaluator(self.G, self.D, self.batches, g_space=self.g_space, d_space=self.d_space,
-                               g_spec=self.g_spec, d_spec=self.d_spec, seed=self.options["seed"],
-                               **{k: v for k, v in evaluator_keywords(self.options).items()
-                                  if k not in ("g_space_file", "d_space_file")})
+        self.d_budget = s.d_budget.limit if s.d_budget is not None else math.inf
 
 
 def search_space(g_space, d_space, encoding: str = "choice") -> dict:

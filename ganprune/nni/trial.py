@@ -1,7 +1,7 @@
 """One NNI trial: score the candidate NNI hands out and report it (``python -m ganprune nni trial``).
 
 The trial rebuilds the teacher pair, calibration batches, spaces and evaluator from the same options as
-``ganprune search`` (a YAML given with ``--config``), reads the widths with ``nni.get_next_parameter()``
+``ganprune search`` (a YAML given with ``--config``), as it does (``ganprune.search.setup.prepare``), reads the widths with ``nni.get_next_parameter()``
 and reports ``nni.report_final_result({"default": ..., "score": ..., ...})``.
 
 An over-budget candidate is not an error: it is scored as usual, reported with ``feasible: False``, and
@@ -45,7 +45,7 @@ def score_candidate(setup, evaluator, params: dict) -> dict:
         if setup.d_space is not None:
             d_widths = shrink_into_budget(setup.d_space, d_widths, setup.d_budget)
     with candidate_rng(setup.options["seed"], g_widths, d_widths, evaluator.device):   # as `ganprune search` scores it
-        metrics = evaluator.evaluate(g_widths, d_widths)
+        metrics = evaluator.score_pair(g_widths, d_widths)
     g_ok, d_ok = metrics["g_macs"] <= setup.g_budget, metrics["d_macs"] <= setup.d_budget
     result = {k: v for k, v in metrics.items() if k != "seconds"}   # every evaluator metric, as plain numbers
     result.update(g_feasible=bool(g_ok), d_feasible=bool(d_ok), feasible=bool(g_ok and d_ok),
@@ -77,13 +77,11 @@ def run_trial(values: Mapping | None = None, **overrides) -> dict:
     are ``ganprune nni``'s (``values`` such as ``load_options(path)``, and/or keywords)."""
     import nni
 
-    from ganprune.nni.space import Setup, from_params
+    from ganprune.nni.space import Setup
     start = time.perf_counter()
     params = next_parameters(nni)
-    setup = Setup(values, **overrides)
-    from_params(params, setup.g_space, setup.d_space)    # fail fast on widths outside the space
-    evaluator = setup.evaluator()
-    result = score_candidate(setup, evaluator, params)
+    setup = Setup(values, evaluator=True, **overrides)
+    result = score_candidate(setup, setup.evaluator, params)
     result["trial_seconds"] = time.perf_counter() - start
     nni.report_final_result(result)
     return result

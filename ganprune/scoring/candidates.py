@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ganprune.core.errors import UserError
+from ganprune.models.registry import d_input
 
 EVALUATION_SPLITS = ("val", "test", "testA", "testB", "valA", "valB")
 
@@ -83,10 +84,6 @@ def recalibrate_batchnorm(model: nn.Module, inputs: list[torch.Tensor]) -> nn.Mo
     return model
 
 
-def _d_input(a, b, conditional: bool):
-    return torch.cat([a, b], 1) if conditional else b
-
-
 @dataclass
 class TeacherCache:
     """Everything about the teacher pair that does not depend on the candidate, computed once."""
@@ -130,7 +127,7 @@ class CandidateEvaluator:
         self.recalibrate_bn, self.importance = recalibrate_bn, importance
         x0 = batches[0]["A"][:1].to(self.device)
         self.g_example = x0
-        self.d_example = (_d_input(x0, batches[0]["B"][:1].to(self.device), conditional_D)
+        self.d_example = (d_input(x0, batches[0]["B"][:1].to(self.device), conditional_D)
                           if self.teacher_D is not None else None)
         self.cache = self._teacher_cache(batches)
         from ganprune.pruning.physical import channel_ranking
@@ -158,8 +155,8 @@ class CandidateEvaluator:
         refs = [self.objective.reference(x, index=i) for i, x in enumerate(inputs)]
         cache = TeacherCache(inputs, targets, outputs, refs)
         for x, y, fake in zip(inputs, targets, outputs) if self.teacher_D is not None else ():
-            cache.d_real.append(torch.sigmoid(self.teacher_D(_d_input(x, y, self.conditional_D))))
-            cache.d_fake.append(torch.sigmoid(self.teacher_D(_d_input(x, fake, self.conditional_D))))
+            cache.d_real.append(torch.sigmoid(self.teacher_D(d_input(x, y, self.conditional_D))))
+            cache.d_fake.append(torch.sigmoid(self.teacher_D(d_input(x, fake, self.conditional_D))))
         return cache
 
     def build_pair(self, g_widths, d_widths) -> tuple[nn.Module, nn.Module]:
@@ -182,13 +179,13 @@ class CandidateEvaluator:
         if self.recalibrate_bn and d_changed:
             with torch.no_grad():
                 fakes = [g.eval()(x) for x in self.cache.inputs]
-            recalibrate_batchnorm(d, [_d_input(x, y, self.conditional_D) for x, y in zip(self.cache.inputs, self.cache.targets)]
-                                  + [_d_input(x, f, self.conditional_D) for x, f in zip(self.cache.inputs, fakes)])
+            recalibrate_batchnorm(d, [d_input(x, y, self.conditional_D) for x, y in zip(self.cache.inputs, self.cache.targets)]
+                                  + [d_input(x, f, self.conditional_D) for x, f in zip(self.cache.inputs, fakes)])
         return g.eval(), d.eval()
 
     @torch.no_grad()
-    def evaluate(self, g_widths: dict, d_widths: dict) -> dict:
-        """Metrics of one candidate pair; plain floats/ints, ready for a history row."""
+    def score_pair(self, g_widths: dict, d_widths: dict) -> dict:
+        """Score one candidate pair (no training): its metrics as plain floats/ints, ready for a history row."""
         start = time.perf_counter()
         g_widths = self.g_space.validate(g_widths)
         d_widths = self.d_space.validate(d_widths) if self.d_space is not None else {}
@@ -206,21 +203,22 @@ class CandidateEvaluator:
             if d is None:
                 continue
             y, t_real, t_fake = c.targets[i], c.d_real[i], c.d_fake[i]
-            s_real = torch.sigmoid(d(_d_input(x, y, self.conditional_D)))
-            s_fake = torch.sigmoid(d(_d_input(x, fake, self.conditional_D)))
+            s_real = torch.sigmoid(d(d_input(x, y, self.conditional_D)))
+            s_fake = torch.sigmoid(d(d_input(x, fake, self.conditional_D)))
             d_real += float(s_real.mean()) * k
             d_fake += float(s_fake.mean()) * k
             # D fidelity on identical inputs: the teacher pair's real and teacher-fake images.
-            s_teacher_fake = torch.sigmoid(d(_d_input(x, y_t, self.conditional_D)))
+            s_teacher_fake = torch.sigmoid(d(d_input(x, y_t, self.conditional_D)))
             d_drift += float(((s_real - t_real).abs().mean() + (s_teacher_fake - t_fake).abs().mean()) / 2) * k
         l1, mse, d_real, d_fake, d_drift = l1 / n, mse / n, d_real / n, d_fake / n, d_drift / n
         balance = abs((d_real - d_fake) - c.gap) if d is not None else 0.0
         score_g = density + self.l1_weight * l1 + self.balance_weight * balance
         score_d = balance + d_drift
         self.evaluations += 1
-        # PSNR of the pooled MSE to the teacher output, images in [-1, 1] (data range 2).
+        # psnr_pooled: PSNR to the teacher's output from the MSE pooled over every calibration pixel, images
+        # in [-1, 1] (data range 2); not the report's PSNR vs teacher, a mean of per-image PSNRs
         psnr = 10 * math.log10(4.0 / mse) if mse > 0 else math.inf
-        return {"density": density, "l1": l1, "psnr_teacher": psnr, "balance": balance, "d_fidelity": d_drift,
+        return {"density": density, "l1": l1, "psnr_pooled": psnr, "balance": balance, "d_fidelity": d_drift,
                 "score_g": score_g, "score_d": score_d, "score": score_g + score_d,
                 "g_macs": int(self.g_space.macs(g_widths)),
                 "d_macs": int(self.d_space.macs(d_widths)) if self.d_space is not None else 0,

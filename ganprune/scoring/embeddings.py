@@ -19,6 +19,7 @@ from torch import nn
 
 from ganprune.core.errors import UserError
 from ganprune.core.plugins import Registry, check_options
+from ganprune.models.registry import d_input
 
 EMBEDDINGS = Registry("embedding")
 _CONTEXT = ("teacher_D", "conditional_D")   # what the run passes; never user options
@@ -99,7 +100,7 @@ class DiscriminatorEmbedding(nn.Module):
         return self
 
     def forward(self, images, inputs):
-        d_in = torch.cat([inputs.to(images.dtype), images], 1) if self.conditional else images
+        d_in = d_input(inputs.to(images.dtype), images, self.conditional)
         if d_in.shape[1] != self.in_channels:
             kind = "a conditional D gets cat(input, output)" if self.conditional else "an unconditional D gets the output"
             raise UserError(f"teacher_D: its first conv takes {self.in_channels} channels, but {kind}: "

@@ -373,6 +373,12 @@ def make_agent(name: str | None, space, budget, seed: int = 0, role: str = "G", 
         space, budget, seed=seed, role=role, **options))
 
 
+def call_agent(agent: Agent, role: str, what: str, fn: Callable, timeout: float | None = None):
+    """``fn()``, a call into ``agent`` (plugin code), under the guard (``ganprune.core.guard.guarded_call``):
+    any error is one line naming the agent and ``what``; ``timeout`` seconds at most (None/0: no limit)."""
+    return guarded_call(f"{role}-agent {agent.name or type(agent).__name__}", what, fn, timeout)
+
+
 def available_agents(agent_file=None) -> list[dict]:
     """Every discoverable agent as ``{name, source, description, options}``, built-ins first."""
     _load_builtins()
@@ -386,5 +392,5 @@ def available_agents(agent_file=None) -> list[dict]:
     return sorted(rows, key=lambda r: (order.get(r["source"].split()[0], 3), r["name"]))
 
 
-__all__ = ["Feedback", "Agent", "register_agent", "get_agent", "make_agent", "available_agents",
+__all__ = ["Feedback", "Agent", "register_agent", "get_agent", "make_agent", "call_agent", "available_agents",
            "load_agent_file", "AGENTS", "ENTRY_POINT_GROUP"]

@@ -33,10 +33,10 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from ganprune.search.agent import Feedback
+from ganprune.search.agent import Feedback, call_agent
 from ganprune.search.budget import as_budget, fill_budget, uniform_widths
 from ganprune.core.errors import UserError
-from ganprune.core.guard import DEFAULT_TIMEOUT, PluginTimeout, guarded_call
+from ganprune.core.guard import DEFAULT_TIMEOUT, PluginTimeout
 from ganprune.core.io import atomic_write_text, atomic_write_yaml
 from ganprune.core.outdir import run_lock
 
@@ -44,10 +44,10 @@ AFTER_ROUNDS = ("fill", "uniform", "finalist")   # history rows scored after the
 
 # Columns a history needs to be resumed (g_ms/d_ms came later and may be missing from older histories).
 REQUIRED_COLUMNS = ("round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_feasible", "d_feasible",
-                    "feasible", "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d",
+                    "feasible", "density", "l1", "psnr_pooled", "balance", "d_fidelity", "score_g", "score_d",
                     "score", "error")
 HISTORY_COLUMNS = ["round", "phase", "g_widths", "d_widths", "g_macs", "d_macs", "g_ms", "d_ms", "g_feasible", "d_feasible", "feasible",
-                   "density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
+                   "density", "l1", "psnr_pooled", "balance", "d_fidelity", "score_g", "score_d", "score", "seconds", "error"]
 
 
 @contextmanager
@@ -96,7 +96,7 @@ def _feedback(widths, metrics, role, feasible) -> Feedback:
     key = "score_g" if role == "G" else "score_d"
     macs = metrics["g_macs"] if role == "G" else metrics["d_macs"]
     return Feedback(widths=widths, score=metrics[key], macs=macs, feasible=feasible,
-                    metrics={k: metrics[k] for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity", "score")})
+                    metrics={k: metrics[k] for k in ("density", "l1", "psnr_pooled", "balance", "d_fidelity", "score")})
 
 
 def _present(value) -> bool:
@@ -136,6 +136,7 @@ def read_history(path) -> list[dict]:
         old = pd.read_csv(path, **_EXACT_FLOATS)   # replayed feedback must equal the live feedback bit for bit
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise UserError(f"{path}: cannot resume from this history ({str(exc).splitlines()[0]})") from None
+    old = old.rename(columns={"psnr_teacher": "psnr_pooled"})   # its name in older histories
     missing = [c for c in REQUIRED_COLUMNS if c not in old.columns]
     if missing:
         raise UserError(f"{path}: not a ganprune search history (missing column(s) {', '.join(missing)}); "
@@ -177,7 +178,7 @@ def load_winner(path) -> dict:
 def _row_metrics(row) -> dict | None:
     if row.get("error"):
         return None
-    return {k: row[k] for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity", "score_g", "score_d",
+    return {k: row[k] for k in ("density", "l1", "psnr_pooled", "balance", "d_fidelity", "score_g", "score_d",
                                 "score")} | {
         "g_macs": int(row["g_macs"]), "d_macs": int(row["d_macs"])}
 
@@ -209,8 +210,7 @@ class CollaborativeSearch:
 
     # -- one round ---------------------------------------------------------------------------
     def _call(self, agent, role, what, fn):
-        """A plugin call under the guard (``ganprune.core.guard.guarded_call``): errors are one line naming it."""
-        return guarded_call(f"{role}-agent {agent.name or type(agent).__name__}", what, fn, self.agent_timeout)
+        return call_agent(agent, role, what, fn, self.agent_timeout)
 
     def _propose(self, agent, peer, space, role):
         try:
@@ -238,7 +238,7 @@ class CollaborativeSearch:
 
     def _score(self, row, g_widths, d_widths) -> None:
         with candidate_rng(self.seed, g_widths, d_widths, getattr(self.evaluator, "device", None)):
-            row.update(self.evaluator.evaluate(g_widths, d_widths))
+            row.update(self.evaluator.score_pair(g_widths, d_widths))
         for net, widths, budget in (("g", g_widths, self.g_budget), ("d", d_widths, self.d_budget)):
             if budget is None:   # G-only: no D to fit
                 row[f"{net}_feasible"] = True
@@ -399,7 +399,7 @@ def save_winner(path, best: dict, g_spec: dict | None = None, d_spec: dict | Non
             "score": float(best["score"]), "round": int(best["round"]),
             **{f"{net}_predicted_ms": float(best[f"{k}_ms"]) for net, k in (("generator", "g"), ("discriminator", "d"))
                if _present(best.get(f"{k}_ms"))},
-            "metrics": {k: float(best[k]) for k in ("density", "l1", "psnr_teacher", "balance", "d_fidelity",
+            "metrics": {k: float(best[k]) for k in ("density", "l1", "psnr_pooled", "balance", "d_fidelity",
                                                     "score_g", "score_d")}}
     atomic_write_yaml(path, data)
 

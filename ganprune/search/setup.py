@@ -1,9 +1,12 @@
 """From a teacher pair and a dataset to a running search: calibration batches → search spaces →
-objective and candidate evaluator → budgets and agents. The pipeline, ``ganprune search`` and every NNI
-step build these the same way, here."""
+budgets → objective and candidate evaluator → agents, built once by ``prepare``. ``ganprune search``, the
+pipeline (its search, adopted widths and prune stages), every NNI trial, the NNI tuner and the NNI
+experiment driver all call it, so they score and budget the same candidates the same way."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
@@ -16,7 +19,7 @@ def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_s
     """``(g_space, d_space, conditional)``: the search spaces of both nets (given ones pass through) and
     whether D sees cat(A, B) (conditional) or B alone: the D spec's fact (``conditional_d``). Without a teacher
     D (``D`` None: G-only pruning) ``d_space`` is None and nothing about D is searched."""
-    from ganprune.models.registry import conditional_d
+    from ganprune.models.registry import conditional_d, d_input
     from ganprune.models.sizes import check_image_size
     from ganprune.pruning.space import SearchSpace
     x, y = batches[0]["A"][:1], batches[0]["B"][:1]
@@ -27,8 +30,8 @@ def build_spaces(G, D, batches, g_spec=None, d_spec=None, g_space_file=None, d_s
     if D is None:
         return g_space, None, False
     conditional = conditional_d(d_spec, D, x.shape[1], y.shape[1])
-    d_x = torch.cat([x, y], 1) if conditional else y
-    d_space = d_space or SearchSpace.from_model(D, d_x, arch=d_arch if d_arch and ":" not in d_arch else None,
+    d_space = d_space or SearchSpace.from_model(D, d_input(x, y, conditional),
+                                                arch=d_arch if d_arch and ":" not in d_arch else None,
                                                 config=d_space_file)
     return g_space, d_space, conditional
 
@@ -76,15 +79,6 @@ def default_rounds(g_agent, d_agent=None) -> int:
     return max([DEFAULT_MIN_ROUNDS, *[int(h) for h in hints if h]])
 
 
-def calibration(dataroot, *, phase="train", calib_images=16, calib_batch=8, mode="aligned", direction="AtoB",
-                size=None, seed=0):
-    """The seeded calibration batches every search step scores candidates on."""
-    from ganprune.scoring.candidates import calibration_batches
-    torch.manual_seed(seed)
-    return calibration_batches(dataroot, phase=phase, n_images=calib_images, batch_size=calib_batch, mode=mode,
-                               direction=direction, size=size)
-
-
 def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, mode="aligned", direction="AtoB",
                     size=None, phase="train", seed=0, progress=True):
     """Train (or, from ``out/supernet``, reload) the supernet whose slices the evaluator then scores; nothing
@@ -107,6 +101,84 @@ def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, m
     return supernet
 
 
+@dataclass
+class SearchSetup:
+    """One search's parts, as ``prepare`` builds them: the teacher pair, the calibration batches, both
+    search spaces, whether D sees cat(A, B), the budgets (``Budget``; D's None when G is searched alone),
+    the candidate evaluator and the agents (None where not asked for)."""
+    G: Any
+    D: Any
+    g_spec: dict | None
+    d_spec: dict | None
+    batches: list
+    g_space: Any
+    d_space: Any
+    conditional: bool
+    g_budget: Any
+    d_budget: Any
+    evaluator: Any = None
+    g_agent: Any = None
+    d_agent: Any = None
+
+
+def prepare(G, D, g_spec, d_spec, dataroot, out=None, *, mode, direction, size, phase, calib_images, calib_batch,
+            seed, g_budget, d_budget, g_agent, d_agent, agent_file, g_agent_options, d_agent_options,
+            latency_table, latency_backend, latency_threads, evaluator=True, agents=True, progress=True,
+            **scoring) -> SearchSetup:
+    """Calibration batches → search spaces → budgets → candidate evaluator → agents, the one way every
+    search step builds them; ``evaluator``/``agents`` False leave those out (the NNI tuner needs no
+    evaluator, a trial and the prune stage no agents). Budgets as ``parse_budget`` reads them, each checked
+    reachable in the space before anything costly runs; a "…ms" budget times the net once into
+    ``out/latency_<G|D>.yaml`` (reused by reruns; ``latency_table`` names a saved table for G instead).
+    Agents are made by ``make_agent`` (a plugin's constructor runs guarded), D's with ``seed + 1``.
+    ``scoring``: ``build_evaluator``'s keywords."""
+    from ganprune.models.registry import d_input
+    from ganprune.scoring.candidates import calibration_batches
+    from ganprune.search.agent import make_agent
+    from ganprune.search.budget import latency_table as build_table
+    from ganprune.search.budget import parse_budget
+    torch.manual_seed(seed)
+    batches = calibration_batches(dataroot, phase=phase, n_images=calib_images, batch_size=calib_batch, mode=mode,
+                                  direction=direction, size=size)
+    if not batches:
+        raise UserError(f"{dataroot}: no {phase} images for calibration")
+    g_space, d_space, conditional = build_spaces(G, D, batches, g_spec, d_spec, scoring.pop("g_space_file", None),
+                                                 scoring.pop("d_space_file", None))
+    x, y = batches[0]["A"][:1], batches[0]["B"][:1]
+
+    def table(net, space, example, name, given=None):
+        path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)
+        return lambda: build_table(net, space, example, path, latency_backend, latency_threads, progress)
+
+    g_max = parse_budget(g_budget, g_space, table(G, g_space, x, "G", latency_table))
+    check_reachable(g_max, "G", "g_budget")
+    d_max = None
+    if d_space is not None:
+        d_max = parse_budget(d_budget, d_space, table(D, d_space, d_input(x, y, conditional), "D"))
+        check_reachable(d_max, "D", "d_budget")
+    s = SearchSetup(G, D, g_spec, d_spec, batches, g_space, d_space, conditional, g_max, d_max)
+    if evaluator:
+        s.evaluator = build_evaluator(G, D, batches, g_space, d_space, g_spec, d_spec, seed=seed, **scoring)
+    if agents:
+        s.g_agent = make_agent(g_agent, g_space, g_max, seed, "G", agent_file, **(g_agent_options or {}))
+        if d_space is not None:
+            s.d_agent = make_agent(d_agent, d_space, d_max, seed + 1, "D", agent_file, **(d_agent_options or {}))
+    return s
+
+
+# The resolved search options (``ganprune search``, ``prune`` and ``nni`` all hold them) ``prepare`` takes.
+_PREPARE_OPTIONS = ("mode", "direction", "size", "phase", "calib_images", "calib_batch", "seed", "g_budget",
+                    "d_budget", "g_agent", "d_agent", "agent_file", "g_agent_options", "d_agent_options",
+                    "latency_table", "latency_backend", "latency_threads")
+
+
+def prepare_from_options(o: Mapping, G, D, g_spec, d_spec, out=None, **flags) -> SearchSetup:
+    """``prepare`` from resolved search options ``o``; ``flags``: ``evaluator``, ``agents``, ``progress``."""
+    from ganprune.core.options import evaluator_keywords
+    return prepare(G, D, g_spec, d_spec, o["dataroot"], out, **{k: o[k] for k in _PREPARE_OPTIONS},
+                   **evaluator_keywords(o), **flags)
+
+
 def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
                phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
@@ -122,28 +194,14 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     (``attach_supernet``, kept in ``out/supernet``) and scores G candidates as its slices; ``finalists`` > 0:
     the best few are distilled ``finalist_steps`` steps on the ``phase`` split and scored again
     (``ganprune.search.finalists``)."""
-    from ganprune.search.agent import make_agent
-    from ganprune.search.budget import latency_table as build_table
-    from ganprune.search.budget import parse_budget
     from ganprune.search.loop import search
-    batches = calibration(dataroot, phase=phase, calib_images=calib_images, calib_batch=calib_batch, mode=mode,
-                          direction=direction, size=size, seed=seed)
-    evaluator = build_evaluator(G, D, batches, g_spec=g_spec, d_spec=d_spec, seed=seed, **evaluator_options)
-
-    def table(net, space, example, name, given=None):
-        path = given or (os.path.join(out, f"latency_{name}.yaml") if out else None)
-        return lambda: build_table(net, space, example, path, latency_backend, latency_threads, progress)
-
-    g_max = parse_budget(g_budget, evaluator.g_space,
-                         table(G, evaluator.g_space, evaluator.g_example.cpu(), "G", latency_table))
-    check_reachable(g_max, "G", "g_budget")
-    g = make_agent(g_agent, evaluator.g_space, g_max, seed, "G", agent_file, **(g_agent_options or {}))
-    d_max = d = None
-    if D is not None:
-        d_max = parse_budget(d_budget, evaluator.d_space, table(D, evaluator.d_space, evaluator.d_example.cpu(), "D"))
-        check_reachable(d_max, "D", "d_budget")
-        d = make_agent(d_agent, evaluator.d_space, d_max, seed + 1, "D", agent_file, **(d_agent_options or {}))
-    elif progress:
+    s = prepare(G, D, g_spec, d_spec, dataroot, out, mode=mode, direction=direction, size=size, phase=phase,
+                calib_images=calib_images, calib_batch=calib_batch, seed=seed, g_budget=g_budget, d_budget=d_budget,
+                g_agent=g_agent, d_agent=d_agent, agent_file=agent_file, g_agent_options=g_agent_options,
+                d_agent_options=d_agent_options, latency_table=latency_table, latency_backend=latency_backend,
+                latency_threads=latency_threads, progress=progress, **evaluator_options)
+    evaluator, g, d, g_max, d_max = s.evaluator, s.g_agent, s.d_agent, s.g_budget, s.d_budget
+    if D is None and progress:
         print("G-only search: no discriminator checkpoint, so only G is scored and pruned (the balance and D "
               "terms are 0, no D-agent); fine-tuning trains a fresh D", flush=True)
     # the budgets are checked above, before the supernet (minutes) is trained

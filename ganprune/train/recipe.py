@@ -28,6 +28,7 @@ from torch import nn
 
 from ganprune.core.errors import UserError
 from ganprune.core.plugins import Registry, check_options
+from ganprune.models.registry import d_input
 from ganprune.train.losses import GAN_MODES, GANLoss
 
 RECIPES = Registry("recipe")
@@ -161,7 +162,7 @@ class Recipe:
 
     def d_input(self, D: nn.Module, a: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         """What D sees: cat(A, image) for a conditional D, else the image (``conditional_D``)."""
-        return torch.cat([a, image], 1) if self.conditional_D else image
+        return d_input(a, image, self.conditional_D)
 
     def teacher_output(self, a: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -45,11 +45,11 @@ class _NonFinite(Exception):
 
 # --------------------------------------------------------------------------- helpers
 
-def evaluate(G: nn.Module, teacher_G: nn.Module | None, dataset, device, precision="fp32", paired=True,
-             batch_size=16, num_workers: int = 0) -> dict:
-    """Mean |G(A) − B| (``val_L1``, paired data) and, with a teacher, |G(A) − teacher(A)|
-    (``val_L1_student_to_teacher``) over every pixel of ``dataset``, G in eval mode; reported only, never
-    used to choose weights."""
+def val_l1(G: nn.Module, teacher_G: nn.Module | None, dataset, device, precision="fp32", paired=True,
+           batch_size=16, num_workers: int = 0) -> dict:
+    """The periodic validation check: mean |G(A) − B| (``val_L1``, paired data) and, with a teacher,
+    |G(A) − teacher(A)| (``val_L1_student_to_teacher``) over every pixel of ``dataset``, G in eval mode;
+    reported only, never used to choose weights (the final evaluation is ``ganprune.evaluation.evaluate``)."""
     return l1_scores(G, dataset, device, precision, batch_size, reference=teacher_G, paired=paired,
                      num_workers=num_workers)
 
@@ -277,7 +277,7 @@ class _Run:
 
         def do_eval(row):
             if eval_dataset is not None and ddp.rank == 0:
-                row.update(evaluate(G, T_G, eval_dataset, dev, prec, paired, num_workers=num_workers))
+                row.update(val_l1(G, T_G, eval_dataset, dev, prec, paired, num_workers=num_workers))
 
         if start == 0 and not log.rows:
             do_eval(log.row(0, lr))
