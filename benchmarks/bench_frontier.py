@@ -1,0 +1,225 @@
+"""The compression frontier: how far each method compresses G and what quality it keeps, side by side.
+
+One teacher (the rank benchmark's: gray→color unet_64/ngf 32, 3,000 steps; 143 held-out val crops from photos
+that training, search and selection never see), G at 4×, 10× and 20× fewer MACs (the narrowest widths of this
+space give 31.5×, so 40× is out of its reach), the same seeds for every method. Methods, each one resumable
+``run_pipeline`` run:
+
+* ``ganprune default`` — supernet, collaborative greedy G/D agents, density fine-tune from the winner's slice;
+* ``uniform slice (supernet)`` — every G group at one fraction, filled to the budget, fine-tuned from its slice
+  of the same supernet (the supernet without a search);
+* ``anchors' recipe (uniform + distillation)`` — what OMGD/DCD do: a uniform student (L1-kept channels, no
+  supernet) trained by the strongest distillation recipe shipped (``--anchor-recipe``, default ``omgd`` when
+  present, else ``dcd``);
+* ``plain uniform + same fine-tune`` — uniform, L1-kept channels, no supernet, density fine-tune.
+
+Equal compute: the methods without a supernet get its steps added to their fine-tune (``supernet_steps`` +
+``finetune_steps``); the table reports each run's measured training seconds (search + prune + fine-tune stages)
+so the equality can be checked. Quality: PSNR/SSIM to the teacher and PSNR to ground truth (per-image mean on
+[0,1]); without ``--quick`` also KID to ground truth. Cost: the field's MACs convention (as GAN Compression
+counts, ``GMACs``) and ONNX Runtime milliseconds at 1 thread, every exported G and the teacher timed
+interleaved in one process (``ORT ×`` = teacher ms / G ms).
+
+Teacher parity: a row is at parity when its PSNR to ground truth is within 2 standard errors (over the held-out
+images) of the teacher's — the teacher's own per-image spread, fixed by the data, not by the method.
+
+    python benchmarks/bench_frontier.py --quick     # 4× and 10×, 2 seeds, 100 + 300 steps, no KID
+    python benchmarks/bench_frontier.py             # 4×, 10×, 20×, 3 seeds, 600 + 300 steps, KID
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from bench_rank import teacher_dir
+from ganprune.pipeline import run_pipeline
+
+# name: (run folder, agents, supernet, channel importance, recipe: None = the default density)
+METHODS = {
+    "ganprune default": ("default", "greedy", True, "l2", None),
+    "uniform slice (supernet)": ("uniform_slice", "template", True, "l2", None),
+    "anchors' recipe (uniform + distillation)": ("anchors", "template", False, "l1", "ANCHOR"),
+    "plain uniform + same fine-tune": ("plain_uniform", "template", False, "l1", None),
+}
+
+
+def settings(quick: bool) -> dict:
+    if quick:
+        return dict(ratios=(4, 10), seeds=2, finetune_steps=100, supernet_steps=300, fid=False, rounds=40)
+    return dict(ratios=(4, 10, 20), seeds=3, finetune_steps=600, supernet_steps=300, fid=True, rounds=60)
+
+
+def teacher_spaces(tdir: str, data: str):
+    """(G space, D space) of the benchmark teacher, as the search builds them."""
+    from ganprune.scoring.candidates import calibration_batches
+    from ganprune.search.setup import build_spaces
+    from ganprune.train.pair import load_pair
+    G, D, g_spec, d_spec = load_pair(tdir)
+    g_space, d_space, _ = build_spaces(G, D, calibration_batches(data, n_images=1, batch_size=1), g_spec, d_spec)
+    return g_space, d_space
+
+
+def uniform_widths_file(path: str, g_space, d_space, g_budget: float, d_budget: float) -> str:
+    """A widths.yaml with uniform widths filled to both budgets: every uniform method gets exactly these."""
+    from ganprune.core.io import atomic_write_yaml
+    from ganprune.search.budget import uniform_widths
+    atomic_write_yaml(path, {"generator": {"widths": uniform_widths(g_space, g_budget)},
+                             "discriminator": {"widths": uniform_widths(d_space, d_budget)}})
+    return path
+
+
+def anchor_recipe(name: str | None) -> str:
+    from ganprune.train.recipe import RECIPES
+    import ganprune.train  # noqa: F401  (registers the built-in recipes)
+    if name:
+        RECIPES.lookup(name)
+        return name
+    return "omgd" if "omgd" in RECIPES else "dcd"
+
+
+def _stage_seconds(out: str) -> float:
+    total = 0.0
+    for stage in ("search", "prune", "finetune"):
+        path = os.path.join(out, ".done", stage)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                total += float(yaml.safe_load(fh).get("seconds", 0.0))
+    return total
+
+
+def teacher_psnr_se(tdir: str, data: str) -> float:
+    """Standard error of the teacher's per-image PSNR to ground truth over the held-out split: the parity band's
+    half-width is twice this (the teacher's own spread, fixed by the data, the same for every method)."""
+    from ganprune.data.datasets import build_dataset
+    from ganprune.metrics.quality import psnr
+    from ganprune.pipeline import eval_phase
+    from ganprune.train.teacher import load_teacher
+    G, _, _ = load_teacher(tdir)
+    val = build_dataset(data, "aligned", eval_phase(data), flip=False)
+    values = []
+    with torch.no_grad():
+        for i in range(len(val)):
+            item = val[i]
+            values.append(float(psnr(G.eval()(item["A"][None]), item["B"][None])[0]))
+    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default="runs/bench_frontier")
+    ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--ratios", default=None, help="G MACs reductions, comma-separated (default 4,10,20; --quick 4,10)")
+    ap.add_argument("--threads", type=int, default=2, help="training threads (latency is always timed at 1)")
+    ap.add_argument("--anchor-recipe", default=None, help="recipe of the anchors' row (default omgd, else dcd)")
+    ap.add_argument("--teacher-steps", type=int, default=3000, help="the benchmark teacher's training steps")
+    ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    s = settings(args.quick)
+    seeds = args.seeds or s["seeds"]
+    ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(s["ratios"])
+    anchor = anchor_recipe(args.anchor_recipe)
+    data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), args.teacher_steps)
+
+    rows, onnx = [], {}
+    g_space, d_space = teacher_spaces(tdir, data)
+    os.makedirs(args.out, exist_ok=True)
+    for ratio in ratios:
+        budget = 1.0 / ratio
+        for seed in range(seeds):
+            shared = None
+            for method, (folder, agent, supernet, importance, recipe) in METHODS.items():
+                if args.methods and folder not in args.methods.split(","):
+                    continue
+                out = os.path.join(args.out, f"x{ratio:g}", folder, f"seed{seed}")
+                steps = s["finetune_steps"] + (0 if supernet else s["supernet_steps"])   # equal training steps
+                config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": agent,
+                          "d_agent": agent, "importance": importance, "fill": True,
+                          "recipe": anchor if recipe == "ANCHOR" else "density", "latency": False,
+                          "fid": s["fid"], "seed": seed, "finetune_steps": steps,
+                          "rounds": s["rounds"] if agent != "template" else 1,
+                          "supernet_steps": s["supernet_steps"] if supernet else 0}
+                if agent == "template":   # uniform: the same widths for every uniform method, at the budget
+                    config["widths"] = uniform_widths_file(os.path.join(args.out, f"uniform_x{ratio:g}.yaml"),
+                                                           g_space, d_space, budget, 0.5)
+                if supernet and shared and not os.path.isdir(os.path.join(out, "search", "supernet")):
+                    shutil.copytree(shared, os.path.join(out, "search", "supernet"))   # one supernet per (ratio, seed)
+                start = time.perf_counter()
+                result = run_pipeline(config, out, progress=False)
+                if supernet and shared is None:
+                    shared = os.path.join(out, "search", "supernet")
+                table = result["table"].set_index("model")
+                final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
+                onnx[(ratio, method, seed)] = os.path.join(out, "G.onnx")
+                onnx.setdefault(("teacher",), os.path.join(out, "G.onnx"))
+                rows.append({"reduction": f"{ratio:g}×", "method": method, "seed": seed,
+                             "G MACs ×": dense["GMACs"] / final["GMACs"],
+                             "PSNR vs teacher": final["PSNR vs teacher"],
+                             "SSIM vs teacher": final.get("SSIM vs teacher", float("nan")),
+                             "PSNR": final["PSNR"], "KID": final.get("KID", float("nan")),
+                             "teacher PSNR": dense["PSNR"], "teacher KID": dense.get("KID", float("nan")),
+                             "train s": _stage_seconds(out), "steps": steps + (s["supernet_steps"] if supernet else 0),
+                             "wall s": time.perf_counter() - start, "out": out})
+                print(f"  {ratio:g}x {method:42s} seed {seed}: PSNR {final['PSNR']:.2f}  vs teacher "
+                      f"{final['PSNR vs teacher']:.2f}", flush=True)
+    raw = pd.DataFrame(rows)
+    raw["ORT ×"] = _ort_speedups(raw, tdir)
+    raw.to_csv(os.path.join(args.out, "bench_frontier_runs.csv"), index=False)
+    _print(raw, s, seeds, anchor, tdir, teacher_psnr_se(tdir, data))
+
+
+def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
+    """Teacher ms / G ms on ONNX Runtime at 1 thread, every file timed interleaved in one process."""
+    from ganprune.deploy.export import export_onnx
+    from ganprune.metrics.latency import measure_latency
+    from ganprune.train.teacher import load_teacher
+    G, _, _ = load_teacher(tdir)
+    teacher_onnx = os.path.join(os.path.dirname(raw["out"].iloc[0]), "..", "..", "teacher_G.onnx")
+    teacher_onnx = os.path.normpath(teacher_onnx)
+    if not os.path.exists(teacher_onnx):
+        export_onnx(G.eval(), teacher_onnx, torch.randn(1, 3, 64, 64))
+    files = {"teacher": teacher_onnx, **{row.out: os.path.join(row.out, "G.onnx") for row in raw.itertuples()}}
+    timed = measure_latency(files, (1, 3, 64, 64), threads=1, repeats=30, backends=("onnxruntime",), progress=False)
+    ms = dict(zip(timed["model"], timed["median_ms"]))
+    return [ms["teacher"] / ms[out] for out in raw["out"]]
+
+
+def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: float) -> None:
+    metrics = [c for c in ("G MACs ×", "ORT ×", "PSNR vs teacher", "SSIM vs teacher", "PSNR", "KID", "train s")
+               if raw[c].notna().any()]
+    grouped = raw.groupby(["reduction", "method"], sort=False)
+    mean, std = grouped[metrics].mean(), grouped[metrics].std()
+    summary = mean.copy().astype(object)
+    for col in metrics:
+        summary[col] = [f"{m:.3g} ± {sd:.2g}" for m, sd in zip(mean[col], std[col])]
+    teacher = raw.iloc[0]
+    gap = mean["PSNR"] - float(teacher["teacher PSNR"])
+    summary["at parity"] = ["yes" if g >= -2 * se else "no" for g in gap]
+    print(f"\nteacher {tdir}: PSNR {teacher['teacher PSNR']:.2f} dB to ground truth on the 143 val crops; {seeds} "
+          f"seeds; fine-tune {s['finetune_steps']} steps (+{s['supernet_steps']} for the methods without the "
+          f"{s['supernet_steps']}-step supernet); anchors' recipe: {anchor}; MACs: the field's convention; "
+          f"ORT × at 1 thread, batch 1\n")
+    print(summary.reset_index().to_markdown(index=False))
+    print(f"\nparity: mean PSNR to ground truth within 2 × {se:.3f} dB (2 standard errors of the teacher's "
+          f"per-image PSNR) of the teacher's {float(teacher['teacher PSNR']):.2f} dB")
+    best = {}
+    for (reduction, method), ok in zip(summary.index, summary["at parity"]):
+        if ok == "yes":
+            best[method] = max(best.get(method, 0.0), float(reduction.rstrip("×")))
+    for method in dict.fromkeys(m for _, m in summary.index):
+        print(f"  {method}: largest reduction at parity {best[method]:g}×" if method in best
+              else f"  {method}: at parity at no reduction measured")
+
+
+if __name__ == "__main__":
+    main()
