@@ -28,7 +28,6 @@ Every run is a resumable ``run_pipeline`` output folder under ``--out``: a rerun
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -38,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pandas as pd
 import torch
 
+from _common import parser
 from bench_rank import teacher_dir
 from ganprune.pipeline import run_pipeline
 
@@ -60,16 +60,12 @@ def settings(quick: bool) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="runs/bench_pipeline")
+    ap = parser(__doc__, "bench_pipeline")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budgets", default="0.25,0.10", help="G MACs budgets, comma-separated (default 0.25,0.10)")
     ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     s = settings(args.quick)
     data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), 3000)
 

@@ -38,17 +38,18 @@ import pandas as pd
 import torch
 from scipy.stats import kendalltau, spearmanr
 
+from _common import cached_teacher, fid_features, outputs
 from ganprune.data.datasets import build_dataset
-from ganprune.data.demo import make_demo
+from ganprune.metrics.quality import fid_kid, psnr
 from ganprune.train.trainer import finetune
 from ganprune.search.setup import build_evaluator
-from ganprune.scoring.candidates import calibration_batches, recalibrate_batchnorm
+from ganprune.scoring.candidates import calibration_batches, item_batches, recalibrate_batchnorm
 from ganprune.search.finalists import Distiller
 from ganprune.search.budget import fill_budget, uniform_widths
 from ganprune.search.supernet import train_supernet
-from ganprune.train.teacher import load_teacher, train_teacher
+from ganprune.train.teacher import load_teacher
 
-TEACHER = dict(size=64, arch="unet_64", ngf=32, ndf=32, steps=3000, batch_size=4)
+TEACHER = dict(size=64, arch="unet_64", ngf=32, ndf=32, steps=3000)   # batch 4 (``cached_teacher``)
 
 
 def settings(quick: bool) -> dict:
@@ -61,10 +62,9 @@ def settings(quick: bool) -> dict:
 
 def teacher_dir(out: str, teacher_steps: int) -> tuple[str, str]:
     """(demo data root, teacher folder): the benchmarks' teacher, trained once and cached under ``out``."""
-    data = make_demo(os.path.join(out, "gray2color_64"), size=64, task="gray2color")["out"]
     tdir = os.path.join(out, f"teacher_unet64_ngf{TEACHER['ngf']}_{teacher_steps}")
-    train_teacher(data, tdir, arch=TEACHER["arch"], ngf=TEACHER["ngf"], ndf=TEACHER["ndf"], steps=teacher_steps,
-                  batch_size=TEACHER["batch_size"], save_every=250, eval_every=0, progress=True)
+    data = cached_teacher(os.path.join(out, "gray2color_64"), tdir, task="gray2color", steps=teacher_steps,
+                          **{k: TEACHER[k] for k in ("size", "arch", "ngf", "ndf")})
     return data, tdir
 
 
@@ -116,27 +116,7 @@ def uniform_at_budget(space, budget: float) -> dict:
 
 # --------------------------------------------------------------------------- fidelity
 
-@torch.no_grad()
-def val_outputs(G, val, n=None):
-    G.eval()
-    A = torch.stack([val[i]["A"] for i in range(len(val) if n is None else n)])
-    return torch.cat([G(A[i:i + 32]) for i in range(0, len(A), 32)])
-
-
-def psnr_to(x, y) -> float:
-    x, y = (x.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2
-    mse = ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1.0 / mse)).mean())
-
-
-def kid_to(x, y) -> float:
-    from ganprune.metrics.fid_inception import FIDInceptionFeatures
-    net = FIDInceptionFeatures()
-    fx = torch.cat([net(x[i:i + 16]) for i in range(0, len(x), 16)]).double().numpy()
-    fy = torch.cat([net(y[i:i + 16]) for i in range(0, len(y), 16)]).double().numpy()
-    d, m = fx.shape[1], len(fx)
-    kxx, kyy, kxy = (fx @ fx.T / d + 1) ** 3, (fy @ fy.T / d + 1) ** 3, (fx @ fy.T / d + 1) ** 3
-    return float(((kxx.sum() - np.trace(kxx)) + (kyy.sum() - np.trace(kyy))) / (m * (m - 1)) - 2 * kxy.mean())
+KID_IMAGES = 64   # --kid: KID to the teacher's outputs on the first this many val images, all in one subset
 
 
 class Judge:
@@ -144,8 +124,9 @@ class Judge:
 
     def __init__(self, out, T_G, T_D, train, val, ev, steps, kid):
         self.out, self.T_G, self.T_D, self.train, self.val, self.ev = out, T_G, T_D, train, val, ev
-        self.steps, self.kid = steps, kid
-        self.teacher_val = val_outputs(T_G, val)
+        self.steps = steps
+        _, self.val_B, self.teacher_val = outputs(T_G, val)
+        self.teacher_feats = fid_features(self.teacher_val[:KID_IMAGES]) if kid else None
         self.cache_file = os.path.join(out, f"judged_{fingerprint(T_G)}.json")   # per teacher
         self.cache = json.load(open(self.cache_file)) if os.path.exists(self.cache_file) else {}
 
@@ -160,10 +141,10 @@ class Judge:
         t = time.perf_counter()
         finetune(g, d, self.T_G, self.T_D, self.train, recipe="density", steps=self.steps, batch_size=4, seed=seed,
                  device="cpu", progress=False)
-        fake = val_outputs(g, self.val)
-        row = {"psnr_teacher": psnr_to(fake, self.teacher_val), "ft_seconds": time.perf_counter() - t}
-        if self.kid:
-            row["kid_teacher"] = kid_to(fake[:64], self.teacher_val[:64])
+        fake = outputs(g, self.val)[2]
+        row = {"psnr_teacher": float(psnr(fake, self.teacher_val).mean()), "ft_seconds": time.perf_counter() - t}
+        if self.teacher_feats is not None:
+            row["kid_teacher"] = fid_kid(self.teacher_feats, fid_features(fake[:KID_IMAGES]), fid=False)["kid_mean"]
         if os.path.exists(self.cache_file):   # merge: another run may share this cache
             self.cache.update(json.load(open(self.cache_file)))
         self.cache[key] = row
@@ -240,16 +221,12 @@ def calibration_study(T_G, T_D, data, common, ev, supernet, cands, d_widths, sli
     """τ of the slice density score against the from-slice fidelity for calibration sets of 16–128 images,
     the first n of the train split (the default) or n spread evenly over it (the split keeps each photo's
     crops together)."""
-    from ganprune.data.datasets import build_dataset
     split = build_dataset(data, mode="aligned", phase="train", flip=False)
     rows = []
     for n in (16, 32, 64, 128):
         for how, idx in (("first", list(range(n))), ("spread", [int(round(i * len(split) / n)) for i in range(n)])):
-            items = [split[i] for i in idx]
-            batches = [{"A": torch.stack([it["A"] for it in items[i:i + 8]]),
-                        "B": torch.stack([it["B"] for it in items[i:i + 8]]), "phase": "train"}
-                       for i in range(0, n, 8)]
-            other = build_evaluator(T_G, T_D, batches, g_space=ev.g_space, d_space=ev.d_space, **common)
+            other = build_evaluator(T_G, T_D, item_batches([split[i] for i in idx], 8, "train"), g_space=ev.g_space,
+                                    d_space=ev.d_space, **common)
             other.use_supernet(supernet)
             score = [other.score_pair(w, d_widths)["density"] for w in cands]
             rows.append({"G budget": f"{budget:.0%}", "calibration images": f"{how} {n}",
@@ -359,7 +336,7 @@ def main(argv=None):
     p.add_argument("--ft-seeds", type=int, help="fine-tune every rank-study candidate with this many seeds; "
                    "fidelity = their mean, and seed 0 vs seed 1 gives the noise ceiling of any scorer's τ")
     p.add_argument("--budgets", help="G MACs budgets, comma-separated (default 0.25,0.10)")
-    p.add_argument("--kid", action="store_true", help="also KID to the teacher's outputs (64 val images)")
+    p.add_argument("--kid", action="store_true", help=f"also KID to the teacher's outputs ({KID_IMAGES} val images)")
     p.add_argument("--skip-winners", action="store_true")
     p.add_argument("--skip-rank", action="store_true", help="winners only (the rank study's fine-tunes must be cached)")
     p.add_argument("--calib-study", action="store_true", help="also τ of the slice score for calibration sets of "
@@ -391,7 +368,7 @@ def main(argv=None):
             T_G, T_D, calibration_batches(data, "train", n_images=2 * s["calib"], batch_size=8), g_space=ev.g_space,
             d_space=ev.d_space, **common)}
     judge = Judge(args.out, T_G, T_D, train, val, ev, s["steps"], args.kid)
-    val_set_psnr = psnr_to(judge.teacher_val, torch.stack([val[i]["B"] for i in range(len(val))]))
+    val_set_psnr = float(psnr(judge.teacher_val, judge.val_B).mean())
     print(f"teacher: PSNR to ground truth on {len(val)} val images {val_set_psnr:.2f} dB")
     d_widths = ev.d_space.uniform(0.5)
 

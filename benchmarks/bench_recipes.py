@@ -30,7 +30,6 @@ compare recipes with KID ± std, within one table.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 import time
@@ -42,16 +41,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics.functional.image import structural_similarity_index_measure
 
+from _common import cached_teacher, fid_features, outputs, parser
 from ganprune.data.datasets import build_dataset
-from ganprune.data.demo import make_demo
 from ganprune.train.trainer import finetune
-from ganprune.metrics.quality import frechet_distance
+from ganprune.metrics.quality import fid_kid, psnr, ssim
+from ganprune.search.budget import widest_uniform
 from ganprune.search.setup import run_search
 from ganprune.pruning.physical import prune
 from ganprune.pruning.space import SearchSpace
-from ganprune.train.teacher import load_teacher, train_teacher
+from ganprune.train.teacher import load_teacher
 
 RECIPES = ("pix2pix", "density", "dgl", "dcd", "gcc", "omgd", "selfsup", "cyclegan", "output_l1")
 
@@ -70,13 +69,10 @@ def teacher_name(s: dict) -> str:
 
 
 def prepare(out: str, s: dict):
-    data = os.path.join(out, f"demo{s['size']}")
-    make_demo(data, size=s["size"])
     teacher_dir = os.path.join(out, teacher_name(s))
-    train_teacher(data, teacher_dir, arch=s["arch"], ngf=s["ngf"], ndf=s["ndf"], steps=s["teacher_steps"],
-                  batch_size=4, save_every=max(100, s["teacher_steps"] // 4), eval_every=0, progress=True)
-    G, D, spec = load_teacher(teacher_dir)
-    return data, G, D, spec
+    data = cached_teacher(os.path.join(out, f"demo{s['size']}"), teacher_dir, size=s["size"], arch=s["arch"],
+                          ngf=s["ngf"], ndf=s["ndf"], steps=s["teacher_steps"])
+    return (data, *load_teacher(teacher_dir))
 
 
 def closest_uniform(space: SearchSpace, target: float) -> tuple[dict, float]:
@@ -85,61 +81,6 @@ def closest_uniform(space: SearchSpace, target: float) -> tuple[dict, float]:
     best = min((abs(space.macs(space.uniform(f)) / full - target), f) for f in np.linspace(0.05, 1.0, 96))
     widths = space.uniform(best[1])
     return widths, space.macs(widths) / full
-
-
-def largest_uniform_within(space: SearchSpace, max_macs: int) -> tuple[dict, float]:
-    """The uniformly scaled widths with the most MACs not above ``max_macs``, and their width fraction.
-
-    Fractions are tried in 0.25% steps, finer than the spacing of the space's width choices."""
-    best = None
-    for f in np.arange(0.0025, 1.0001, 0.0025):
-        widths = space.uniform(float(f))
-        macs = space.macs(widths)
-        if macs <= max_macs and (best is None or macs > best[0]):
-            best = (macs, float(f), widths)
-    if best is None:
-        raise SystemExit(f"no uniform width fraction stays within {max_macs} MACs")
-    return best[2], best[1]
-
-
-@torch.no_grad()
-def outputs(G, dataset, n=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    G.eval()
-    items = [dataset[i] for i in range(len(dataset) if n is None else min(n, len(dataset)))]
-    A = torch.stack([it["A"] for it in items])
-    B = torch.stack([it["B"] for it in items])
-    fake = torch.cat([G(A[i:i + 16]) for i in range(0, len(A), 16)])
-    return A, B, fake
-
-
-def psnr_ssim(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    x, y = (x.clamp(-1, 1) + 1) / 2, (y.clamp(-1, 1) + 1) / 2
-    mse = ((x - y) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-    psnr = (10 * torch.log10(1.0 / mse)).mean().item()
-    return psnr, structural_similarity_index_measure(x, y, data_range=1.0).item()
-
-
-def fid_features(images: torch.Tensor) -> np.ndarray:
-    from ganprune.metrics.fid_inception import FIDInceptionFeatures
-    net = FIDInceptionFeatures()
-    with torch.no_grad():
-        return torch.cat([net(images[i:i + 8]) for i in range(0, len(images), 8)]).double().numpy()
-
-
-def kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int | None = None, seed: int = 0):
-    """Unbiased MMD² with the cubic polynomial kernel (Bińkowski et al.), mean ± std over subsets."""
-    rng = np.random.default_rng(seed)
-    # subsets of half the samples (at most 1000): subsets of all of them would all be the same set
-    size = size or max(2, min(len(a), len(b), 2000) // 2)
-    d = a.shape[1]
-    values = []
-    for _ in range(subsets):
-        x, y = a[rng.choice(len(a), size, replace=False)], b[rng.choice(len(b), size, replace=False)]
-        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
-        m = size
-        values.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                      - 2 * kxy.mean())
-    return float(np.mean(values)), float(np.std(values))
 
 
 class ValScorer:
@@ -155,14 +96,13 @@ class ValScorer:
     def __call__(self, name, G, extra) -> dict:
         _, _, fake = outputs(G, self.val_set)
         row = {"recipe": name, **extra}
-        row["PSNR GT"], row["SSIM GT"] = psnr_ssim(fake, self.B)
-        row["PSNR teacher"], row["SSIM teacher"] = psnr_ssim(fake, self.teacher_out)
+        for label, ref in (("GT", self.B), ("teacher", self.teacher_out)):
+            row[f"PSNR {label}"], row[f"SSIM {label}"] = float(psnr(fake, ref).mean()), float(ssim(fake, ref).mean())
         if self.real_feats is not None:
-            feats = fid_features(fake[:self.fid_n])
-            # exact, via an SVD of the small feature-product matrix: scipy's sqrtm of the 2048² covariance
-            # product is far slower (docs/benchmarks.md, other measured figures)
-            row["FID"] = frechet_distance(torch.from_numpy(self.real_feats), torch.from_numpy(feats))
-            row["KID×1e3"], row["KID std×1e3"] = (1000 * v for v in kid(feats, self.real_feats))
+            # KID over 50 subsets of half the images (at most 1000): subsets of all would all be the same set
+            r = fid_kid(self.real_feats, fid_features(fake[:self.fid_n]), kid_subsets=50,
+                        kid_subset_size=max(2, min(len(self.real_feats), 2000) // 2))
+            row["FID"], row["KID×1e3"], row["KID std×1e3"] = r["fid"], 1000 * r["kid_mean"], 1000 * r["kid_std"]
         print(f"  {name:24s} PSNR GT {row['PSNR GT']:.2f} dB  PSNR teacher {row['PSNR teacher']:.2f} dB"
               + (f"  FID {row['FID']:.1f}  KID×1e3 {row['KID×1e3']:.2f}" if "FID" in row else ""), flush=True)
         return row
@@ -198,11 +138,12 @@ def compare_uniform(args, s, data, TG, TD, spec, train_set, scorer) -> pd.DataFr
         ev = result.evaluator
         g_space, d_space = ev.g_space, ev.d_space
         g_full, d_full = g_space.macs(g_space.full_widths()), d_space.macs(d_space.full_widths())
-        g_uni, g_f = largest_uniform_within(g_space, int(result.best["g_macs"]))
-        d_uni, d_f = largest_uniform_within(d_space, int(result.best["d_macs"]))
+        # where no uniform fraction fits, widest_uniform gives the smallest widths: never above the winner's MACs
+        g_uni, d_uni = widest_uniform(g_space, result.best["g_macs"]), widest_uniform(d_space, result.best["d_macs"])
         pairs = {"searched": (result.best["g_widths"], result.best["d_widths"]), "uniform": (g_uni, d_uni)}
-        print(f"seed {seed}: search {len(result.history)} candidates ({result.seconds:.1f} s); uniform width "
-              f"fractions G {g_f:.4g}, D {d_f:.4g}", flush=True)
+        print(f"seed {seed}: search {len(result.history)} candidates ({result.seconds:.1f} s); uniform widths "
+              f"G {100 * g_space.macs(g_uni) / g_full:.1f}%, D {100 * d_space.macs(d_uni) / d_full:.1f}% MACs",
+              flush=True)
         for kind, (g_w, d_w) in pairs.items():
             print(f"  {kind} G widths {g_space.validate(g_w)}\n  {kind} D widths {d_space.validate(d_w)}")
             # the search's own builder: same channel ranking and BatchNorm re-estimation for both pairs;
@@ -233,10 +174,7 @@ def mean_std(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="runs/bench_recipes")
-    ap.add_argument("--threads", type=int, default=2)
+    ap = parser(__doc__, "bench_recipes")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset")
     ap.add_argument("--no-fid", action="store_true", help="skip FID/KID (the slow part on a CPU)")
     ap.add_argument("--seed", type=int, default=0, help="the (first) seed")

@@ -12,20 +12,20 @@ calibration inputs the objective scores (B·m images).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 import pandas as pd
 import torch
 
+from _common import cached_teacher, parser
+from ganprune.data.datasets import build_dataset
 from ganprune.search.agent import get_agent
-from ganprune.data.demo import make_demo
-from ganprune.scoring.candidates import CandidateEvaluator, calibration_batches
+from ganprune.scoring.candidates import CandidateEvaluator, calibration_batches, item_batches
 from ganprune.search.setup import build_evaluator
 from ganprune.search.budget import resolve_macs
 from ganprune.search.loop import search
-from ganprune.train.teacher import load_teacher, train_teacher
+from ganprune.train.teacher import load_teacher
 
 METHODS = {  # name: (G agent, D agent); "uniform" = the widest uniform scaling that fits (one candidate)
     "collab greedy": ("greedy", "greedy"),
@@ -42,20 +42,14 @@ def settings(quick: bool) -> dict:
 
 
 def prepare(out: str, s: dict):
-    data = os.path.join(out, f"demo{s['size']}")
-    make_demo(data, size=s["size"])
     teacher_dir = os.path.join(out, f"teacher_{s['arch']}_{s['ngf']}_{s['steps']}")
-    train_teacher(data, teacher_dir, arch=s["arch"], ngf=s["ngf"], ndf=s["ndf"], steps=s["steps"], batch_size=4,
-                  save_every=max(100, s["steps"] // 4), eval_every=0, progress=True)
-    G, D, spec = load_teacher(teacher_dir)
-    return data, G, D, spec
+    data = cached_teacher(os.path.join(out, f"demo{s['size']}"), teacher_dir, size=s["size"], arch=s["arch"],
+                          ngf=s["ngf"], ndf=s["ndf"], steps=s["steps"])
+    return (data, *load_teacher(teacher_dir))
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--out", default="runs/bench_search")
-    ap.add_argument("--threads", type=int, default=2)
+    ap = parser(__doc__, "bench_search")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -64,7 +58,8 @@ def main():
     data, G, D, spec = prepare(args.out, s)
 
     batches = calibration_batches(data, phase="train", n_images=s["calib"], batch_size=8)
-    val = [dict(b, phase="val") for b in _val_batches(data, s["val"])]
+    val_set = build_dataset(data, phase="val", flip=False)
+    val = item_batches([val_set[i] for i in range(min(s["val"], len(val_set)))], 8, "val")
     search_eval = build_evaluator(G, D, batches, g_spec=spec["G"], d_spec=spec["D"], m=s["m"], seed=args.seed)
     report_eval = CandidateEvaluator(G, D, search_eval.g_space, search_eval.d_space, val, search_eval.objective,
                                      allow_evaluation_split=True)
@@ -106,14 +101,6 @@ def main():
           f"calibration {s['calib']} train images, m={s['m']}; held-out: {s['val']} val images; "
           f"{args.threads} threads; dense-G forward over the calibration inputs = {dense_forward * 1000:.0f} ms\n")
     print(table.to_markdown(index=False, floatfmt=".4g"))
-
-
-def _val_batches(data, n):
-    from ganprune.data.datasets import build_dataset
-    ds = build_dataset(data, phase="val", flip=False)
-    items = [ds[i] for i in range(min(n, len(ds)))]
-    return [{"A": torch.stack([it["A"] for it in items[i:i + 8]]), "B": torch.stack([it["B"] for it in items[i:i + 8]])}
-            for i in range(0, len(items), 8)]
 
 
 if __name__ == "__main__":

@@ -99,6 +99,12 @@ def test_fid_kid_mean_std_seeded(monkeypatch):
     r = fid_kid(real, fake, kid_subsets=20)
     assert r["kid_std"] > 1e-6 and r["kid_subset_size"] == 6 and r["kid_subsets"] == 20
     assert fid_kid(real, fake, kid_subsets=20) == r                 # subsets are seeded
+    monkeypatch.undo()
+    assert fid_kid(real, fake, kid_subsets=20, kid_subset_size=6) == r   # the same subsets, asked for directly
+    whole = fid_kid(real, fake, kid_subsets=20, kid_subset_size=50)      # lowered to the 12 there are
+    assert whole["kid_subset_size"] == 12 and whole["kid_std"] is None
+    with pytest.raises(UserError, match="kid_subset_size"):
+        fid_kid(real, fake, kid_subset_size=1)
     assert fid_kid(real, real, kid=False)["fid"] == pytest.approx(0, abs=1e-8)
     with pytest.raises(UserError, match="at least 2"):
         fid_kid(real[:1], fake)

@@ -9,7 +9,7 @@ import torch
 import ganprune
 from ganprune.search.agent import Agent, get_agent, register_agent
 from ganprune.core.errors import UserError
-from ganprune.scoring.candidates import calibration_batches, guard_search_split
+from ganprune.scoring.candidates import calibration_batches, guard_search_split, item_batches
 from ganprune.search.setup import build_evaluator
 from ganprune.search.budget import resolve_macs
 from ganprune.search.loop import pareto_front, search
@@ -51,6 +51,16 @@ def test_search_never_sees_the_evaluation_split(tmp_path, pair):
         with pytest.raises(UserError, match="evaluation split"):
             calibration_batches(tmp_path, phase=phase)
     batches = [dict(b, phase="val") for b in _batches(1)]
+    with pytest.raises(UserError, match="evaluation split"):
+        build_evaluator(*pair, batches, m=2)
+
+
+def test_item_batches_keep_order_and_phase(pair):
+    items = [{"A": torch.full((3, 64, 64), float(i)), "B": torch.full((3, 64, 64), -float(i))} for i in range(5)]
+    batches = item_batches(items, 2, "val")
+    assert [len(b["A"]) for b in batches] == [2, 2, 1] and {b["phase"] for b in batches} == {"val"}
+    assert [float(a[0, 0, 0]) for b in batches for a in b["A"]] == [0, 1, 2, 3, 4]
+    assert torch.equal(batches[1]["B"][1], items[3]["B"])
     with pytest.raises(UserError, match="evaluation split"):
         build_evaluator(*pair, batches, m=2)
 

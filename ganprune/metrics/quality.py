@@ -214,18 +214,23 @@ def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
 
 
 def fid_kid(real: torch.Tensor, fake: torch.Tensor, fid: bool = True, kid: bool = True, kid_subsets: int = 100,
-            seed: int = 0) -> dict:
-    """FID (``frechet_distance``) and torchmetrics' KID (mean, std over subsets drawn with ``seed``)."""
+            seed: int = 0, kid_subset_size: int | None = None) -> dict:
+    """FID (``frechet_distance``) and torchmetrics' KID (mean, std over subsets drawn with ``seed``).
+
+    ``kid_subset_size`` (default ``KID_SUBSET_SIZE``) is lowered to the smaller set's size; below it, the
+    subsets differ and their std measures how much KID depends on which images were drawn."""
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise UserError(f"features must be [N, D] with equal D, got {list(real.shape)} and {list(fake.shape)}")
     if min(len(real), len(fake)) < 2:
         raise UserError(f"FID/KID need at least 2 real and 2 generated images, got {len(real)} and {len(fake)}")
+    if kid_subset_size is not None and not (isinstance(kid_subset_size, int) and kid_subset_size >= 2):
+        raise UserError(f"kid_subset_size: expected a whole number of images, at least 2, got {kid_subset_size!r}")
     real, fake = real.double().cpu(), fake.double().cpu()
     out = {}
     if fid:
         out["fid"] = frechet_distance(real, fake)
     if kid:
-        size = min(KID_SUBSET_SIZE, len(real), len(fake))
+        size = min(kid_subset_size or KID_SUBSET_SIZE, len(real), len(fake))
         with warnings.catch_warnings():   # "saves all features in a buffer": ours are already in memory
             warnings.simplefilter("ignore", UserWarning)
             metric = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=kid_subsets,

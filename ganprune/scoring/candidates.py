@@ -50,11 +50,16 @@ def calibration_batches(dataroot, phase="train", n_images=16, batch_size=8, mode
     from ganprune.data.datasets import build_dataset
     dataset = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size,
                             crop_size=size, flip=False)
-    n = min(n_images, len(dataset))
-    items = [dataset[i] for i in range(n)]
+    return item_batches([dataset[i] for i in range(min(n_images, len(dataset)))], batch_size, phase)
+
+
+def item_batches(items: list[dict], batch_size: int, phase: str) -> list[dict]:
+    """Dataset items stacked into the batches an evaluator scores (``{"A", "B", "phase"}``), in order: for
+    images chosen another way than ``calibration_batches``' first n. ``phase`` names their split (an
+    evaluation split is refused unless the evaluator is built with ``allow_evaluation_split``)."""
     return [{"A": torch.stack([it["A"] for it in items[i:i + batch_size]]),
              "B": torch.stack([it["B"] for it in items[i:i + batch_size]]), "phase": phase}
-            for i in range(0, n, batch_size)]
+            for i in range(0, len(items), batch_size)]
 
 
 @torch.no_grad()
