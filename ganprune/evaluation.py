@@ -95,7 +95,7 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
                           reference_features=reference, segmenter=segmenter, num_classes=num_classes,
                           progress=progress)
         c = complexity(net, (1, in_nc, h, w))
-        row = {"model": name, "GMACs": c["GMACs"], "params (M)": c["params_M"]}
+        row = {"model": name, "GMACs": c["GMACs"], "real GMACs": c["real_GMACs"], "params (M)": c["params_M"]}
         row.update({label: q[key] for key, label in COLUMNS.items()})
         row["eval s"] = q["seconds"]["total"]
         rows.append(row)
@@ -114,11 +114,12 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
 
 
 def report_markdown(table: pd.DataFrame, computed_on: dict) -> str:
+    from ganprune.metrics.complexity import MACS_NOTE
     from ganprune.metrics.quality import describe
     text = table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + describe(computed_on)
     if computed_on.get("latency"):
         text += f"; latency: {computed_on['latency']}"
-    return text + "\n"
+    return text + f"\n{MACS_NOTE}.\n"
 
 
 def write_report(table: pd.DataFrame, computed_on: dict, out) -> dict:

@@ -51,8 +51,9 @@ class Distiller:
                  lr: float = 2e-4, seed: int = 0):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise UserError(f"finalist_steps: expected an integer >= 1, got {steps!r}")
-        if len(data) < batch_size:
-            raise UserError(f"finalists: {len(data)} training image(s), fewer than the batch size {batch_size}")
+        if len(data) == 0:
+            raise UserError("finalists: no training images in the search split")
+        batch_size = min(batch_size, len(data))   # a tiny but valid data set: every batch is the whole set
         from ganprune.train.common import SeededItems, StepBatches, mix
         self.teacher, self.steps, self.lr = teacher_G.eval(), steps, lr
         self.items = SeededItems(data)   # item (index, seed): its augmentation is a function of the seed

@@ -230,6 +230,13 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
         raise UserError(f"supernet batch_size: expected an integer >= 1, got {batch_size!r}")
     if lambda_density and objective is None:
         raise UserError("supernet lambda_density > 0 needs the density objective (objective=...)")
+    if len(dataset) == 0:
+        raise UserError("supernet: no training images in the search split")
+    if len(dataset) < batch_size:   # a tiny but valid data set: every batch is the whole set
+        if progress:
+            print(f"supernet: {len(dataset)} training image(s), fewer than batch_size {batch_size}: batches of "
+                  f"{len(dataset)}", flush=True)
+        batch_size = len(dataset)
     dev = pick_device(device)
     teacher = teacher_G.to(dev).eval()
     first = dataset[0]["A"].unsqueeze(0).to(dev)
@@ -261,8 +268,6 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
                            "opt": opt.state_dict()}, out / STATE_FILE)
         atomic_torch_save({k: v.detach().cpu() for k, v in supernet.net.state_dict().items()}, out / WEIGHTS_FILE)
 
-    if len(dataset) < batch_size:
-        raise UserError(f"supernet: {len(dataset)} training image(s), fewer than batch_size {batch_size}")
     items = SeededItems(dataset)   # each item's augmentation is a function of its own seed
     batches = iter(StepBatches(len(dataset), batch_size, _mix(seed, 1), start_step, steps))
     pool_rng = _rng(seed, 1, 0)
