@@ -35,8 +35,8 @@ def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
              f" MACs, {d_text} (widths.yaml); fine-tuned with recipe "
              f"{config['recipe']} for {config['finetune_steps']} steps.\nFiles: pruned_G.pt / pruned_D.pt = the pruned "
              "pair before fine-tuning" + (" (pruned_D.pt: the fresh D)" if g_only else "") + "; finetune/G.pt / "
-             "finetune/D.pt = after fine-tuning (what ships); G.onnx = finetune/G.pt exported (BN folded; its "
-             "metadata_props name the stage, widths and threads)\n")
+             "finetune/D.pt = after fine-tuning; G.onnx = the G that ships, below, exported (BN folded; its "
+             "metadata_props name the file, widths and threads)\n")
     choice = read_yaml(os.path.join(out, "finetune", "choice.yaml"), "choice file")
     psnr = choice["psnr_vs_teacher"]
     which = "the fine-tuned G" if choice["ships"] == "finetune/G.pt" else \
@@ -131,15 +131,17 @@ def _to_pil(img):
 
 
 def finetune_made_worse(table) -> str | None:
-    """One line when fine-tuning ended further from the teacher than it started (PSNR vs teacher fell)."""
+    """One line when fine-tuning ended further from the teacher than it started (PSNR vs teacher fell on the
+    evaluation split); said only when the fine-tuned G ships anyway."""
     rows = table.set_index("model") if "model" in table.columns else table
     if TEACHER_PSNR not in rows.columns or not {BEFORE, AFTER} <= set(rows.index):
         return None
     before, after = float(rows.loc[BEFORE, TEACHER_PSNR]), float(rows.loc[AFTER, TEACHER_PSNR])
     if not after < before:
         return None
-    return (f"fine-tuning made G worse: PSNR vs teacher {before:.2f} -> {after:.2f} dB (pruned_G.pt, before "
-            "fine-tuning, is the closer one; try more steps, a lower lr or another recipe)")
+    return (f"fine-tuning made G worse on the evaluation split: PSNR vs teacher {before:.2f} -> {after:.2f} dB, "
+            "though it was the closer one on the held-out training images that chose what ships; try more steps, "
+            "a lower lr or another recipe")
 
 
 def pareto_png(history_csv, winner: Mapping, path, log: Callable[[str], None]) -> bool:

@@ -133,3 +133,32 @@ def test_pipeline_ships_the_better_of_pruned_and_fine_tuned(tiny, tmp_path, reci
     assert r["paths"]["pictures"].endswith("grid.png")
     grid = Image.open(r["paths"]["pictures"])
     assert grid.size == (4 * 128, 14 + GRID_ROWS * 128)    # input, teacher, pruned, pruned + fine-tuned
+
+
+# --------------------------------------------------------------------------- time before it is spent
+
+def test_forecast_says_the_expected_time_once_from_the_first_units(capsys):
+    import time
+
+    from ganprune.core.timing import Forecast, duration
+    f = Forecast("work", 20, unit="round")
+    for _ in range(20):
+        time.sleep(0.02)
+        f.tick()
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("work:")]
+    assert len(lines) == 1 and lines[0].startswith("work: 20 rounds, expected to take about ")
+    said = float(lines[0].split("about ")[1].split(" s")[0])
+    assert 0.2 <= said <= 2       # 20 × 0.02 s, give or take a busy machine
+    quiet = Forecast("short", 3)
+    for _ in range(3):
+        quiet.tick()
+    assert capsys.readouterr().out == ""
+    assert (duration(40), duration(210), duration(7200)) == ("40 s", "3.5 min", "2.0 h")
+
+
+def test_eval_says_its_expected_time_before_it_starts(tiny, capsys):
+    from ganprune.evaluation import evaluate
+    G = load_generator(arch="unet_64", ngf=8)
+    evaluate({"G": G}, tiny["dataroot"], n=5, fid=False, kid=False, teacher=G, progress=True)
+    out = capsys.readouterr().out
+    assert "evaluation: 2 generator(s) on 5 images, expected to take about" in out

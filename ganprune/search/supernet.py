@@ -219,6 +219,7 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
     weights as a plain state dict) and ``supernet_state.pt``."""
     from ganprune.core.device import pick_device
     from ganprune.core.io import atomic_torch_save
+    from ganprune.core.timing import Forecast
     from ganprune.models.checkpoint import safe_torch_load
     from ganprune.pruning.physical import channel_ranking
     from ganprune.train.common import SeededItems, StepBatches
@@ -274,6 +275,7 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
     random_pool = [supernet.sample(pool_rng, "random", max_macs) for _ in range(pool)]
     began = time.perf_counter()
     bar = range(start_step, steps)
+    forecast = Forecast("supernet", steps - start_step, enabled=progress)
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(bar, desc="supernet", initial=start_step, total=steps, leave=False)
@@ -294,6 +296,7 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
             loss.backward()
             total += float(loss.detach())
         opt.step()
+        forecast.tick()
         if progress:
             bar.set_postfix(loss=f"{total / len(sandwich):.4f}")
         if out is not None and ((step + 1) % save_every == 0 or step + 1 == steps):
