@@ -287,7 +287,7 @@ class _Run:
     def shipped(self) -> str:
         """The file the finetune stage chose to ship (``choose``)."""
         from ganprune.core.options import read_yaml
-        self.need("finetune/choice.yaml")
+        self.need("finetune/G.pt", "finetune/choice.yaml")
         choice = read_yaml(self.path("finetune", "choice.yaml"), "choice file")
         ships = choice.get("ships") if isinstance(choice, dict) else None
         if ships not in SHIPS_LABEL:
@@ -339,7 +339,7 @@ class _Run:
 
     def report(self) -> dict:
         from ganprune.report import write_run_report
-        self.need("evaluate/eval.csv", "G.onnx", "search/widths.yaml")
+        self.need("evaluate/eval.csv", "G.onnx", "search/widths.yaml", "finetune/choice.yaml")
         return write_run_report(self.out, self.c, self.log)
 
 
