@@ -65,8 +65,9 @@ def test_distiller_is_identical_for_every_call_and_moves_toward_the_teacher(pair
     assert after < before and not a.training
     with pytest.raises(UserError, match="finalist_steps"):
         Distiller(G, _Images(), steps=0)
-    with pytest.raises(UserError, match="fewer than the batch size"):
-        Distiller(G, _Images(n=2), steps=3)
+    assert len(Distiller(G, _Images(n=2), steps=3).keys[0]) == 2   # fewer images than a batch: all of them
+    with pytest.raises(UserError, match="no training images"):
+        Distiller(G, _Images(n=0), steps=3)
 
 
 class _RefineAware:
