@@ -83,11 +83,13 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
         raise UserError(f"FID/KID need RGB outputs but the generator makes {out_nc} channel(s); use --no-fid")
     if isinstance(segmenter, (str, os.PathLike)):
         segmenter = load_segmenter(segmenter)
-    extractor = load_feature_extractor(fid_weights) if (fid or kid) else None
-    reference = real_features(data, extractor, n, batch_size, device, progress) if extractor is not None else None
     h, w = data[0]["A"].shape[-2:]
     for name, net in nets.items():
         check_image_size(net, h, w, f"{name!r}")
+    extractor = load_feature_extractor(fid_weights) if (fid or kid) else None
+    if progress:
+        print(f"evaluation: {expected_seconds(nets, data, n, batch_size, extractor, teacher, device)}", flush=True)
+    reference = real_features(data, extractor, n, batch_size, device, progress) if extractor is not None else None
     rows, computed_on = [], None
     for name, net in nets.items():
         q = image_quality(net, data, teacher=teacher if name != "teacher" else None, fid=fid, kid=kid, n=n,
@@ -95,7 +97,7 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
                           reference_features=reference, segmenter=segmenter, num_classes=num_classes,
                           progress=progress)
         c = complexity(net, (1, in_nc, h, w))
-        row = {"model": name, "GMACs": c["GMACs"], "params (M)": c["params_M"]}
+        row = {"model": name, "GMACs": c["GMACs"], "real GMACs": c["real_GMACs"], "params (M)": c["params_M"]}
         row.update({label: q[key] for key, label in COLUMNS.items()})
         row["eval s"] = q["seconds"]["total"]
         rows.append(row)
@@ -113,12 +115,49 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
     return table[keep], computed_on
 
 
+def expected_seconds(nets: dict, data, n, batch_size: int, extractor, teacher, device) -> str:
+    """How long the evaluation will take, from one timed batch of every network it runs: each generator
+    (the teacher again for every row compared with it) and the feature network once per row plus once for
+    the real images. Latency timing, when asked for, comes on top."""
+    import time
+
+    import torch
+
+    from ganprune.core.device import pick_device
+    from ganprune.core.timing import duration
+    dev = pick_device(device or "auto")
+    count = min(n, len(data)) if n else len(data)
+    x = torch.stack([data[i]["A"] for i in range(min(batch_size, count))]).to(dev)
+
+    def timed(net, inputs):
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = net(inputs)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        return time.perf_counter() - start, out
+
+    seconds, fake = {}, None
+    for name, net in nets.items():
+        was = (next(net.parameters()).device, net.training)
+        net.to(dev).eval()
+        seconds[name], fake = timed(net, x)
+        net.to(was[0]).train(was[1])
+    per_batch = sum(seconds.values()) + (seconds["teacher"] * (len(nets) - 1) if teacher is not None else 0.0)
+    if extractor is not None:
+        per_batch += timed(extractor, fake.float())[0] * (len(nets) + 1)   # fed as image_quality feeds it
+    expected = per_batch * -(-count // len(x))
+    return (f"{len(nets)} generator(s) on {count} images, expected to take about {duration(expected)} "
+            f"(one timed batch of {len(x)} per network)")
+
+
 def report_markdown(table: pd.DataFrame, computed_on: dict) -> str:
+    from ganprune.metrics.complexity import MACS_NOTE
     from ganprune.metrics.quality import describe
     text = table.to_markdown(index=False, floatfmt=".4g") + "\n\n" + describe(computed_on)
     if computed_on.get("latency"):
         text += f"; latency: {computed_on['latency']}"
-    return text + "\n"
+    return text + f"\n{MACS_NOTE}.\n"
 
 
 def write_report(table: pd.DataFrame, computed_on: dict, out) -> dict:

@@ -20,9 +20,10 @@ __all__ = ["run_pipeline", "resolve_config", "eval_phase", "finetune_pruned"]
 
 # What each stage writes: its finished marker records their hashes and is trusted only while they match.
 STAGE_OUTPUTS = {"search": ("search/widths.yaml", "search/history.csv", "widths.yaml", "history.csv"),
-                 "prune": ("pruned_G.pt", "pruned_D.pt"), "finetune": ("finetune/G.pt", "finetune/D.pt"),
+                 "prune": ("pruned_G.pt", "pruned_D.pt"),
+                 "finetune": ("finetune/G.pt", "finetune/D.pt", "finetune/choice.yaml"),
                  "evaluate": ("evaluate/eval.csv", "evaluate/computed_on.yaml"), "export": ("G.onnx",),
-                 "report": ("metrics.csv", "metrics.md")}
+                 "report": ("metrics.csv", "metrics.md", "grid.png")}
 # Config keys whose change only invalidates the stages from this one on; every other key (the pair, the
 # data, the search) invalidates everything.
 _KEY_STAGE = {"recipe": "finetune", "finetune_steps": "finetune", "batch_size": "finetune",
@@ -30,6 +31,8 @@ _KEY_STAGE = {"recipe": "finetune", "finetune_steps": "finetune", "batch_size": 
 # Where the outputs go, how often fine-tuning checkpoints and how long an agent call may take are no part
 # of what the outputs are: changing them redoes nothing.
 _NOT_RESULTS = ("out", "save_every", "agent_timeout")
+PRUNED_G, TUNED_G = "pruned_G.pt", "finetune/G.pt"
+SHIPS_LABEL = {PRUNED_G: "the pruned G before fine-tuning", TUNED_G: "the fine-tuned pruned G"}
 
 
 def resolve_config(config: dict) -> dict:
@@ -48,13 +51,26 @@ def eval_phase(dataroot, mode: str = "aligned") -> str:
     return phase
 
 
+# The pipeline ships the better of the pruned and the fine-tuned G, judged by PSNR vs the teacher on this
+# many training images that fine-tuning does not train on (never on val/test: the evaluation stays honest).
+JUDGE_IMAGES = 16
+
+
+def judge_slice(n: int) -> list[int]:
+    """Indices of the training images that judge pruned vs fine-tuned G: ``JUDGE_IMAGES`` spread evenly over
+    a split of ``n``, at most a fifth of it; none below 5 images (then every training image judges)."""
+    k = min(JUDGE_IMAGES, n // 5)
+    return [(2 * i + 1) * n // (2 * k) for i in range(k)]
+
+
 def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, out, *, mode="aligned",
                     direction="AtoB", load_size=None, crop_size=None, train_phase="train", eval_images=None,
-                    progress=True, **trainer) -> dict:
+                    hold_out=(), progress=True, **trainer) -> dict:
     """Fine-tune the pruned files ``pruned_g``/``pruned_d`` (``pruned_d`` None: a trainable copy of the
     teacher's D, or with no teacher D either a fresh one built from ``d_spec``) on ``dataroot`` into ``out``; the val L1 checks run on the held-out
-    split (its first ``eval_images``), if there is one. ``trainer``: ``ganprune.train.trainer.finetune``'s
-    keywords (recipe, steps, batch_size, lr, ...). What ``ganprune finetune`` and the pipeline stage run."""
+    split (its first ``eval_images``), if there is one. ``hold_out``: indices of training images not to train
+    on. ``trainer``: ``ganprune.train.trainer.finetune``'s keywords (recipe, steps, batch_size, lr, ...).
+    What ``ganprune finetune`` and the pipeline stage run."""
     import copy
 
     from torch.utils.data import Subset
@@ -73,6 +89,9 @@ def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, 
         D = fresh_discriminator(d_spec, trainer.get("seed", 0))
     data = {"direction": direction, "load_size": load_size, "crop_size": crop_size}
     train = build_dataset(dataroot, mode, train_phase, **data)
+    if hold_out:
+        held = set(hold_out)
+        train = Subset(train, [i for i in range(len(train)) if i not in held])
     phase = held_out_phase(dataroot, mode)
     val = build_dataset(dataroot, mode, phase, flip=False, **data) if phase else None
     if val is not None and eval_images:   # the val L1 the trainer reports: on the images the evaluation uses
@@ -107,7 +126,8 @@ class _Run:
         for f in files:
             if not os.path.exists(self.path(f)):
                 stage = {"search/widths.yaml": "search", "pruned_G.pt": "prune", "pruned_D.pt": "prune",
-                         "finetune/G.pt": "finetune", "evaluate/eval.csv": "evaluate", "G.onnx": "export"}.get(f)
+                         "finetune/G.pt": "finetune", "finetune/choice.yaml": "finetune", "evaluate/eval.csv": "evaluate",
+                         "G.onnx": "export"}.get(f)
                 raise UserError(f"{self.path(f)}: not found; run the {stage} stage first (without --stage, "
                                 "the pipeline runs every unfinished stage in order)")
 
@@ -228,13 +248,57 @@ class _Run:
         TG, TD, _, d_spec = self.pair()
         c = self.c
         eval_phase(c["dataroot"], c["mode"])     # the evaluation needs a held-out split: say so now
+        judge = judge_slice(len(self.train_images()))
         r = finetune_pruned(self.path("pruned_G.pt"), self.path("pruned_D.pt"), TG, TD, d_spec, c["dataroot"],
                             self.path("finetune"), mode=c["mode"], direction=c["direction"], load_size=c["size"],
-                            crop_size=c["size"], train_phase=c["phase"], eval_images=c["eval_images"],
+                            crop_size=c["size"], train_phase=c["phase"], eval_images=c["eval_images"], hold_out=judge,
                             recipe=c["recipe"], steps=c["finetune_steps"], batch_size=c["batch_size"], seed=c["seed"],
                             save_every=c["save_every"], eval_every=0,   # val L1 at the start and end only
                             progress=self.progress)
-        return {k: r[k] for k in ("recipe", "steps", "steps_run", "val_L1", "val_L1_student_to_teacher", "device")}
+        choice = self.choose(judge)
+        return {**{k: r[k] for k in ("recipe", "steps", "steps_run", "val_L1", "val_L1_student_to_teacher", "device")},
+                "ships": choice["ships"]}
+
+    def train_images(self):
+        """The training split, unflipped, as the search and fine-tuning load it."""
+        from ganprune.data.datasets import build_dataset
+        c = self.c
+        return build_dataset(c["dataroot"], c["mode"], c["phase"], flip=False, direction=c["direction"],
+                             load_size=c["size"], crop_size=c["size"])
+
+    def choose(self, judge) -> dict:
+        """The better of pruned_G.pt and finetune/G.pt by PSNR vs the teacher on the training images ``judge``
+        (which fine-tuning did not train on; none: every training image): finetune/choice.yaml says which
+        ships, and the export stage exports that one."""
+        from torch.utils.data import Subset
+
+        from ganprune.core.io import atomic_write_yaml
+        from ganprune.metrics.quality import image_quality
+        from ganprune.pruning.physical import load_pruned
+        data = self.train_images()
+        on = (f"{len(judge)} training images held out of fine-tuning" if judge else
+              f"all {len(data)} training image(s) (too few to hold any out; fine-tuning trained on them)")
+        data = Subset(data, judge) if judge else data
+        TG = self.pair()[0]
+        psnr = {f: float(image_quality(load_pruned(self.path(*f.split("/"))), data, teacher=TG, fid=False, kid=False,
+                                       progress=False)["psnr_teacher"]) for f in (PRUNED_G, TUNED_G)}
+        ships = TUNED_G if psnr[TUNED_G] >= psnr[PRUNED_G] else PRUNED_G
+        choice = {"ships": ships, "judged_on": on, "psnr_vs_teacher": psnr}
+        atomic_write_yaml(self.path("finetune", "choice.yaml"), choice)
+        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}): PSNR vs teacher on {on}: before fine-tuning "
+                 f"{psnr[PRUNED_G]:.2f} dB, after {psnr[TUNED_G]:.2f} dB")
+        return choice
+
+    def shipped(self) -> str:
+        """The file the finetune stage chose to ship (``choose``)."""
+        from ganprune.core.options import read_yaml
+        self.need("finetune/G.pt", "finetune/choice.yaml")
+        choice = read_yaml(self.path("finetune", "choice.yaml"), "choice file")
+        ships = choice.get("ships") if isinstance(choice, dict) else None
+        if ships not in SHIPS_LABEL:
+            raise UserError(f"{self.path('finetune', 'choice.yaml')}: ships must be {PRUNED_G} or {TUNED_G}; "
+                            "rerun the finetune stage")
+        return ships
 
     def evaluate(self) -> dict:
         from ganprune.evaluation import evaluate, write_report
@@ -264,8 +328,8 @@ class _Run:
 
         from ganprune.deploy.export import export_onnx
         from ganprune.pruning.physical import load_pruned
-        self.need("finetune/G.pt")
-        G = load_pruned(self.path("finetune", "G.pt"))
+        ships = self.shipped()
+        G = load_pruned(self.path(*ships.split("/")))
         # Parity on real validation images: on a constant input InstanceNorm is degenerate (false alarms).
         from ganprune.data.datasets import build_dataset
         c = self.c
@@ -273,14 +337,14 @@ class _Run:
                             direction=c["direction"], load_size=c["size"], crop_size=c["size"])
         images = torch.stack([val[i]["A"] for i in range(min(2, len(val)))])
         r = export_onnx(G, self.path("G.onnx"), images[:1], images=images, threads="auto",
-                        metadata={"stage": "finetune (the fine-tuned pruned G, finetune/G.pt)",
+                        metadata={"stage": f"{SHIPS_LABEL[ships]} ({ships})",
                                   "teacher": self.c.get("teacher") or self.c.get("generator") or ""})
-        return {k: r[k] for k in ("exporter", "opset", "bytes", "max_abs_diff", "parity_input", "dynamic_hw",
-                                  "threads", "batchnorm_folded")}
+        return {"ships": ships, **{k: r[k] for k in ("exporter", "opset", "bytes", "max_abs_diff", "parity_input",
+                                                      "dynamic_hw", "threads", "batchnorm_folded")}}
 
     def report(self) -> dict:
         from ganprune.report import write_run_report
-        self.need("evaluate/eval.csv", "G.onnx", "search/widths.yaml")
+        self.need("evaluate/eval.csv", "G.onnx", "search/widths.yaml", "finetune/choice.yaml")
         return write_run_report(self.out, self.c, self.log)
 
 
@@ -407,7 +471,8 @@ def _run_stages(c: dict, out: str, stages, progress: bool) -> dict:
     metrics = os.path.join(out, "metrics.csv")
     table = pd.read_csv(metrics) if os.path.exists(metrics) else None
     paths = {name: os.path.join(out, f) for name, f in (
-        ("metrics", "metrics.csv"), ("report", "metrics.md"), ("pareto", "pareto.png"), ("onnx", "G.onnx"),
+        ("metrics", "metrics.csv"), ("report", "metrics.md"), ("pictures", "grid.png"), ("pareto", "pareto.png"),
+        ("onnx", "G.onnx"), ("choice", "finetune/choice.yaml"),
         ("pruned_G", "pruned_G.pt"), ("pruned_D", "pruned_D.pt"), ("finetuned_G", "finetune/G.pt"),
         ("finetuned_D", "finetune/D.pt"), ("widths", "widths.yaml"), ("history", "history.csv"),
         ("config", "config.yaml"), ("log", "log.txt")) if os.path.exists(os.path.join(out, f))}

@@ -1,11 +1,16 @@
-"""The pipeline's last stage: metrics.csv / metrics.md from the evaluation, and pareto.png of the search."""
+"""The pipeline's last stage: metrics.csv / metrics.md from the evaluation, pareto.png of the search and
+grid.png, the pictures (``image_grid``, also written by ``ganprune eval``)."""
 from __future__ import annotations
 
 import os
 from typing import Callable, Mapping
 
+from ganprune.core.errors import UserError
+
 BEFORE, AFTER = "pruned, before fine-tuning", "pruned + fine-tuned"
 TEACHER_PSNR = "PSNR vs teacher"
+GRID_ROWS = 4      # held-out images shown in grid.png (the same ones every run: spread evenly over the split)
+GRID_TILE = (128, 256)   # images are shown with their longer side in this range (small ones enlarged)
 
 
 def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
@@ -30,27 +35,113 @@ def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
              f" MACs, {d_text} (widths.yaml); fine-tuned with recipe "
              f"{config['recipe']} for {config['finetune_steps']} steps.\nFiles: pruned_G.pt / pruned_D.pt = the pruned "
              "pair before fine-tuning" + (" (pruned_D.pt: the fresh D)" if g_only else "") + "; finetune/G.pt / "
-             "finetune/D.pt = after fine-tuning (what ships); G.onnx = finetune/G.pt exported (BN folded; its "
-             "metadata_props name the stage, widths and threads)\n")
-    worse = finetune_made_worse(table)
+             "finetune/D.pt = after fine-tuning; G.onnx = the G that ships, below, exported (BN folded; its "
+             "metadata_props name the file, widths and threads)\n")
+    choice = read_yaml(os.path.join(out, "finetune", "choice.yaml"), "choice file")
+    psnr = choice["psnr_vs_teacher"]
+    which = "the fine-tuned G" if choice["ships"] == "finetune/G.pt" else \
+        "the pruned G before fine-tuning: fine-tuning did not bring G closer to the teacher"
+    ships = (f"Ships: {choice['ships']} ({which}), the better by PSNR vs "
+             f"teacher on {choice['judged_on']}: before fine-tuning {psnr['pruned_G.pt']:.2f} dB, after "
+             f"{psnr['finetune/G.pt']:.2f} dB. G.onnx is that file exported.")
+    text += f"\n{ships}\n"
+    log(f"report: {ships}")
+    worse = finetune_made_worse(table) if choice["ships"] == "finetune/G.pt" else None
     if worse:
         text += f"\n**Warning: {worse}**\n"
         log(f"report: warning: {worse}")
+    grid = os.path.join(out, "grid.png")
+    models = {"teacher": None, "pruned": os.path.join(out, "pruned_G.pt"),
+              "pruned + fine-tuned": os.path.join(out, "finetune", "G.pt")}
+    pipeline_grid(config, models, grid)
+    text += (f"\nPictures: grid.png (input, teacher, pruned before fine-tuning, pruned + fine-tuned; "
+             f"{GRID_ROWS} held-out images)\n")
+    log(f"report: pictures -> {grid}")
     atomic_write_text(os.path.join(out, "metrics.md"), text)
     return {"pareto_png": pareto_png(os.path.join(out, "history.csv"), winner, os.path.join(out, "pareto.png"), log),
-            "finetune_worse": bool(worse), "g_only": g_only}
+            "finetune_worse": bool(worse), "g_only": g_only, "ships": choice["ships"], "grid": grid}
+
+
+def pipeline_grid(config: Mapping, files: Mapping, path) -> None:
+    """grid.png of a pipeline run: the teacher (``None`` in ``files``) and the pruned-model files, on the
+    evaluation's split."""
+    from ganprune.data.datasets import held_out_phase
+    from ganprune.pruning.physical import load_pruned
+    from ganprune.train.pair import pair_from_options
+    c = config
+    teacher = pair_from_options(c)[0]
+    nets = {name: teacher if f is None else load_pruned(f) for name, f in files.items()}
+    image_grid(nets, c["dataroot"], path, phase=held_out_phase(c["dataroot"], c["mode"]), mode=c["mode"],
+               direction=c["direction"], size=c["size"])
+
+
+def grid_indices(n: int, rows: int = GRID_ROWS) -> list[int]:
+    """``rows`` items spread evenly over a split of ``n`` (all of them when fewer): fixed for a split."""
+    rows = min(rows, n)
+    return [(2 * i + 1) * n // (2 * rows) for i in range(rows)]
+
+
+def image_grid(models: Mapping, dataroot, path, phase: str = "val", mode: str = "aligned", direction: str = "AtoB",
+               size: int | None = None, rows: int = GRID_ROWS) -> dict:
+    """A PNG at ``path``: one row per held-out image (``grid_indices``), its input then each of ``models``'
+    outputs (name → generator, in order), a header naming the columns. Returns ``{"path", "rows", "columns"}``."""
+    import torch
+    from PIL import Image, ImageDraw
+
+    from ganprune.core.io import atomic_path
+    from ganprune.data.datasets import build_dataset
+    from ganprune.evaluation import _channels
+    in_nc, out_nc = _channels(next(iter(models.values())))
+    data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size,
+                         flip=False, input_nc=in_nc, output_nc=out_nc)
+    picked = grid_indices(len(data), rows)
+    if not picked:
+        raise UserError(f"{os.path.join(os.fspath(dataroot), phase)}: no images to show")
+    x = torch.stack([data[i]["A"] for i in picked])
+    columns = {"input": x}
+    with torch.inference_mode():
+        for name, net in models.items():
+            device = next(net.parameters()).device
+            was_training = net.training
+            net.eval()
+            columns[name] = net(x.to(device)).float().cpu()
+            net.train(was_training)
+    h, w = x.shape[-2:]
+    scale = min(max(1.0, GRID_TILE[0] / max(h, w)), GRID_TILE[1] / max(h, w))
+    th, tw = max(1, round(h * scale)), max(1, round(w * scale))
+    header = 14
+    sheet = Image.new("RGB", (tw * len(columns), header + th * len(picked)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, (name, images) in enumerate(columns.items()):
+        draw.text((j * tw + 2, 1), name[: max(4, tw // 6)], fill="black")
+        for i, img in enumerate(images):
+            sheet.paste(_to_pil(img).resize((tw, th), Image.NEAREST if scale > 1 else Image.BILINEAR),
+                        (j * tw, header + i * th))
+    with atomic_path(path) as tmp:
+        sheet.save(tmp, format="PNG", optimize=True)
+    return {"path": os.fspath(path), "rows": len(picked), "columns": list(columns)}
+
+
+def _to_pil(img):
+    """A C×H×W tensor in [-1, 1] as an 8-bit RGB image (1 channel: gray; more than 3: the first three)."""
+    from PIL import Image
+    img = img.clamp(-1, 1).add(1).mul(127.5).round().byte()
+    img = img.expand(3, *img.shape[1:]) if img.shape[0] == 1 else img[:3]
+    return Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB")
 
 
 def finetune_made_worse(table) -> str | None:
-    """One line when fine-tuning ended further from the teacher than it started (PSNR vs teacher fell)."""
+    """One line when fine-tuning ended further from the teacher than it started (PSNR vs teacher fell on the
+    evaluation split); said only when the fine-tuned G ships anyway."""
     rows = table.set_index("model") if "model" in table.columns else table
     if TEACHER_PSNR not in rows.columns or not {BEFORE, AFTER} <= set(rows.index):
         return None
     before, after = float(rows.loc[BEFORE, TEACHER_PSNR]), float(rows.loc[AFTER, TEACHER_PSNR])
     if not after < before:
         return None
-    return (f"fine-tuning made G worse: PSNR vs teacher {before:.2f} -> {after:.2f} dB (pruned_G.pt, before "
-            "fine-tuning, is the closer one; try more steps, a lower lr or another recipe)")
+    return (f"fine-tuning made G worse on the evaluation split: PSNR vs teacher {before:.2f} -> {after:.2f} dB, "
+            "though it was the closer one on the held-out training images that chose what ships; try more steps, "
+            "a lower lr or another recipe")
 
 
 def pareto_png(history_csv, winner: Mapping, path, log: Callable[[str], None]) -> bool:

@@ -71,8 +71,9 @@ def test_distiller_is_identical_for_every_call_and_moves_toward_the_teacher(pair
         finetune(copy.deepcopy(small), pair[1], G, None, _Images(), recipe=Distill, steps=1, progress=False)
     with pytest.raises(UserError, match="trains a discriminator too"):
         finetune(copy.deepcopy(small), None, G, None, _Images(), recipe="density", steps=1, progress=False)
-    with pytest.raises(UserError, match="fewer than the batch size"):
-        Distiller(G, _Images(n=2), steps=3)
+    assert Distiller(G, _Images(n=2), steps=3).schedule["batch_size"] == 2   # fewer images than a batch: all
+    with pytest.raises(UserError, match="no training images"):
+        Distiller(G, _Images(n=0), steps=3)
 
 
 class _RefineAware:

@@ -669,3 +669,100 @@ def test_two_searches_into_one_folder(evaluator, tmp_path):
     assert not (tmp_path / "history.csv").exists()
     _greedy_search(evaluator, 1, tmp_path)         # released: the next search runs
     assert len(pd.read_csv(tmp_path / "history.csv")) >= 1 and not (tmp_path / ".lock").exists()
+
+
+# =========================================================================== the last hostile inputs (issue 23)
+
+@pytest.mark.parametrize("shape, needle", [([1, 3, -64, 64], "-64"), ([1, 3, "64", 64], "'64'"),
+                                           ([1, 3, 10 ** 6, 10 ** 6], "1000000"), ([1, 3, 64], "[1, 3, 64]"),
+                                           ([1, 3, 12000, 12000], "12000")])
+def test_pruned_file_with_a_bad_input_shape_is_one_line(tiny, tmp_path, capsys, shape, needle):
+    data = torch.load(tiny["P"], weights_only=True)
+    torch.save({**data, "input_shape": shape}, tmp_path / "bad.pt")
+    with pytest.raises(UserError, match="input_shape"):
+        load_pruned(tmp_path / "bad.pt")
+    _one_line_exit_2(["export", "--pruned", tmp_path / "bad.pt", "--onnx", tmp_path / "bad.onnx"], capsys,
+                     "bad.pt", "input_shape", needle)
+    assert sorted(os.listdir(tmp_path)) == ["bad.pt"]
+
+
+def _latency_search(tiny, table, out):
+    return ["search", "--generator", tiny["G"], "--discriminator", tiny["D"], "--g-arch", "unet_64", "--ngf", "8",
+            "--ndf", "8", "--dropout", "--dataroot", tiny["data"], "--calib-images", "4", "--m", "2", "--rounds", "1",
+            "--supernet-steps", "0", "--g-budget", "5ms", "--latency-table", table, "--out", out]
+
+
+@pytest.mark.parametrize("content, needle", [
+    ("backend: torch\nfull: [1, 2\n layers: }\n", "not valid YAML"),
+    (yaml.safe_dump({"backend": "torch+fold", "threads": 2, "input_shape": [1, 3, 64, 64], "full": {"down1": 8},
+                     "layers": [], "fit": [float("nan"), 0.0, 0.0]}), "fit must be 3 finite non-negative numbers"),
+    (yaml.safe_dump({"full": {"down1": 8}, "layers": [{"ms": [[1.0, float("inf")]]}], "fit": [1.0, 0.0, 0.0]}),
+     "ms finite"),
+])
+def test_a_broken_latency_table_is_named_in_one_line(tiny, tmp_path, capsys, content, needle):
+    table = tmp_path / "latency.yaml"
+    table.write_text(content)
+    before = _bytes_and_mtime(table)
+    _one_line_exit_2(_latency_search(tiny, table, tmp_path / "out"), capsys, str(table), needle)
+    assert _bytes_and_mtime(table) == before
+    assert not (tmp_path / "out" / "history.csv").exists()
+
+
+def test_a_single_training_image_is_a_valid_data_set(tiny, tmp_path):
+    """The supernet and the finalists' distiller train on batches of the whole set when it is smaller."""
+    from ganprune.data.datasets import build_dataset
+    from ganprune.search.finalists import Distiller
+    from ganprune.search.supernet import train_supernet
+    from torch.utils.data import Subset
+    G = load_generator(tiny["G"], arch="unet_64", ngf=8, dropout=True).eval()
+    one = Subset(build_dataset(tiny["data"], "aligned", "train"), [0])
+    ev = _tiny_space(G)
+    supernet = train_supernet(G, ev, one, steps=2, batch_size=4, progress=False, device="cpu")
+    assert supernet is not None
+    g = ganprune.prune(G, ev.uniform(0.5), torch.zeros(1, 3, 64, 64))
+    w0 = [p.detach().clone() for p in g.parameters()]
+    Distiller(G, one, steps=1, batch_size=4)(g)
+    assert any(not torch.equal(a, b) for a, b in zip(w0, g.parameters()))   # it trained
+    with pytest.raises(UserError, match="no training images"):
+        train_supernet(G, ev, Subset(one, []), steps=1, progress=False, device="cpu")
+
+
+def _tiny_space(G):
+    from ganprune.pruning.space import SearchSpace
+    return SearchSpace.from_model(G, torch.zeros(1, 3, 64, 64), arch="unet_64")
+
+
+def test_openvino_export_name_is_checked_before_openvino_is_imported(tiny, tmp_path, capsys):
+    _one_line_exit_2(["export", "--pruned", tiny["P"], "--format", "openvino", "--out", tmp_path / "model"], capsys,
+                     "--format openvino", ".xml")
+    _one_line_exit_2(["export", "--pruned", tiny["P"], "--format", "pte", "--out", tmp_path / "m.onnx"], capsys,
+                     ".pte")
+    assert os.listdir(tmp_path) == []
+
+
+def test_dynamo_export_of_an_instance_norm_resnet_prints_no_traceback(tmp_path, capsys):
+    pytest.importorskip("onnxscript")   # the dynamo exporter; without it the legacy one runs (no converter)
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "R.pth", load_generator(arch="resnet_9blocks", ngf=4, norm="instance"))
+    assert main(["export", "--generator", str(tmp_path / "R.pth"), "--arch", "resnet_9blocks", "--ngf", "4",
+                 "--norm", "instance", "--size", "32", "--onnx", str(tmp_path / "R.onnx")]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "size:" in captured.out
+    assert (tmp_path / "R.onnx").stat().st_size > 0
+
+
+def test_a_write_that_runs_out_of_space_is_one_line_and_leaves_nothing_half_written(tiny, tmp_path, capsys):
+    """A file-size limit stands in for a full disk: the first file over it fails its write."""
+    import resource
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(tiny["config"]))
+    out = tmp_path / "run"
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))     # Python ignores SIGXFSZ: writes fail EFBIG
+    try:
+        err = _one_line_exit_2(["prune", "--config", cfg, "--out", out], capsys, "cannot write (File too large)")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert str(out) in err and ".pt" in err
+    leftovers = [os.path.join(d, f) for d, _, files in os.walk(out) for f in files if f.startswith(".tmp-")]
+    assert leftovers == []

@@ -17,20 +17,19 @@ KINDS = ("generator", "discriminator")
 ])
 def _archs(args):
     import pandas as pd
-    import torch
-    import torch_pruning as tp
 
+    from ganprune.metrics.complexity import MACS_NOTE, complexity
     from ganprune.models.registry import DISCRIMINATORS, GENERATORS, build
     rows = []
     for kind, table in (("generator", GENERATORS), ("discriminator", DISCRIMINATORS)):
         for name in table:
             net = build(name, kind)
             size = max(args.size, int(name[5:])) if name.startswith("unet_") else args.size
-            x = torch.zeros(1, 6 if kind == "discriminator" else 3, size, size)
-            macs, params = tp.utils.count_ops_and_params(net, x)
-            rows.append({"arch": name, "kind": kind, "params": int(params), "size": size,
-                         "GMACs": round(macs / 1e9, 3)})
+            c = complexity(net, (1, 6 if kind == "discriminator" else 3, size, size))
+            rows.append({"arch": name, "kind": kind, "params": c["params"], "size": size,
+                         "GMACs": round(c["GMACs"], 3), "real GMACs": round(c["real_GMACs"], 3)})
     print(pd.DataFrame(rows).to_markdown(index=False))
+    print(MACS_NOTE)
 
 
 @command("space", "show the prunable channel groups of an arch: full width, allowed widths, MACs/params share", [
@@ -184,7 +183,7 @@ with FID)."""
              Option("teacher_for_reference", kind="path", help="train-teacher folder: adds PSNR/SSIM vs its outputs "
                     "and its own row"),
          ) + EVAL_DATA + (
-             Option("out", kind="path", help="folder for eval.csv and eval.md"),
+             Option("out", kind="path", help="folder for eval.csv, eval.md and grid.png (input and outputs of a few images)"),
          ))
 def _eval(args):
     from ganprune.evaluation import evaluate, load_model, report_markdown, write_report
@@ -197,5 +196,12 @@ def _eval(args):
     table, computed_on = evaluate({label: G}, **pick(args, EVAL_DATA), kid=args.fid, teacher=teacher)
     print(report_markdown(table, computed_on), end="")
     if args.out:
+        import os
+
+        from ganprune.report import image_grid
         paths = write_report(table, computed_on, args.out)
-        print(f"-> {paths['csv']}, {paths['md']}")
+        grid = image_grid({**({"teacher": teacher} if teacher is not None else {}), label: G}, args.dataroot,
+                          os.path.join(args.out, "grid.png"), phase=args.phase, mode=args.mode,
+                          direction=args.direction, size=args.size)
+        print(f"-> {paths['csv']}, {paths['md']}, {grid['path']} (input, "
+              f"{', '.join(grid['columns'][1:])}; {grid['rows']} images)")

@@ -78,7 +78,7 @@ def _demo(args):
     import torch
 
     from ganprune.demo import demo_pipeline
-    from ganprune.metrics.complexity import macs_params
+    from ganprune.metrics.complexity import MACS_NOTE, macs_params
     from ganprune.train.teacher import demo_teacher, load_teacher
     t0 = time.perf_counter()
     r = demo_teacher(args.out, quick=args.quick, task=args.task, device=args.device, precision=args.precision)
@@ -100,10 +100,13 @@ def _demo(args):
     for name, path in r["paths"].items():
         print(f"  {name:5s} {path}")
     p = demo_pipeline(r, quick=args.quick)
-    cols = [c for c in ("model", "GMACs", "D GMACs", "params (M)", "ms torch", "ms onnxruntime", "FID", "KID",
-                        "PSNR", "PSNR vs teacher") if c in p["table"].columns]
+    cols = [c for c in ("model", "GMACs", "real GMACs", "D GMACs", "params (M)", "ms torch", "ms onnxruntime", "FID",
+                        "KID", "PSNR", "PSNR vs teacher") if c in p["table"].columns]
     print(p["table"][cols].to_markdown(index=False, floatfmt=".4g"))
+    print(MACS_NOTE)
     print(f"pruning: {', '.join(f'{k} {v}' for k, v in p['stages'].items())} in {p['seconds']:.1f} s; "
           f"demo wall time {time.perf_counter() - t0:.1f} s")
     for name, path in p["paths"].items():
         print(f"  {name:12s} {path}")
+    if "pictures" in p["paths"]:
+        print(f"pictures (input, teacher, pruned, pruned + fine-tuned): {p['paths']['pictures']}")

@@ -1,12 +1,15 @@
 """Atomic file writes: a kill mid-write never leaves a half-written output behind."""
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from contextlib import contextmanager
 
 import torch
 import yaml
+
+from ganprune.core.errors import UserError
 
 
 @contextmanager
@@ -33,14 +36,26 @@ def _umask() -> int:
 
 
 def atomic_torch_save(obj, path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Serialized in memory first: torch's own file writer reports a full disk as an internal assertion
+    ("unexpected pos"), a plain write says which error it was."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
+
+
+def atomic_write_bytes(path, data) -> None:
+    """``data`` written atomically; a failed write (no space left, a file-size limit, an I/O error) is one
+    line naming the file and the cause, and leaves the old file, if any, untouched."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+    except OSError as exc:
+        raise UserError(f"{os.fspath(path)}: cannot write ({exc.strerror or exc})") from None
 
 
 def atomic_write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_yaml(path, data) -> None:

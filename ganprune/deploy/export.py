@@ -12,6 +12,7 @@ checked the same way, through ``ganprune.deploy.runtimes``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -92,6 +93,25 @@ def second_size(net: nn.Module, example: torch.Tensor) -> tuple[int, int] | None
     return None
 
 
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The dynamo exporter logs its fallbacks as warnings, one with a full traceback (an opset it cannot
+    convert down to is kept, e.g. 18 for InstanceNorm's Pad): an export that succeeded must not read as a
+    crash. The opset actually written is reported with the result."""
+    import logging
+    loggers = [logging.getLogger(name) for name in ("onnxscript", "torch.onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 def _export(net: nn.Module, example: torch.Tensor, path: str, opset: int, dynamic_batch: bool, exporter: str,
             dynamic_hw: bool = False) -> None:
     if exporter == "dynamo":
@@ -99,9 +119,10 @@ def _export(net: nn.Module, example: torch.Tensor, path: str, opset: int, dynami
         x = torch.cat([example[:1], example[:1].flip(-1)], 0) if dynamic_batch and example.shape[0] == 1 else example
         dims = {**({0: torch.export.Dim("batch")} if dynamic_batch else {}),
                 **({2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO} if dynamic_hw else {})}
-        torch.onnx.export(net, (x,), path, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-                          output_names=[OUTPUT_NAME], dynamic_shapes=(dims,) if dims else None,
-                          external_data=False, verbose=False)
+        with _quiet_exporter():
+            torch.onnx.export(net, (x,), path, dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
+                              output_names=[OUTPUT_NAME], dynamic_shapes=(dims,) if dims else None,
+                              external_data=False, verbose=False)
         return
     batch = {0: "batch"} if dynamic_batch else {}
     axes = ({INPUT_NAME: {**batch, **({2: "height", 3: "width"} if dynamic_hw else {})},
@@ -296,8 +317,11 @@ def export_model(model: nn.Module, path, example_input: torch.Tensor, fmt: str |
     """
     import tempfile
 
-    from ganprune.deploy.runtimes import format_of, load_runner, require, write_openvino, write_pte
+    from ganprune.deploy.runtimes import FORMATS, format_of, load_runner, require, write_openvino, write_pte
     fmt = fmt or format_of(path)
+    if fmt != "onnx" and fmt in FORMATS and not os.fspath(path).lower().endswith(FORMATS[fmt]):
+        # OpenVINO names its .bin after the .xml: checked before the runtime is imported, whether or not it is
+        raise UserError(f"{os.fspath(path)}: --format {fmt} writes a file ending in {FORMATS[fmt]}; name it so")
     require(fmt)
     if fmt == "onnx":
         return export_onnx(model, path, example_input, threads=threads, images=images, metadata=metadata,

@@ -23,6 +23,7 @@ slower and erratic, and slow ONNX Runtime in the same process; ``benchmarks/benc
 from __future__ import annotations
 
 import copy
+import math
 import os
 import tempfile
 from typing import Callable, Mapping
@@ -268,19 +269,29 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path) -> "LatencyTable":
-        import yaml
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = yaml.safe_load(fh)
-        except OSError as exc:
-            raise UserError(f"{path}: cannot read latency table ({exc.strerror})") from None
+        from ganprune.core.options import read_yaml
+        data = read_yaml(path, "latency table")
         if not isinstance(data, dict) or not {"full", "layers", "fit"} <= set(data):
             raise UserError(f"{path}: not a latency table (expected keys full, layers, fit)")
+        fit, layers = data["fit"], data["layers"]
+        if not (isinstance(fit, list) and len(fit) == 3 and all(_finite(v) and v >= 0 for v in fit)):
+            raise UserError(f"{path}: fit must be 3 finite non-negative numbers [s, a, b], got {fit!r}; "
+                            "delete the table to measure it again")
+        if not isinstance(data["full"], dict) or not isinstance(layers, list) or not all(
+                isinstance(layer, dict) and isinstance(layer.get("ms"), list)
+                and all(isinstance(row, list) and all(_finite(v) and v >= 0 for v in row) for row in layer["ms"])
+                for layer in layers):
+            raise UserError(f"{path}: full must be a mapping and every layer's ms finite non-negative numbers; "
+                            "delete the table to measure it again")
         return cls(data)
 
     def __repr__(self) -> str:
         return (f"LatencyTable({len(self.data['layers'])} convs, {self.data['backend']}, "
                 f"{self.data['threads']} threads, dense {self.predict({}):.1f} ms)")
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _fit_whole_model(rows) -> list[float]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import numbers
 import os
 from dataclasses import dataclass
@@ -173,12 +174,24 @@ def save_pruned(path, model: nn.Module, spec: Mapping, widths: Mapping[str, int]
     input_shape = input_shape if input_shape is not None else (info.input_shape if info else None)
     if input_shape is None:
         raise UserError("save_pruned: input_shape unknown; pass the example input shape the net was pruned with")
-    if not all(isinstance(d, int) and d > 0 for d in input_shape):
-        raise UserError(f"save_pruned: input_shape must be positive integers, got {input_shape!r}")
+    _check_input_shape(input_shape, "save_pruned: input_shape")
     data = {"format": FORMAT, "spec": dict(spec), "widths": {str(k): int(v) for k, v in widths.items()},
             "input_shape": [int(d) for d in input_shape],
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     atomic_torch_save(data, path)
+
+
+# The example input is traced on load: a shape beyond any image a GAN is run on (4 dims, each side at most
+# 16384 pixels, 2^27 values = 512 MiB of float32) is a damaged or hostile file, not a model.
+_MAX_SIDE, _MAX_VALUES = 16384, 2 ** 27
+
+
+def _check_input_shape(shape, where: str) -> None:
+    ok = isinstance(shape, (list, tuple)) and len(shape) == 4 and all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 < d <= _MAX_SIDE for d in shape)
+    if not ok or math.prod(shape) > _MAX_VALUES:
+        raise UserError(f"{where}: expected 4 positive integers [N, C, H, W] (each at most {_MAX_SIDE}, "
+                        f"at most {_MAX_VALUES:,} values), got {repr(shape)[:80]}")
 
 
 def _check_spec(spec, where: str) -> None:
@@ -202,6 +215,7 @@ def load_pruned(path) -> nn.Module:
         if not isinstance(data.get(key), kind):
             raise UserError(f"{source}: field {key!r} missing or not a {kind.__name__.lower()}")
     spec, widths = dict(data["spec"]), dict(data["widths"])
+    _check_input_shape(data["input_shape"], f"{source}: field 'input_shape'")
     _check_spec(spec, f"{source}: spec")
     check_arch_allowed(spec["arch"], f"{source}: spec")
     kind = spec.get("kind") or kind_of(spec["arch"])

@@ -61,8 +61,9 @@ class Distiller:
                  lr: float = 2e-4, seed: int = 0):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise UserError(f"finalist_steps: expected an integer >= 1, got {steps!r}")
-        if len(data) < batch_size:
-            raise UserError(f"finalists: {len(data)} training image(s), fewer than the batch size {batch_size}")
+        if len(data) == 0:
+            raise UserError("finalists: no training images in the search split")
+        batch_size = min(batch_size, len(data))   # a tiny but valid data set: every batch is the whole set
         self.teacher, self.data = teacher_G.eval(), data
         self.schedule = {"steps": steps, "batch_size": batch_size, "lr": lr, "decay_from": 1.0, "seed": seed,
                          "save_every": steps}

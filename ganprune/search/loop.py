@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from ganprune.search.agent import Feedback, call_agent
 from ganprune.search.budget import as_budget, fill_budget, uniform_widths
 from ganprune.core.errors import UserError
+from ganprune.core.timing import Forecast
 from ganprune.core.guard import DEFAULT_TIMEOUT, PluginTimeout
 from ganprune.core.io import atomic_write_text, atomic_write_yaml
 from ganprune.core.outdir import run_lock
@@ -329,6 +330,7 @@ class CollaborativeSearch:
         g_peer, d_peer = self._replay()
         start = len(self.rows)
         bar = tqdm(total=self.rounds, initial=start, desc="search", disable=not self.progress, leave=False)
+        forecast = Forecast("search", self.rounds - start, unit="round", enabled=self.progress)
         index = start
         while index < self.rounds or (index < self.max_rounds and self.best() is None):
             if self._call(self.g_agent, "G", "done()", self.g_agent.done) and (
@@ -349,6 +351,7 @@ class CollaborativeSearch:
                 raise UserError(f"search stopped at round {index}: {exc} (history kept in "
                                 f"{self.history_path or 'memory'})") from None
             bar.update(1)
+            forecast.tick()
             best = self.best()
             bar.set_postfix(best=f"{best['score']:.4g}" if best else "-", evals=self.evaluator.evaluations)
             if row["error"] and self.on_agent_error == "stop":

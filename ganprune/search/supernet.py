@@ -304,6 +304,13 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
     from ganprune.pruning.physical import channel_ranking
     from ganprune.train.trainer import finetune
 
+    if len(dataset) == 0:
+        raise UserError("supernet: no training images in the search split")
+    if len(dataset) < batch_size:   # a tiny but valid data set: every batch is the whole set
+        if progress:
+            print(f"supernet: {len(dataset)} training image(s), fewer than batch_size {batch_size}: batches of "
+                  f"{len(dataset)}", flush=True)
+        batch_size = len(dataset)
     first = dataset[0]["A"].unsqueeze(0).to(next(teacher_G.parameters()).device)
     teacher_G.eval()
     ranking = ranking if ranking is not None else channel_ranking(teacher_G, first)

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ganprune.core.device import autocast, make_grad_scaler, resolve_precision, to_channels_last
 from ganprune.core.errors import UserError
 from ganprune.core.options import FINETUNE_RUN, defaults
+from ganprune.core.timing import Forecast
 from ganprune.train.distributed import Dist, RankSlice
 from ganprune.train.outputs import RunFiles
 from ganprune.train.recipe import Recipe, get_recipe
@@ -316,8 +317,10 @@ class _Loop:
         # time and steps since the last save count only once that save happens (a restore discards them)
         failures, retries, steps_run, pending, t_run, run_seconds = 0, 0, 0, 0, 0.0, 0.0
         step = start
-        bar = tqdm(total=steps, initial=start, desc=f"{run.files.label if run.files else 'finetune'} {run.cls.name}",
-                   unit="step", disable=not progress or ddp.rank != 0, dynamic_ncols=True)
+        label = f"{run.files.label if run.files else 'finetune'} {run.cls.name}"
+        bar = tqdm(total=steps, initial=start, desc=label, unit="step", disable=not progress or ddp.rank != 0,
+                   dynamic_ncols=True)
+        forecast = Forecast(label, steps - start, enabled=progress and ddp.rank == 0)
         while step < steps:
             sampler = RankSlice(StepBatches(len(dataset), batch_size * ddp.world, seed, step, steps), ddp.rank,
                                  batch_size)
@@ -342,6 +345,7 @@ class _Loop:
                     t_run += time.perf_counter() - t0
                     pending += 1
                     step += 1
+                    forecast.tick()
                     eval_now = (eval_every and step % eval_every == 0) or step == steps
                     if step % log.every == 0 or eval_now:
                         row = log.row(step, sched["lr"] * factor)
