@@ -72,8 +72,10 @@ def uniform_widths_file(path: str, g_space, d_space, g_budget: float, d_budget: 
     """A widths.yaml with uniform widths filled to both budgets: every uniform method gets exactly these."""
     from ganprune.core.io import atomic_write_yaml
     from ganprune.search.budget import uniform_widths
-    atomic_write_yaml(path, {"generator": {"widths": uniform_widths(g_space, g_budget)},
-                             "discriminator": {"widths": uniform_widths(d_space, d_budget)}})
+    def at(space, fraction):   # a fraction of the dense MACs (a bare number would be MACs)
+        return uniform_widths(space, fraction * space.macs(space.full_widths()))
+    atomic_write_yaml(path, {"generator": {"widths": at(g_space, g_budget)},
+                             "discriminator": {"widths": at(d_space, d_budget)}})
     return path
 
 
