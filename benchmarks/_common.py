@@ -39,6 +39,22 @@ def fid_features(images: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
     return torch.cat([net(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
+def run_sharing_supernet(config: dict, out: str, shared: str | None, supernet: bool) -> tuple[dict, str | None, float]:
+    """``run_pipeline(config, out)`` with the supernet of its (budget, seed) copied in when one was trained
+    already (``shared``); returns the result, the supernet folder to share from now on and the wall seconds."""
+    import shutil
+    import time
+
+    from ganprune.pipeline import run_pipeline
+    if supernet and shared and not os.path.isdir(os.path.join(out, "search", "supernet")):
+        shutil.copytree(shared, os.path.join(out, "search", "supernet"))
+    start = time.perf_counter()
+    result = run_pipeline(config, out, progress=False)
+    if supernet and shared is None:
+        shared = os.path.join(out, "search", "supernet")
+    return result, shared, time.perf_counter() - start
+
+
 def parser(doc: str, name: str) -> argparse.ArgumentParser:
     """``--quick``, ``--out`` (default ``runs/<name>``) and ``--threads`` (torch's intra-op threads, default 2)."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])

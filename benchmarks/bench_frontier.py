@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -40,8 +38,8 @@ import pandas as pd
 import torch
 import yaml
 
+from _common import run_sharing_supernet
 from bench_rank import teacher_dir
-from ganprune.pipeline import run_pipeline
 
 # name: (run folder, agents, supernet, channel importance, recipe: None = the default density)
 METHODS = {
@@ -133,7 +131,7 @@ def main():
     anchor = anchor_recipe(args.anchor_recipe)
     data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), args.teacher_steps)
 
-    rows, onnx = [], {}
+    rows = []
     g_space, d_space = teacher_spaces(tdir, data)
     os.makedirs(args.out, exist_ok=True)
     for ratio in ratios:
@@ -154,16 +152,9 @@ def main():
                 if agent == "template":   # uniform: the same widths for every uniform method, at the budget
                     config["widths"] = uniform_widths_file(os.path.join(args.out, f"uniform_x{ratio:g}.yaml"),
                                                            g_space, d_space, budget, 0.5)
-                if supernet and shared and not os.path.isdir(os.path.join(out, "search", "supernet")):
-                    shutil.copytree(shared, os.path.join(out, "search", "supernet"))   # one supernet per (ratio, seed)
-                start = time.perf_counter()
-                result = run_pipeline(config, out, progress=False)
-                if supernet and shared is None:
-                    shared = os.path.join(out, "search", "supernet")
+                result, shared, wall = run_sharing_supernet(config, out, shared, supernet)   # one supernet per (budget, seed)
                 table = result["table"].set_index("model")
                 final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
-                onnx[(ratio, method, seed)] = os.path.join(out, "G.onnx")
-                onnx.setdefault(("teacher",), os.path.join(out, "G.onnx"))
                 rows.append({"reduction": f"{ratio:g}×", "method": method, "seed": seed,
                              "G MACs ×": dense["GMACs"] / final["GMACs"],
                              "PSNR vs teacher": final["PSNR vs teacher"],
@@ -171,7 +162,7 @@ def main():
                              "PSNR": final["PSNR"], "KID": final.get("KID", float("nan")),
                              "teacher PSNR": dense["PSNR"], "teacher KID": dense.get("KID", float("nan")),
                              "train s": _stage_seconds(out), "steps": steps + (s["supernet_steps"] if supernet else 0),
-                             "wall s": time.perf_counter() - start, "out": out})
+                             "wall s": wall, "out": out})
                 print(f"  {ratio:g}x {method:42s} seed {seed}: PSNR {final['PSNR']:.2f}  vs teacher "
                       f"{final['PSNR vs teacher']:.2f}", flush=True)
     raw = pd.DataFrame(rows)

@@ -29,17 +29,14 @@ Every run is a resumable ``run_pipeline`` output folder under ``--out``: a rerun
 from __future__ import annotations
 
 import os
-import shutil
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pandas as pd
 import torch
 
-from _common import parser
+from _common import parser, run_sharing_supernet
 from bench_rank import teacher_dir
-from ganprune.pipeline import run_pipeline
 
 METHODS = {  # name: (run folder, G agent, D agent, rounds override, channel importance, supernet, finalists)
     "ganprune (greedy agents)": ("ganprune_greedy_f0", "greedy", "greedy", None, "l2", True, 0),
@@ -84,12 +81,7 @@ def main():
                           "d_agent": d_agent, "importance": importance, "fill": True, "recipe": "density",
                           "latency": True, "seed": seed, **s, "rounds": rounds or s["rounds"],
                           "supernet_steps": s["supernet_steps"] if supernet else 0, "finalists": finalists}
-                if supernet and shared and not os.path.isdir(os.path.join(out, "search", "supernet")):
-                    shutil.copytree(shared, os.path.join(out, "search", "supernet"))
-                start = time.perf_counter()
-                result = run_pipeline(config, out, progress=False)
-                if supernet and shared is None:
-                    shared = os.path.join(out, "search", "supernet")
+                result, shared, wall = run_sharing_supernet(config, out, shared, supernet)   # one supernet per (budget, seed)
                 table = result["table"].set_index("model")
                 final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
                 rows.append({"G budget": f"{budget:.0%}", "method": method, "seed": seed,
@@ -100,7 +92,7 @@ def main():
                              "PSNR before fine-tuning (vs teacher)": table.loc["pruned, before fine-tuning",
                                                                                "PSNR vs teacher"],
                              "teacher PSNR": dense["PSNR"],
-                             "wall s": time.perf_counter() - start})
+                             "wall s": wall})
                 print(f"  {method:28s} {budget:.0%} seed {seed}: PSNR {final['PSNR']:.2f}  "
                       f"vs teacher {final['PSNR vs teacher']:.2f}", flush=True)
     raw = pd.DataFrame(rows)

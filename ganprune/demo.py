@@ -13,7 +13,7 @@ from ganprune.pipeline import run_pipeline
 # density objective and recipe. Sized so that the full demo (teacher included) stays under ~10 minutes on
 # 2 CPU cores and --quick under ~2 (measured run times: docs/benchmarks.md). Fine-tuning is short: the winner
 # starts from its supernet slice, already distilled from the teacher, and the density recipe's GAN + ground-truth
-# L1 move it away from the teacher the longer it runs on this set (docs/benchmarks.md, "Never ship worse").
+# L1 move it away from the teacher the longer it runs on this set (docs/benchmarks.md, "The demo never ships worse").
 DEMO_PRUNE = {
     "quick": {"rounds": 30, "calib_images": 8, "finetune_steps": 60, "fid": False, "eval_images": None,
               "supernet_steps": 40},

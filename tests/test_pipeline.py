@@ -17,18 +17,21 @@ OUTPUTS = ["metrics.csv", "metrics.md", "pareto.png", "G.onnx", "pruned_G.pt", "
            "finetune/D.pt", "widths.yaml", "history.csv", "config.yaml", "search/history.csv"]
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """Fresh-init unet_64 (ngf 8) / basic (ndf 8) checkpoints and the 64² demo set, as a prune config
-    (uniform 'template' agents: one evaluation each, so the search costs a second)."""
-    root = tmp_path_factory.mktemp("pipeline")
+def tiny_config(root, **overrides) -> dict:
+    """Fresh-init unet_64 (ngf 8) / basic (ndf 8) checkpoints and the 64² demo set under ``root``, as a prune
+    config (uniform 'template' agents: one evaluation each, so the search costs a second)."""
     torch.manual_seed(0)
     save_checkpoint(root / "G.pth", load_generator(arch="unet_64", ngf=8))
     save_checkpoint(root / "D.pth", load_discriminator(ndf=8))
     data = make_demo(root / "data", size=64, task="gray2color")["out"]
     return {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64", "ngf": 8,
-            "ndf": 8, "dataroot": data, "g_agent": "template", "d_agent": "template", "rounds": 4, "calib_images": 8, "finetune_steps": 3, "supernet_steps": 4, "fid": False,
-            "eval_images": 8, "latency": False}
+            "ndf": 8, "dataroot": data, "g_agent": "template", "d_agent": "template", "rounds": 4, "calib_images": 8,
+            "finetune_steps": 3, "supernet_steps": 4, "fid": False, "eval_images": 8, "latency": False, **overrides}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_config(tmp_path_factory.mktemp("pipeline"))
 
 
 def _mtimes(out):

@@ -1,7 +1,6 @@
 """What a user sees and can trust: the pictures, the better-of-two choice, both MAC counts, stage forecasts."""
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -11,23 +10,16 @@ from PIL import Image
 from torch import nn
 
 from ganprune.cli import main
-from ganprune.data.demo import make_demo
 from ganprune.metrics.complexity import complexity
-from ganprune.models.checkpoint import load_discriminator, load_generator, save_checkpoint
+from ganprune.models.checkpoint import load_generator
 from ganprune.pipeline import judge_slice, run_pipeline
 from ganprune.report import GRID_ROWS, grid_indices, image_grid
+from test_pipeline import tiny_config
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trust")
-    torch.manual_seed(0)
-    save_checkpoint(root / "G.pth", load_generator(arch="unet_64", ngf=8))
-    save_checkpoint(root / "D.pth", load_discriminator(ndf=8))
-    data = make_demo(root / "data", size=64, task="gray2color")["out"]
-    return {"generator": str(root / "G.pth"), "discriminator": str(root / "D.pth"), "g_arch": "unet_64", "ngf": 8,
-            "ndf": 8, "dataroot": data, "g_agent": "template", "d_agent": "template", "rounds": 2, "calib_images": 4,
-            "finetune_steps": 3, "supernet_steps": 4, "fid": False, "eval_images": 4, "latency": False}
+    return tiny_config(tmp_path_factory.mktemp("trust"), rounds=2, calib_images=4, eval_images=4)
 
 
 # --------------------------------------------------------------------------- both MAC counts

@@ -198,6 +198,28 @@ class Recipe:
         return net
 
 
+class TeacherOutputDistillation:
+    """Mixin for recipes that distil the teacher's output and tapped features (OMGD, DCD): the optional online
+    teacher (``self.online``, an ``OnlineTeacher`` or None) trains in its own phases, and each forward gathers
+    the student's and the teacher's tapped features (``self.s_taps``, ``self.t_taps``) beside the outputs."""
+
+    def extra_optimizers(self, lr, beta1):
+        return self.online.optimizers(lr, beta1) if self.online else {}
+
+    def extra_loss(self, name, out):
+        return self.online.loss(name, out)
+
+    def forward(self, batch):
+        out = super().forward(batch)
+        out["student_feats"] = self.s_taps.features()
+        if self.online:
+            self.online.forward(out)
+        else:
+            out["teacher_fake"] = self.teacher_output(batch["A"])
+        out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
+        return out
+
+
 class OnlineTeacher:
     """Trainable copies of the teacher G and D, trained alongside the student on the pix2pix loss
     (D: ½(D(A, B) → real + D(A, G_T(A)) → fake); G_T: GAN + λ_L1·|G_T(A) − B|₁) with the recipe's ``gan``:

@@ -32,12 +32,12 @@ from torch import nn
 
 from ganprune.train.losses import GANLoss
 from ganprune.train.perceptual import Perceptual
-from ganprune.train.recipe import (OnlineTeacher, Recipe, connector, discriminator_taps, generator_taps,
-                                   register_recipe, tap_channels)
+from ganprune.train.recipe import (OnlineTeacher, Recipe, TeacherOutputDistillation, connector, discriminator_taps,
+                                   generator_taps, register_recipe, tap_channels)
 
 
 @register_recipe("dcd")
-class DCD(Recipe):
+class DCD(TeacherOutputDistillation, Recipe):
     needs_teacher_D = True
     trains_student_D = False
     OPTIONS = {"lambda_style": 1e4, "lambda_feature": 10.0, "lambda_dcd": 1.0, "lambda_teacher_gan": 0.0,
@@ -65,22 +65,6 @@ class DCD(Recipe):
 
     def generator_extras(self):
         return [self.s_conn]
-
-    def extra_optimizers(self, lr, beta1):
-        return self.online.optimizers(lr, beta1) if self.online else {}
-
-    def extra_loss(self, name, out):
-        return self.online.loss(name, out)
-
-    def forward(self, batch):
-        out = super().forward(batch)
-        out["student_feats"] = self.s_taps.features()
-        if self.online:
-            self.online.forward(out)
-        else:
-            out["teacher_fake"] = self.teacher_output(batch["A"])
-        out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
-        return out
 
     def _d_features(self, a, pseudo):
         pseudo = F.interpolate(pseudo, size=a.shape[-2:], mode="bilinear", align_corners=False)

@@ -28,11 +28,12 @@ from torch import nn
 
 from ganprune.train.losses import GANLoss
 from ganprune.train.perceptual import Perceptual, ssim_loss, total_variation
-from ganprune.train.recipe import OnlineTeacher, Recipe, connector, generator_taps, register_recipe, tap_channels
+from ganprune.train.recipe import (OnlineTeacher, Recipe, TeacherOutputDistillation, connector, generator_taps,
+                                   register_recipe, tap_channels)
 
 
 @register_recipe("omgd")
-class OMGD(Recipe):
+class OMGD(TeacherOutputDistillation, Recipe):
     OPTIONS = {"lambda_ssim": 10.0, "lambda_style": 1e4, "lambda_feature": 10.0, "lambda_tv": 1e-5, "lambda_cd": 10.0,
                "online": True, "gan_mode": "vanilla", "lambda_l1": 100.0, "student_gan": False, "lambda_gan": 1.0,
                "feature_stages": 4, "feature_size": 0}
@@ -55,22 +56,6 @@ class OMGD(Recipe):
 
     def generator_extras(self):
         return [self.connectors]
-
-    def extra_optimizers(self, lr, beta1):
-        return self.online.optimizers(lr, beta1) if self.online else {}
-
-    def extra_loss(self, name, out):
-        return self.online.loss(name, out)
-
-    def forward(self, batch):
-        out = super().forward(batch)
-        out["student_feats"] = self.s_taps.features()
-        if self.online:
-            self.online.forward(out)
-        else:
-            out["teacher_fake"] = self.teacher_output(batch["A"])
-        out["teacher_feats"] = [f.detach() for f in self.t_taps.features()]
-        return out
 
     def channel_distillation(self, out):
         return sum(torch.mean((c(s).float().mean((2, 3)) - t.float().mean((2, 3))) ** 2)
