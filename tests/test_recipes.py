@@ -343,3 +343,16 @@ def test_template_is_a_working_recipe(nets):
     import ganprune.train.recipes.template  # noqa: F401  (registers "template")
     history = train(make(nets, "template"), nets["batch"], 12, lr=1e-3)
     falls(history, "G_distill")
+
+
+def test_perceptual_network_backpropagates_after_an_evaluation_loaded_it():
+    """The evaluation loads the shared FID network under torch.inference_mode; the perceptual losses of omgd/dcd
+    back-propagate through the same network afterwards (inference tensors would refuse)."""
+    from ganprune.metrics import fid_inception
+    fid_inception._cache.clear()
+    with torch.inference_mode():
+        fid_inception.load_fid_inception()
+    x = (torch.rand(1, 3, 64, 64) * 2 - 1).requires_grad_()
+    feats = fid_inception.InceptionStages(4, 0)(x)
+    sum(f.mean() for f in feats).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

@@ -48,12 +48,14 @@ def load_fid_inception(device=None) -> torch.jit.ScriptModule:
     device = torch.device(device or "cpu")
     key = str(device)
     if key not in _cache:
-        with warnings.catch_warnings():   # torch 2.13 flags jit.load as deprecated; the file is TorchScript
-            warnings.simplefilter("ignore", DeprecationWarning)
+        # never inference tensors, even when first loaded under torch.inference_mode (the evaluation): the
+        # perceptual losses back-propagate through the same shared network
+        with torch.inference_mode(False), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # torch 2.13 flags jit.load; the file is TorchScript
             net = torch.jit.load(weights_path(), map_location="cpu").eval()
-        for p in net.parameters():
-            p.requires_grad_(False)
-        _cache[key] = net.to(device)
+            for p in net.parameters():
+                p.requires_grad_(False)
+            _cache[key] = net.to(device)
     return _cache[key]
 
 
@@ -142,6 +144,8 @@ class InceptionStages(nn.Module):
                         if len(out) == len(wanted):
                             return out
             except RuntimeError as exc:
+                if "size" not in str(exc).lower():
+                    raise
                 raise UserError(f"feature network: {images.shape[-2]}x{images.shape[-1]} images are too small for "
                                 f"{self.stages} Inception stages; resize them (feature_size) or use fewer "
                                 f"stages ({str(exc).splitlines()[0][:80]})") from None
