@@ -1,4 +1,13 @@
 import os
+import sys
+
+# The tests run against the installed ganprune, as its users run it. `python -m pytest` puts the checkout first
+# on sys.path, and the package folder there lacks agents/ and search_spaces/: a plain install carries them
+# inside the package, an editable one maps them (setup.cfg's package_dir). Subprocesses the tests start get
+# PYTHONSAFEPATH for the same reason (python -c / -m would put their working directory first).
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _CHECKOUT]
+os.environ["PYTHONSAFEPATH"] = "1"
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning threads starve every
 # other process (a 2-thread training step measured 0.6 vs 69 steps/s with another job running). Must be set

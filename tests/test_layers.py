@@ -19,12 +19,12 @@ ENTRY = ("ganprune.cli", "ganprune.__main__")   # the command line: on top, impo
 TIERS = [
     ("ganprune.core",),                          # errors, files, options, plugins, threads, device, timing
     ("ganprune.models", "ganprune.data"),        # networks + checkpoints; datasets
-    ("ganprune.pruning",),                       # dependency graph, search space, physical pruning
+    ("ganprune.pruning", "ganprune.search_spaces"),   # dependency graph, search space (+ its YAMLs), pruning
     ("ganprune.deploy",),                        # BN folding, ONNX export, edge runtimes
     ("ganprune.metrics",),                       # MACs, latency, image quality
     ("ganprune.scoring",),                       # density objective, candidate scores
     ("ganprune.train",),                         # one trainer, recipes, teacher, the dense pair
-    ("ganprune.search",),                        # agents, budgets, supernet, the loop, its setup
+    ("ganprune.search", "ganprune.agents"),      # agent protocol (+ the built-in agents), budgets, supernet, loop
     ("ganprune.evaluation",),                    # final evaluation of trained generators
     ("ganprune.report",),                        # tables, plots, pictures
     ("ganprune.nni", "ganprune.pipeline"),       # the search as an NNI experiment; all stages in order
@@ -145,7 +145,7 @@ def test_no_symlinks_in_the_package():
 def test_a_plain_install_carries_agents_and_search_spaces(tmp_path):
     """``pip install .`` (not editable) puts the top-level agents/ and search_spaces/ inside the package."""
     pytest.importorskip("setuptools")
-    source = ROOT.parent
+    source = pathlib.Path(__file__).resolve().parents[1]
     if not (source / "setup.cfg").exists():
         pytest.skip("not a source checkout")
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
