@@ -222,3 +222,13 @@ def test_agents_and_embeddings_share_the_registry_and_the_option_check():
     with pytest.raises(UserError, match=r"^recipe 'pix2pix': option 'lambda_l1' expects float, got 'big'"):
         get_recipe("pix2pix").check_options({"lambda_l1": "big"})
     assert get_agent("random").option_table() == {"max_tries": 100}
+
+
+def test_a_missing_plugin_folder_is_one_line_naming_the_fix():
+    """From a source checkout after a plain install the checkout's ganprune/ shadows the installed one, which
+    alone holds agents/ and search_spaces/: the user reads what to do, not an ImportError."""
+    from ganprune.core.errors import UserError
+    from ganprune.core.plugins import builtin_package
+    assert builtin_package("agents").__name__ == "ganprune.agents"
+    with pytest.raises(UserError, match=r"ganprune\.no_such_folder not found: .*pip install -e \."):
+        builtin_package("no_such_folder")

@@ -101,3 +101,17 @@ def _typed(owner: str, key: str, value, default):
         raise UserError(f"{owner}: option {key!r} expects {type(default).__name__}, got {value!r} "
                         f"(default {default!r})")
     return value
+
+
+def builtin_package(name: str):
+    """``ganprune.<name>`` (``agents``, ``search_spaces``): the top-level folders of the repository that an
+    install places inside the package (setup.cfg's ``package_dir``). Run from a source checkout after a plain
+    ``pip install .``, Python finds the checkout's package folder first, which does not hold them: say so."""
+    import importlib
+    try:
+        return importlib.import_module(f"ganprune.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"ganprune.{name}":
+            raise
+        raise UserError(f"ganprune.{name} not found: the source checkout's ganprune/ shadows the installed one; "
+                        "run from outside the checkout, or install it editable (pip install -e .)") from None

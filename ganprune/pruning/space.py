@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch_pruning.utils import op_counter
 
-from ganprune import search_spaces
 from ganprune.core.errors import UserError
+from ganprune.core.plugins import builtin_package
 from ganprune.pruning.graph import as_args, coupled_groups, dependency_graph, forward, shape_only_copy
 
 # --------------------------------------------------------------------------- cost measurement
@@ -189,7 +189,7 @@ class SearchSpace:
     def from_model(cls, model: nn.Module, example_inputs, arch=None, config=None) -> "SearchSpace":
         """Groups and cost forms of ``model``; choices from ``config`` (a YAML path or dict), else
         ``search_spaces/<arch>.yaml``, else fractions 1/8…1 of full width. ``model`` is not modified."""
-        rules, source = search_spaces.load(arch, config)
+        rules, source = builtin_package("search_spaces").load(arch, config)
         if torch.is_tensor(example_inputs) and example_inputs.dim() > 1 and len(example_inputs) > 1:
             example_inputs = example_inputs[:1]  # per-sample costs, as the counter reports them at batch 1
         try:

@@ -281,7 +281,8 @@ def _source(label: str):
 
 
 def _load_builtins() -> None:
-    import ganprune.agents as package
+    from ganprune.core.plugins import builtin_package
+    package = builtin_package("agents")
     for info in pkgutil.iter_modules(package.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{package.__name__}.{info.name}")
