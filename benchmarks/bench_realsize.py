@@ -3,10 +3,12 @@
 A user with unet_256 (ngf 64) or resnet_9blocks at 256² wants to know, before starting, how long
 ``ganprune prune`` takes with its defaults. This runs the whole pipeline once per architecture with a few units of
 each loop (supernet steps, search rounds, fine-tuning steps) on fresh-init reference networks and the demo photos
-at 256², reads each stage's own forecast line (its pace, measured after the first, warm-up unit) and multiplies
+at 256² (uniform agents, so a 6-round search has a winner; a round costs the same with any agent: one
+candidate pair scored), reads the supernet's and fine-tuning's forecast lines (their pace after the first,
+warm-up unit) and the median seconds of a search round (``history.csv``), and multiplies each pace
 by the default length: ``supernet_steps`` 300, 60 search rounds (the least an automatic round count gives; the
 greedy agents may ask for more on a large space), ``finetune_steps`` 1,000. Evaluation is timed whole on the
-val split without FID (FID-Inception adds about as much again per image).
+val split without FID.
 
     python benchmarks/bench_realsize.py --quick      # unet_256 only
     python benchmarks/bench_realsize.py              # unet_256 and resnet_9blocks
@@ -20,6 +22,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -54,8 +57,10 @@ def measure(arch: str, root: str, threads: int) -> dict:
     save_checkpoint(os.path.join(ckpt, "G.pth"), load_generator(arch=arch, ngf=64))
     save_checkpoint(os.path.join(ckpt, "D.pth"), load_discriminator(ndf=64))
     config = {"generator": os.path.join(ckpt, "G.pth"), "discriminator": os.path.join(ckpt, "D.pth"),
-              "g_arch": arch, "ngf": 64, "ndf": 64, "dataroot": data, "fid": False, "latency": False, **PROBE}
+              "g_arch": arch, "ngf": 64, "ndf": 64, "dataroot": data, "fid": False, "latency": False,
+              "g_agent": "template", "d_agent": "template", **PROBE}   # the uniform agent: a winner in 6 rounds
     out = os.path.join(root, f"run_{arch}")
+    shutil.rmtree(out, ignore_errors=True)   # a fresh run: every stage runs and says its pace
     captured = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(captured):
@@ -66,6 +71,8 @@ def measure(arch: str, root: str, threads: int) -> dict:
         m = FORECAST.match(line.strip())
         if m and _stage(m["label"]):
             paces.setdefault(_stage(m["label"]), float(m["pace"]))
+    history = pd.read_csv(os.path.join(out, "search", "history.csv"))
+    paces["search"] = float(history.loc[history["phase"] == "search", "seconds"].median())   # one candidate each
     with open(os.path.join(out, ".done", "evaluate"), encoding="utf-8") as fh:
         evaluate_s = float(yaml.safe_load(fh)["seconds"])
     row = {"arch": arch, "threads": threads, "probe run s": wall, "evaluate s (val, no FID)": evaluate_s}
