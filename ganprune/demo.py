@@ -17,7 +17,7 @@ from ganprune.pipeline import run_pipeline
 DEMO_PRUNE = {
     "quick": {"rounds": 30, "calib_images": 8, "finetune_steps": 60, "fid": False, "eval_images": None,
               "supernet_steps": 40},
-    "default": {"rounds": 60, "calib_images": 16, "finetune_steps": 60, "fid": True, "eval_images": None,
+    "default": {"rounds": 60, "calib_images": 16, "finetune_steps": 30, "fid": True, "eval_images": None,
                 "supernet_steps": 300},
 }
 
