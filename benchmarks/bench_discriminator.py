@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -36,6 +34,7 @@ import pandas as pd
 import torch
 import yaml
 
+from _common import run_sharing_supernet
 from bench_frontier import teacher_spaces
 from bench_rank import TEACHER, teacher_dir
 from ganprune.core.io import atomic_write_yaml
@@ -110,17 +109,15 @@ def main():
 
             def run(name, config, widths=None):
                 out = os.path.join(root, name.replace(" ", "_").replace("(", "").replace(")", ""))
-                shared = os.path.join(root, "pair_peer_feedback", "search", "supernet")
-                if widths is not None:
+                shared = None
+                if widths is not None:   # the pair's supernet copied in: the same G start
                     path = os.path.join(root, f"widths_{os.path.basename(out)}.yaml")
                     atomic_write_yaml(path, {"generator": {"widths": widths[0]},
                                              "discriminator": {"widths": widths[1]}})
                     config = dict(config, widths=path, d_budget=1.0)   # given D widths: any D size may be adopted
-                    if os.path.isdir(shared) and not os.path.isdir(os.path.join(out, "search", "supernet")):
-                        shutil.copytree(shared, os.path.join(out, "search", "supernet"))   # the same G start
-                start = time.perf_counter()
-                result = run_pipeline(config, out, progress=False)
-                return out, result, time.perf_counter() - start
+                    shared = os.path.join(root, "pair_peer_feedback", "search", "supernet")
+                result, _, seconds = run_sharing_supernet(config, out, shared, True)
+                return out, result, seconds
 
             # the default pair: its G is the fixed G of every variant
             pair_out, pair_result, pair_s = run("pair (peer feedback)", cfg)
