@@ -161,6 +161,7 @@ def main():
                              "SSIM vs teacher": final.get("SSIM vs teacher", float("nan")),
                              "PSNR": final["PSNR"], "KID": final.get("KID", float("nan")),
                              "teacher PSNR": dense["PSNR"], "teacher KID": dense.get("KID", float("nan")),
+                             "teacher KID std": dense.get("KID std", float("nan")),
                              "train s": _stage_seconds(out), "steps": steps + (s["supernet_steps"] if supernet else 0),
                              "wall s": wall, "out": out})
                 print(f"  {ratio:g}x {method:42s} seed {seed}: PSNR {final['PSNR']:.2f}  vs teacher "
@@ -198,6 +199,9 @@ def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: f
     teacher = raw.iloc[0]
     gap = mean["PSNR"] - float(teacher["teacher PSNR"])
     summary["at parity"] = ["yes" if g >= -2 * se else "no" for g in gap]
+    kid_band = float(teacher["teacher KID"]) + 2 * float(teacher["teacher KID std"])
+    if "KID" in metrics and not np.isnan(kid_band):   # KID to ground truth within the teacher's subset spread
+        summary["KID parity"] = ["yes" if k <= kid_band else "no" for k in mean["KID"]]
     print(f"\nteacher {tdir}: PSNR {teacher['teacher PSNR']:.2f} dB to ground truth on the 143 val crops; {seeds} "
           f"seeds; fine-tune {s['finetune_steps']} steps (+{s['supernet_steps']} for the methods without the "
           f"{s['supernet_steps']}-step supernet); anchors' recipe: {anchor}; MACs: the field's convention; "
@@ -205,6 +209,9 @@ def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: f
     print(summary.reset_index().to_markdown(index=False))
     print(f"\nparity: mean PSNR to ground truth within 2 × {se:.3f} dB (2 standard errors of the teacher's "
           f"per-image PSNR) of the teacher's {float(teacher['teacher PSNR']):.2f} dB")
+    if "KID parity" in summary:
+        print(f"KID parity: mean KID to ground truth at most the teacher's {float(teacher['teacher KID']):.4f} + 2 × "
+              f"{float(teacher['teacher KID std']):.4f} (the teacher's KID std over subsets)")
     best = {}
     for (reduction, method), ok in zip(summary.index, summary["at parity"]):
         if ok == "yes":
