@@ -21,6 +21,13 @@ measured while shrinking (grow the group whose shrinking cost most per MAC, shri
 least); an improving move is kept; the agent is done after ``patience`` moves in a row fail (0 = twice
 the number of prunable groups) or when no untried move is left. ``refine: false`` stops at the budget.
 
+Start (``start``): ``full`` begins the shrink phase from the teacher's widths, as NetAdapt does; ``uniform``
+begins inside the budget, at the widest uniform widths that fit (what uniform pruning would ship), measures
+each group's sensitivity by shrinking it one choice (each such trial is itself a candidate within the
+budget), then refines by swaps as above. Why: on every teacher measured, uniform widths tied the searched
+ones after fine-tuning, and a shrink from full spends most rounds outside the budget (docs/benchmarks.md,
+frontier), so the search starts from the baseline it has to beat and only moves away when the score says so.
+
 Peer feedback: with a joint evaluator a candidate's score shifts when the peer network changes, so the
 reference score (the committed widths' score) goes stale. With ``remeasure`` on, a round starts by
 re-evaluating the committed widths whenever the peer's widths differ from those the reference was
@@ -38,7 +45,8 @@ from ganprune.core.errors import UserError
 class GreedyAgent(Agent):
     description = ("NetAdapt-style: shrink the group costing least score per MAC saved until within budget, "
                    "then refine by swaps")
-    OPTIONS = {"rounds": 2, "max_trials_per_round": 0, "refine": True, "patience": 0, "remeasure": True}
+    OPTIONS = {"rounds": 2, "max_trials_per_round": 0, "refine": True, "patience": 0, "remeasure": True,
+               "start": "full"}
 
     def __init__(self, space, budget, seed=0, role="G", **options):
         super().__init__(space, budget, seed=seed, role=role, **options)
@@ -46,6 +54,8 @@ class GreedyAgent(Agent):
         if o["rounds"] < 1 or o["max_trials_per_round"] < 0 or o["patience"] < 0:
             raise UserError(f"agent 'greedy': rounds must be ≥ 1 and max_trials_per_round, patience ≥ 0 "
                             f"(0 = all groups / 2 × groups), got {o}")
+        if o["start"] not in ("full", "uniform"):
+            raise UserError(f"agent 'greedy': start must be 'full' or 'uniform', got {o['start']!r}")
         self.peer: Feedback | None = None
         self.sensitivity: dict[str, float] = {}   # group → latest score increase per MAC saved
         self.current: dict[str, int] = dict(self.full)
@@ -73,13 +83,16 @@ class GreedyAgent(Agent):
     def rounds_hint(self):
         """Shrink: ``rounds`` × (groups + 1) trials plus reference re-measurements; refine: ``patience`` moves."""
         n = len(self.groups)
-        shrink = (self.options["rounds"] + 1) * (n + 2) + 2
+        shrink = (self.options["rounds"] + 1) * (n + 2) + 2 if self.options["start"] == "full" else n + 2
         return shrink + ((self.options["patience"] or 2 * n) if self.options["refine"] else 0)
 
     def _peer_key(self):
         return None if self.peer is None else tuple(sorted(self.peer.widths.items()))
 
     def _search(self):
+        if self.options["start"] == "uniform":
+            yield from self._from_uniform()
+            return
         fb = yield dict(self.current)
         ref, ref_peer = fb.score, self._peer_key()
         left = self.options["rounds"]
@@ -99,6 +112,26 @@ class GreedyAgent(Agent):
         if stale or (self.options["refine"] and self.options["remeasure"] and self._peer_key() != ref_peer):
             fb = yield dict(self.current)
             ref = fb.score
+        if self.options["refine"]:
+            yield from self._refine(ref)
+
+    def _from_uniform(self):
+        """Start at the widest uniform widths within the budget, probe each group one choice narrower (its
+        sensitivity), keep the best probe if it beats the start, then refine."""
+        self.current = self.fit_uniform()
+        fb = yield dict(self.current)
+        ref, base = fb.score, self.cost(self.current)
+        best = None
+        for group in self._trial_groups():
+            widths = self.step(self.current, group, -1)
+            fb = yield widths
+            saved = base - self.cost(widths)
+            if math.isfinite(fb.score) and math.isfinite(ref) and saved > 0:
+                self.sensitivity[group] = (fb.score - ref) / saved
+            if fb.feasible and math.isfinite(fb.score) and (best is None or fb.score < best[1]):
+                best = (widths, fb.score)
+        if best is not None and (not math.isfinite(ref) or best[1] < ref):
+            self.current, ref = dict(best[0]), best[1]
         if self.options["refine"]:
             yield from self._refine(ref)
 

@@ -6,6 +6,8 @@ space give 31.5×, so 40× is out of its reach), the same seeds for every method
 ``run_pipeline`` run:
 
 * ``ganprune default`` — supernet, collaborative greedy G/D agents, density fine-tune from the winner's slice;
+* ``greedy from uniform (supernet)`` — the same, the greedy agents started from the uniform widths inside the
+  budget (``start: uniform``) instead of shrinking from the teacher's;
 * ``uniform slice (supernet)`` — every G group at one fraction, filled to the budget, fine-tuned from its slice
   of the same supernet (the supernet without a search);
 * ``anchors' recipe (uniform + distillation)`` — what OMGD/DCD do: a uniform student (L1-kept channels, no
@@ -44,6 +46,7 @@ from bench_rank import teacher_dir
 # name: (run folder, agents, supernet, channel importance, recipe: None = the default density)
 METHODS = {
     "ganprune default": ("default", "greedy", True, "l2", None),
+    "greedy from uniform (supernet)": ("greedy_uniform", "greedy@uniform", True, "l2", None),
     "uniform slice (supernet)": ("uniform_slice", "template", True, "l2", None),
     "anchors' recipe (uniform + distillation)": ("anchors", "template", False, "l1", "ANCHOR"),
     "plain uniform + same fine-tune": ("plain_uniform", "template", False, "l1", None),
@@ -143,12 +146,15 @@ def main():
                     continue
                 out = os.path.join(args.out, f"x{ratio:g}", folder, f"seed{seed}")
                 steps = s["finetune_steps"] + (0 if supernet else s["supernet_steps"])   # equal training steps
+                agent, _, start = agent.partition("@")   # greedy@uniform: greedy started from uniform widths
                 config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": agent,
                           "d_agent": agent, "importance": importance, "fill": True,
                           "recipe": anchor if recipe == "ANCHOR" else "density", "latency": False,
                           "fid": s["fid"], "seed": seed, "finetune_steps": steps,
                           "rounds": s["rounds"] if agent != "template" else 1,
                           "supernet_steps": s["supernet_steps"] if supernet else 0}
+                if start:
+                    config["g_agent_options"] = config["d_agent_options"] = {"start": start}
                 if agent == "template":   # uniform: the same widths for every uniform method, at the budget
                     config["widths"] = uniform_widths_file(os.path.join(args.out, f"uniform_x{ratio:g}.yaml"),
                                                            g_space, d_space, budget, 0.5)

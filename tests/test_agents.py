@@ -207,6 +207,22 @@ def test_greedy_options(space):
     assert full_budget.done() and len(fb) == 1 and fb[0].widths == space.full_widths()
 
 
+def test_greedy_from_uniform_stays_in_budget_and_beats_uniform(space):
+    """``start: uniform``: the first proposal is the widest uniform widths within the budget, every proposal
+    after it fits the budget too, and on a score that rewards unequal widths the pick scores better."""
+    budget = 0.3 * space.macs(space.full_widths())
+    score = structured_score(space)
+    agent = make_agent("greedy", space, budget, start="uniform")
+    proposals, fb, first = run_agent(agent, space, budget, score, 300)
+    uniform = agent.fit_uniform()
+    assert first == 1 and proposals[0] == uniform and agent.done()
+    assert all(space.macs(w) <= budget for w in proposals)
+    assert len({tuple(sorted(w.items())) for w in proposals}) > len(space.groups) // 2
+    assert agent.best().score < score(uniform)
+    with pytest.raises(UserError, match="start must be 'full' or 'uniform'"):
+        make_agent("greedy", space, budget, start="middle")
+
+
 def test_greedy_survives_failed_evaluations(space):
     """If every over-budget candidate fails (score inf), greedy still commits shrinks and ends feasible."""
     budget = 0.3 * space.macs(space.full_widths())
