@@ -2,7 +2,9 @@
 beside quality (PSNR/SSIM vs ground truth and vs a teacher, FID, KID ± std, optional mIoU).
 
 The real images' Inception features are extracted once and shared by every generator in the table,
-and the teacher, when given, gets its own row so that the pruned model's figures have a reference.
+and the teacher, when given, gets its own row so that the pruned model's figures have a reference. Both are
+the same for every pruned model of one teacher on one split, so they are kept in the cache
+(``TeacherRowCache``): a pipeline run per budget or seed does not recompute them.
 """
 from __future__ import annotations
 
@@ -49,16 +51,55 @@ def _channels(net: nn.Module) -> tuple[int, int]:
     return (convs[0].in_channels, convs[-1].out_channels) if convs else (0, 0)
 
 
+class TeacherRowCache:
+    """The teacher's quality row and the real images' features of one evaluation, in the cache folder
+    (``ganprune.train.teacher.cache_dir()/evaluate``), keyed by the teacher's tensors, the split's image files
+    (bytes) and every setting that changes a figure; written atomically, read back only on an exact key."""
+
+    def __init__(self, teacher: nn.Module, data, settings: dict):
+        import hashlib
+        import json
+
+        import torch
+        h = hashlib.sha256(json.dumps({**settings, "torch": torch.__version__}, sort_keys=True).encode())
+        for name, t in teacher.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        for path in list(getattr(data, "paths", [])) + list(getattr(data, "a_paths", [])) + \
+                list(getattr(data, "b_paths", [])):
+            with open(path, "rb") as fh:
+                h.update(os.path.basename(path).encode() + fh.read())
+        from ganprune.train.teacher import cache_dir
+        self.path = os.path.join(cache_dir(), "evaluate", h.hexdigest()[:32] + ".pt")
+
+    def load(self) -> dict | None:
+        import torch
+        try:
+            return torch.load(self.path, weights_only=True)
+        except Exception:   # absent, or unreadable (another version, a torn disk): compute again
+            return None
+
+    def save(self, reference, teacher_quality: dict) -> None:
+        from ganprune.core.io import atomic_torch_save
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            atomic_torch_save({"reference": reference, "teacher": teacher_quality}, self.path)
+        except OSError:   # a read-only cache costs time, not results
+            pass
+
+
 def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: str = "aligned",
              direction: str = "AtoB", size: int | None = None, n: int | None = None, fid: bool = True,
              kid: bool = True, fid_weights=None, teacher: nn.Module | None = None, latency: bool = False,
              latency_threads: int = 2, latency_repeats: int = 20, segmenter=None, num_classes: int | None = None,
-             batch_size: int = 8, device="auto", progress: bool = True) -> tuple[pd.DataFrame, dict]:
+             batch_size: int = 8, device="auto", cache: bool = True,
+             progress: bool = True) -> tuple[pd.DataFrame, dict]:
     """One row per generator in ``models`` (plus ``"teacher"`` when given) and the ``computed_on`` facts.
 
     ``segmenter`` is a TorchScript file or module (see ``quality.load_segmenter``); ``fid_weights`` a
     TorchScript feature network or pytorch-fid's FID Inception state dict (see
-    ``quality.load_feature_extractor``), default the bundled FID Inception.
+    ``quality.load_feature_extractor``), default the bundled FID Inception. ``cache`` reuses the teacher's
+    row and the real features of an identical earlier evaluation (``TeacherRowCache``).
     """
     from ganprune.data.datasets import build_dataset
     from ganprune.metrics.complexity import complexity
@@ -89,13 +130,28 @@ def evaluate(models: dict[str, nn.Module], dataroot, phase: str = "val", mode: s
     extractor = load_feature_extractor(fid_weights) if (fid or kid) else None
     if progress:
         print(f"evaluation: {expected_seconds(nets, data, n, batch_size, extractor, teacher, device)}", flush=True)
-    reference = real_features(data, extractor, n, batch_size, device, progress) if extractor is not None else None
+    from ganprune.core.device import pick_device
+    keyed = teacher is not None and cache and segmenter is None and not isinstance(fid_weights, nn.Module)
+    store = TeacherRowCache(teacher, data, {
+        "phase": phase, "mode": mode, "direction": direction, "size": size, "n": n, "fid": fid, "kid": kid,
+        "fid_weights": os.fspath(fid_weights) if fid_weights else None, "batch_size": batch_size,
+        "device": pick_device(device or "auto").type, "channels": [in_nc, out_nc]}) if keyed else None
+    hit = store.load() if store is not None else None
+    if hit is not None:
+        reference = hit["reference"]
+    else:
+        reference = real_features(data, extractor, n, batch_size, device, progress) if extractor is not None else None
     rows, computed_on = [], None
     for name, net in nets.items():
-        q = image_quality(net, data, teacher=teacher if name != "teacher" else None, fid=fid, kid=kid, n=n,
-                          feature_extractor=extractor, batch_size=batch_size, device=device, split=phase,
-                          reference_features=reference, segmenter=segmenter, num_classes=num_classes,
-                          progress=progress)
+        if name == "teacher" and hit is not None:
+            q = hit["teacher"]
+        else:
+            q = image_quality(net, data, teacher=teacher if name != "teacher" else None, fid=fid, kid=kid, n=n,
+                              feature_extractor=extractor, batch_size=batch_size, device=device, split=phase,
+                              reference_features=reference, segmenter=segmenter, num_classes=num_classes,
+                              progress=progress)
+            if name == "teacher" and store is not None:
+                store.save(reference, q)
         c = complexity(net, (1, in_nc, h, w))
         row = {"model": name, "GMACs": c["GMACs"], "real GMACs": c["real_GMACs"], "params (M)": c["params_M"]}
         row.update({label: q[key] for key, label in COLUMNS.items()})

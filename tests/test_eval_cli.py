@@ -120,3 +120,25 @@ def test_eval_with_fid_kid_and_latency(setup, tmp_path, capsys):
     assert "FID/KID vs 4 real images, FID Inception-v3" in printed and "TF-bilinear resize 64x64 -> 299x299" in printed
     assert "KID over all 4 images at once (too few for subsets: no std)" in printed
     assert "with N = 4 < 1000 images FID/KID are biased" in printed and "latency: CPU median of 2 calls" in printed
+
+
+def test_teacher_row_and_real_features_come_from_the_cache_the_second_time(setup, tmp_path, monkeypatch):
+    """Same teacher, split and settings: the second evaluation reads the teacher's row and the real features
+    from the cache (no feature pass over the real images) and its table is identical; another teacher misses."""
+    import ganprune.evaluation as ev
+    from ganprune.metrics import quality
+    from ganprune.models.checkpoint import load_generator
+    monkeypatch.setenv("GANPRUNE_CACHE", str(tmp_path))
+    calls = []
+    real = quality.real_features
+    monkeypatch.setattr(quality, "real_features", lambda *a, **k: calls.append(1) or real(*a, **k))
+    teacher = load_generator(setup["dense"], **SPEC)
+    run = lambda t: ev.evaluate({"pruned": setup["net"]}, setup["data"], n=4, teacher=t, progress=False)[0]
+    first = run(teacher)
+    second = run(teacher)
+    assert len(calls) == 1 and len(list((tmp_path / "evaluate").glob("*.pt"))) == 1
+    pd.testing.assert_frame_equal(first.drop(columns="eval s"), second.drop(columns="eval s"))
+    assert first.set_index("model").loc["teacher", "KID"] == second.set_index("model").loc["teacher", "KID"]
+    other = load_generator(None, **SPEC)   # fresh weights: another key
+    run(other)
+    assert len(calls) == 2 and len(list((tmp_path / "evaluate").glob("*.pt"))) == 2

@@ -94,7 +94,6 @@ def test_user_named_class_loads_from_a_pruned_file(tmp_path):
 
 # =========================================================================== shared tiny setup
 
-import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
