@@ -120,6 +120,29 @@ def merge_rows(out: str, rows: list[dict], key: str = "g_budget", size: str = "G
     return table.sort_values(size, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
+def _rounds_scored(folder) -> int:
+    """Agent rounds in ``folder/history.csv`` (0: none yet; -1: unreadable, which the search itself reports)."""
+    import pandas as pd
+    path = os.path.join(folder, "history.csv")
+    try:
+        return int((pd.read_csv(path)["phase"] == "search").sum()) if os.path.isfile(path) else 0
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return -1
+
+
+def _earlier_seconds(out) -> dict:
+    """``{budget: seconds}`` of ``out/family.csv`` (none: {})."""
+    import pandas as pd
+    path = os.path.join(out, FAMILY_CSV)
+    if not os.path.isfile(path):
+        return {}
+    try:
+        table = pd.read_csv(path, dtype={"g_budget": str})
+        return {str(k): float(v) for k, v in zip(table["g_budget"], table["seconds"])}
+    except (OSError, ValueError, KeyError, pd.errors.ParserError):
+        return {}   # merge_rows says what is wrong with it
+
+
 def write_family(out: str, table, note: str) -> dict:
     """``out/family.csv`` and ``out/family.md`` (the table, then ``note``), written atomically."""
     from ganprune.core.io import atomic_write_text
@@ -150,13 +173,17 @@ def run_family_search(o: dict, pair, out, progress: bool = True):
     with run_lock(out):
         info = prepare_family(o, pair, out, log=log, progress=progress)
         rows, results, missing = [], {}, []
+        earlier = _earlier_seconds(out)
         for b in budget_list(o["g_budget"]):
             sub = os.path.join(out, budget_folder(b))
+            scored = _rounds_scored(sub)
             t0 = time.perf_counter()
             r = run_search(G, D, g_spec, d_spec, o["dataroot"], sub, progress=progress,
                            **{**search_keywords(o), "g_budget": b, "latency_table": info["latency_table"]},
                            supernet_dir=info["supernet"], supernet_cap=info["cap"])
             seconds = time.perf_counter() - t0
+            if _rounds_scored(sub) == scored and str(b) in earlier:   # replayed only: keep the time of the work
+                seconds = earlier[str(b)]
             atomic_write_text(os.path.join(sub, "pareto.csv"), r.pareto().to_csv(index=False))
             results[b] = r
             best = r.best
@@ -175,8 +202,8 @@ def run_family_search(o: dict, pair, out, progress: bool = True):
                 f"{_cap_text(info['cap'])}) served every budget; it took {info['seconds']:.1f} s to train or load "
                 "this run." if info["supernet"] else "No supernet (supernet_steps 0): each budget's candidates "
                 "were scored with the teacher's weights.")
-        note += (" seconds: wall time of the budget's search in the run that wrote its row (setup, loading the "
-                 "supernet, the rounds; a search resumed from its history.csv replays it and is quick).")
+        note += (" seconds: wall time of the budget's search (setup, loading the supernet, the rounds) in the run "
+                 "that scored its rounds (a later run that only replays its history.csv keeps that time).")
         paths = write_family(out, table, note)
     if missing:
         raise UserError(f"no candidate pair met both budgets for g_budget {', '.join(missing)} (see "
