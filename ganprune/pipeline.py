@@ -453,7 +453,8 @@ def _run_family(c: dict, out: str, stages, progress: bool) -> dict:
         r = family[str(b)] = _run_stages({**c, "g_budget": b, "out": sub, "latency_table": info["latency_table"]},
                                          sub, stages, progress, shared)
         status.update({f"{name}/{stage}": state for stage, state in r["stages"].items()})
-        if r["table"] is None:   # not evaluated yet (a --stage run)
+        if r["table"] is None:   # not evaluated yet (a --stage run): a row that says so
+            rows.append({"g_budget": str(b), "ships": "not evaluated yet"})
             continue
         choice = read_yaml(os.path.join(sub, "finetune", "choice.yaml"), "choice file")
         table = r["table"].set_index("model")
@@ -463,18 +464,16 @@ def _run_family(c: dict, out: str, stages, progress: bool) -> dict:
         row = table.loc["pruned, before fine-tuning" if choice["ships"] == PRUNED_G else "pruned + fine-tuned"]
         rows.append({"g_budget": str(b), "ships": f"{name}/{choice['ships']}", **row.to_dict(),
                      "seconds": round(seconds, 1)})
-    paths = {}
-    if rows:
-        table = merge_rows(out, rows, size="GMACs")
-        table = pd.concat([pd.DataFrame([{"g_budget": "dense", "ships": "teacher", **teacher.to_dict()}]),
-                           table[table["g_budget"] != "dense"]], ignore_index=True)
-        note = (f"One supernet ({info['supernet']}, {info['steps']} steps) served every budget." if info["supernet"]
-                else "No supernet (supernet_steps 0).") + (
-            " Each budget's run: its folder (metrics.md, G.onnx, ...); the row is the G that ships (its "
-            "finetune/choice.yaml); seconds: the stages' own times (the .done markers), without the supernet.")
-        paths = write_family(out, table, note)
-    else:
-        table = None
+    table = merge_rows(out, rows, size="GMACs")
+    if teacher is not None:   # the dense row first, measured this run
+        table = table[table["g_budget"] != "dense"]
+        table = pd.concat([pd.DataFrame([{"g_budget": "dense", "ships": "teacher", **teacher.to_dict()}]), table],
+                          ignore_index=True)
+    note = (f"One supernet ({info['supernet']}, {info['steps']} steps) served every budget." if info["supernet"]
+            else "No supernet (supernet_steps 0).") + (
+        " Each budget's run: its folder (metrics.md, G.onnx, ...); the row is the G that ships (its "
+        "finetune/choice.yaml); seconds: the stages' own times (the .done markers), without the supernet.")
+    paths = write_family(out, table, note)
     return {"table": table, "paths": paths, "stages": status, "family": family,
             "seconds": time.perf_counter() - t0}
 

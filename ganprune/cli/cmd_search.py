@@ -17,7 +17,7 @@ def _search(args):
     need(args, "dataroot")
     o = pick(args, SEARCH)
     if is_family(o["g_budget"], args.out):   # one supernet, one search per budget: OUT/g<budget>/
-        table, _ = run_family_search(o, pair_from_options(o), args.out)
+        table, _ = run_family_search(o, args.out)
         print(table.to_markdown(index=False, floatfmt=".4g"))
         print(f"family: {os.path.join(args.out, 'family.md')}")
         return

@@ -117,6 +117,8 @@ def merge_rows(out: str, rows: list[dict], key: str = "g_budget", size: str = "G
             raise UserError(f"{path}: not a family table (no {key} column); remove it to write a new one")
         old = [r for r in previous.to_dict("records") if str(r[key]) not in mine]
     table = pd.DataFrame(old + rows)
+    if size not in table.columns:   # nothing measured yet
+        return table
     return table.sort_values(size, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
@@ -152,9 +154,9 @@ def write_family(out: str, table, note: str) -> dict:
     return paths
 
 
-def run_family_search(o: dict, pair, out, progress: bool = True):
+def run_family_search(o: dict, out, pair=None, progress: bool = True):
     """``ganprune search`` for a family (``o``: resolved search options, ``g_budget`` one or several budgets;
-    ``pair``: ``pair_from_options(o)``): the supernet once (``prepare_family``), then per budget ``run_search``
+    ``pair``: the teacher pair, default ``pair_from_options(o)``): the supernet once (``prepare_family``), then per budget ``run_search``
     into ``out/g<budget>/`` (history.csv, widths.yaml, pareto.csv: resumable as a single search). Returns the
     family table (this run's budgets and the earlier ones of ``out``) and the per-budget results."""
     from ganprune.core.io import atomic_write_text
@@ -164,6 +166,9 @@ def run_family_search(o: dict, pair, out, progress: bool = True):
     if not out:
         raise UserError("g_budget: several budgets need --out (each budget's results go in a folder of it)")
     out = os.fspath(out)
+    if pair is None:
+        from ganprune.train.pair import pair_from_options
+        pair = pair_from_options(o)
     G, D, g_spec, d_spec = pair
 
     def log(message):
