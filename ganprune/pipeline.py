@@ -422,7 +422,8 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
     from ganprune.search.family import is_family
     if is_family(c["g_budget"], out):
         if c.get("widths"):
-            raise UserError("widths: one widths file prunes to one G; give one g_budget with it, not several")
+            raise UserError("widths: one widths file prunes to one G, not a family of budgets (several g_budget, "
+                            "or an out folder holding family.csv)")
         return _run_family(c, out, stages, progress)
     return _run_stages(c, out, stages, progress)
 

@@ -26,8 +26,8 @@ MAX_OPSET = 23          # the newest ONNX opset torch 2.x's exporter writes
 
 @dataclass(frozen=True)
 class Option:
-    """One option. ``kind``: str, path, int, float, budget, budgets (a budget, or two or more as a list or comma-separated
-    text: ``check_budgets``), flag (off unless given), toggle (--x/--no-x),
+    """One option. ``kind``: str, path, int, float, budget, budgets (a budget, or two or more as a list or
+    comma-separated text: ``check_budgets``), flag (off unless given), toggle (--x/--no-x),
     strings (a list of text, repeatable on the command line) or pairs (KEY=VALUE items or a mapping).
     ``None`` is accepted only where it is the default (it means "not given" / "automatic")."""
     name: str
@@ -386,8 +386,8 @@ NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps", "finalists",
 weights inherited from the teacher (each trial is its own process: a supernet would be trained per trial) and
 NNI picks the best trial itself (no finalists)."""
 
-NNI = tuple(replace(o, kind="budget", help=o.help.split(";")[0] + f" (default {o.default})") if o.name == "g_budget" else o
-            for o in SEARCH if o.name not in NOT_FOR_NNI) + (
+NNI = tuple(replace(o, kind="budget", help=o.help.split(";")[0] + f" (default {o.default})")   # one G budget
+            if o.name == "g_budget" else o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
     Option("infeasible_penalty", 1.0, "float", min=0, help="added to the objective (NNI 'default') of an "
            "over-budget candidate, scaled by 1 + its relative excess over each budget (default 1.0)"),
     Option("repair", True, "toggle", help="an NNI tuner's over-budget candidate is shrunk into the budgets "

@@ -24,7 +24,8 @@ FILE_OUTPUTS = {"export": ("onnx", "out"), "space": ("csv",)}
 # only names no input can have (their own new folder) and get the folder checks alone.
 WRITES = {
     "prune": ("config.yaml", "log.txt", ".done/", ".lock", "search/", "finetune/", "evaluate/", "pruned_G.pt",
-              "pruned_D.pt", "G.onnx", "metrics.csv", "metrics.md", "pareto.png", "grid.png", "widths.yaml", "history.csv", "family.csv", "family.md"),
+              "pruned_D.pt", "G.onnx", "metrics.csv", "metrics.md", "pareto.png", "grid.png", "widths.yaml", "history.csv",
+              "family.csv", "family.md"),
     "search": ("history.csv", "widths.yaml", "pareto.csv", "latency_G.yaml", "latency_D.yaml", ".lock", "family.csv",
                "family.md"),
     "finetune": ("G.pt", "D.pt", "state.pt", "log.csv"),

@@ -86,8 +86,8 @@ def prepare_family(o: dict, pair, home: str, *, log, progress: bool = True) -> d
         cap = wanted
     elif (wanted is None and cap is not None) or (cap is not None and wanted > cap):
         log(f"family: reusing the supernet in {folder}, trained with random slices capped at {100 * cap:.1f}% of "
-            f"G's MACs; this family would cap them at {_cap_text(wanted)}: its budgets above the cap get slices "
-            "trained only in the sandwich's largest and random draws below it (a supernet for them: another --out)")
+            f"G's MACs; this family would cap them at {_cap_text(wanted)}: above the cap only the full-width slice "
+            "was trained, so its larger budgets are scored on less-trained slices (a supernet for them: another --out)")
     t0 = time.perf_counter()
     attach_supernet(s.evaluator, G, o["dataroot"], steps=steps, g_budget=budgets, mode=o["mode"],
                     direction=o["direction"], size=o["size"], phase=o["phase"], seed=o["seed"], progress=progress,
@@ -156,9 +156,10 @@ def write_family(out: str, table, note: str) -> dict:
 
 def run_family_search(o: dict, out, pair=None, progress: bool = True):
     """``ganprune search`` for a family (``o``: resolved search options, ``g_budget`` one or several budgets;
-    ``pair``: the teacher pair, default ``pair_from_options(o)``): the supernet once (``prepare_family``), then per budget ``run_search``
-    into ``out/g<budget>/`` (history.csv, widths.yaml, pareto.csv: resumable as a single search). Returns the
-    family table (this run's budgets and the earlier ones of ``out``) and the per-budget results."""
+    ``pair``: the teacher pair, default ``pair_from_options(o)``): the supernet once (``prepare_family``), then
+    per budget ``run_search`` into ``out/g<budget>/`` (history.csv, widths.yaml, pareto.csv: resumable as a
+    single search). Returns the family table (this run's budgets and the earlier ones of ``out``) and the
+    per-budget results."""
     from ganprune.core.io import atomic_write_text
     from ganprune.core.options import search_keywords
     from ganprune.core.outdir import run_lock

@@ -103,8 +103,9 @@ def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, m
     cap = supernet_cap(evaluator.g_space, g_budget) if cap == "auto" else cap
     folder = folder or (os.path.join(out, "supernet") if out else None)
     data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size)
-    supernet = train_supernet(G, evaluator.g_space, data, folder, steps=steps, ranking=evaluator.g_ranking,
-                              max_macs=cap, seed=seed, device=evaluator.device, progress=progress)
+    supernet = train_supernet(G, evaluator.g_space, data, folder,
+                              steps=steps, ranking=evaluator.g_ranking, max_macs=cap, seed=seed,
+                              device=evaluator.device, progress=progress)
     evaluator.use_supernet(supernet)
     return supernet
 
