@@ -163,3 +163,15 @@ def test_family_pipeline_each_budget_in_its_folder_on_one_supernet(tiny, tmp_pat
     assert r["table"] is not None and os.path.isfile(os.path.join(out, "family.md"))
     again = run_pipeline(config, out, progress=False)
     assert set(again["stages"].values()) == {"skipped"}
+
+
+def test_supernet_cap_is_for_the_largest_macs_budget_and_off_with_a_latency(tiny):
+    from ganprune.models.checkpoint import load_generator
+    from ganprune.pruning.space import SearchSpace
+    from ganprune.search.setup import supernet_cap
+    space = SearchSpace.from_model(load_generator(tiny["generator"], arch="unet_64", ngf=8), torch.zeros(1, 3, 64, 64),
+                                   arch="unet_64")
+    assert supernet_cap(space, "25%") == supernet_cap(space, 0.25) == pytest.approx(0.3)     # one budget: as before
+    assert supernet_cap(space, ["10%", "25%", "20%"]) == pytest.approx(0.3)
+    assert supernet_cap(space, ["25%", "0.9"]) == 1.0
+    assert supernet_cap(space, ["25%", "4ms"]) is None
