@@ -107,9 +107,13 @@ def finetune_pruned(pruned_g, pruned_d, teacher_G, teacher_D, d_spec, dataroot, 
 class _Run:
     """One pipeline run: the resolved config, the output folder, the log, and the lazily loaded teacher."""
 
-    def __init__(self, config: dict, out, progress: bool):
+    def __init__(self, config: dict, out, progress: bool, shared: dict | None = None):
+        """``shared``: a family member's (``_run_family``) teacher ``pair`` and the family's supernet
+        (``supernet_dir``, ``supernet_cap``), kept outside ``out``."""
         self.c, self.out, self.progress = config, os.fspath(out), progress
-        self._pair = None
+        shared = dict(shared or {})
+        self._pair = shared.pop("pair", None)
+        self.supernet = shared   # run_search's supernet_dir/supernet_cap; none: out/search/supernet, as always
 
     def path(self, *parts) -> str:
         return os.path.join(self.out, *parts)
@@ -143,7 +147,7 @@ class _Run:
             return self.adopt(self.c["widths"])
         G, D, g_spec, d_spec = self.pair()
         r = run_search(G, D, g_spec, d_spec, self.c["dataroot"], self.path("search"), progress=self.progress,
-                       **search_keywords(self.c))
+                       **search_keywords(self.c), **self.supernet)
         if r.best is None:
             raise UserError(f"no candidate pair met both budgets in {len(r.history)} rounds; raise rounds or "
                             "loosen g_budget/d_budget")
@@ -218,7 +222,8 @@ class _Run:
         evaluator = self.setup().evaluator
         attach_supernet(evaluator, G, c["dataroot"], self.path("search"), steps=c["supernet_steps"],
                         g_budget=c["g_budget"], mode=c["mode"], direction=c["direction"], size=c["size"],
-                        phase=c["phase"], seed=c["seed"], progress=self.progress)   # the winner starts from its slice
+                        phase=c["phase"], seed=c["seed"], progress=self.progress,   # the winner starts from its slice
+                        folder=self.supernet.get("supernet_dir"), cap=self.supernet.get("supernet_cap", "auto"))
         g_w = evaluator.g_space.validate(winner["generator"]["widths"])
         d_w = evaluator.d_space.validate(winner["discriminator"]["widths"]) if evaluator.d_space is not None else {}
         with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it
@@ -414,11 +419,68 @@ def run_pipeline(config: dict, out=None, stages=None, progress: bool = True) -> 
     for s in stages or ():
         if s not in STAGES:
             raise UserError(f"stage {s!r}: expected one of {', '.join(STAGES)}")
+    from ganprune.search.family import is_family
+    if is_family(c["g_budget"], out):
+        if c.get("widths"):
+            raise UserError("widths: one widths file prunes to one G, not a family of budgets (several g_budget, "
+                            "or an out folder holding family.csv)")
+        return _run_family(c, out, stages, progress)
     return _run_stages(c, out, stages, progress)
 
 
 @one_run_at_a_time("prune")
-def _run_stages(c: dict, out: str, stages, progress: bool) -> dict:
+def _run_family(c: dict, out: str, stages, progress: bool) -> dict:
+    """``run_pipeline`` for a family of G budgets (``ganprune.search.family``): the supernet once in
+    ``out/search/supernet``, then the whole pipeline per budget in ``out/g<budget>/`` (each resumable as a
+    single run, all on that supernet), and ``out/family.csv``/``family.md``: the teacher and, per budget,
+    the evaluation row of the G that ships."""
+    import time
+
+    import pandas as pd
+
+    from ganprune.core.options import budget_list, read_yaml
+    from ganprune.search.family import budget_folder, merge_rows, prepare_family, write_family
+    t0 = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    log = _Run(c, out, progress).log
+    pair = pair_from_options(c)
+    info = prepare_family(c, pair, os.path.join(out, "search"), log=log, progress=progress)
+    shared = {"pair": pair, "supernet_dir": info["supernet"], "supernet_cap": info["cap"]}
+    rows, status, family, teacher = [], {}, {}, None
+    for b in budget_list(c["g_budget"]):
+        name = budget_folder(b)
+        sub = os.path.join(out, name)
+        log(f"family: g_budget {b} in {sub}")
+        r = family[str(b)] = _run_stages({**c, "g_budget": b, "out": sub, "latency_table": info["latency_table"]},
+                                         sub, stages, progress, shared)
+        status.update({f"{name}/{stage}": state for stage, state in r["stages"].items()})
+        if r["table"] is None:   # not evaluated yet (a --stage run): a row that says so
+            rows.append({"g_budget": str(b), "ships": "not evaluated yet"})
+            continue
+        choice = read_yaml(os.path.join(sub, "finetune", "choice.yaml"), "choice file")
+        table = r["table"].set_index("model")
+        teacher = table.loc["teacher"]
+        seconds = sum(float((read_yaml(os.path.join(sub, ".done", s), "stage marker") or {}).get("seconds", 0))
+                      for s in STAGES if os.path.isfile(os.path.join(sub, ".done", s)))
+        row = table.loc["pruned, before fine-tuning" if choice["ships"] == PRUNED_G else "pruned + fine-tuned"]
+        rows.append({"g_budget": str(b), "ships": f"{name}/{choice['ships']}", **row.to_dict(),
+                     "seconds": round(seconds, 1)})
+    table = merge_rows(out, rows, size="GMACs")
+    if teacher is not None:   # the dense row first, measured this run
+        table = table[table["g_budget"] != "dense"]
+        table = pd.concat([pd.DataFrame([{"g_budget": "dense", "ships": "teacher", **teacher.to_dict()}]), table],
+                          ignore_index=True)
+    note = (f"One supernet ({info['supernet']}, {info['steps']} steps) served every budget." if info["supernet"]
+            else "No supernet (supernet_steps 0).") + (
+        " Each budget's run: its folder (metrics.md, G.onnx, ...); the row is the G that ships (its "
+        "finetune/choice.yaml); seconds: the stages' own times (the .done markers), without the supernet.")
+    paths = write_family(out, table, note)
+    return {"table": table, "paths": paths, "stages": status, "family": family,
+            "seconds": time.perf_counter() - t0}
+
+
+@one_run_at_a_time("prune")
+def _run_stages(c: dict, out: str, stages, progress: bool, shared: dict | None = None) -> dict:
     """``run_pipeline``'s work on the resolved config ``c``, holding ``out``'s lock (paths checked first)."""
     import time
 
@@ -429,7 +491,7 @@ def _run_stages(c: dict, out: str, stages, progress: bool) -> dict:
     from ganprune.core.outdir import marker_problem, write_marker
     t0 = time.perf_counter()
     os.makedirs(os.path.join(out, ".done"), exist_ok=True)
-    run = _Run(c, out, progress)
+    run = _Run(c, out, progress, shared)
     config_path = os.path.join(out, "config.yaml")
     first = None
     if os.path.exists(config_path):

@@ -12,9 +12,15 @@ from ganprune.core.options import FINETUNE, FINETUNE_RUN, PIPELINE, SEARCH, STAG
 def _search(args):
     from ganprune.core.io import atomic_write_text
     from ganprune.train.pair import pair_from_options
+    from ganprune.search.family import is_family, run_family_search
     from ganprune.search.setup import run_search
     need(args, "dataroot")
     o = pick(args, SEARCH)
+    if is_family(o["g_budget"], args.out):   # one supernet, one search per budget: OUT/g<budget>/
+        table, _ = run_family_search(o, args.out)
+        print(table.to_markdown(index=False, floatfmt=".4g"))
+        print(f"family: {os.path.join(args.out, 'family.md')}")
+        return
     G, D, g_spec, d_spec = pair_from_options(o)
     result = run_search(G, D, g_spec, d_spec, args.dataroot, args.out, **search_keywords(o))
     front = result.pareto()

@@ -26,7 +26,8 @@ MAX_OPSET = 23          # the newest ONNX opset torch 2.x's exporter writes
 
 @dataclass(frozen=True)
 class Option:
-    """One option. ``kind``: str, path, int, float, budget, flag (off unless given), toggle (--x/--no-x),
+    """One option. ``kind``: str, path, int, float, budget, budgets (a budget, or two or more as a list or
+    comma-separated text: ``check_budgets``), flag (off unless given), toggle (--x/--no-x),
     strings (a list of text, repeatable on the command line) or pairs (KEY=VALUE items or a mapping).
     ``None`` is accepted only where it is the default (it means "not given" / "automatic")."""
     name: str
@@ -91,6 +92,42 @@ def check_budget(value, name: str = "budget"):
     return value
 
 
+def _budget_key(value) -> tuple:
+    """What a checked budget spelling means, to find one budget given twice (``"25%"`` and ``0.25``)."""
+    text = str(value).strip().lower()
+    if text.endswith("ms"):
+        return ("ms", float(text[:-2]))
+    number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    return ("fraction", number) if number <= 1 else ("MACs", number)
+
+
+def check_budgets(value, name: str = "budget"):
+    """One budget (``check_budget``) as given, or a family of two or more distinct budgets, from a list or from
+    text like ``"25%,10%,5%"``, as a list of their spellings (text stripped)."""
+    items = value.split(",") if isinstance(value, str) and "," in value else value
+    if not isinstance(items, (list, tuple)):
+        return check_budget(value, name)
+    if len(items) < 2:
+        raise UserError(f"{name}: expected a fraction like 0.25, a percentage like '25%', a MAC count or milliseconds "
+                        f"like '12ms', or a list of two or more of them, got {value!r}")
+    items = [v.strip() if isinstance(v, str) else v for v in items]
+    if any(v == "" for v in items):
+        raise UserError(f"{name}: an empty budget in {value!r}; expected budgets separated by commas, like '25%,10%'")
+    seen = {}
+    for v in items:
+        check_budget(v, f"{name} item {v!r}")
+        key = _budget_key(v)
+        if key in seen:
+            raise UserError(f"{name}: the budget {v!r} is given twice ({seen[key]!r} is the same); give each once")
+        seen[key] = v
+    return list(items)
+
+
+def budget_list(value) -> list:
+    """A checked ``budgets`` value as a list (one budget: a list of one)."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
 def check(option: Option, value, source: str | None = None):
     """``value`` checked (and text numbers converted) for ``option``; ``source`` names where it came from:
     None (the Python API), "cli" (the command line) or a config file's path."""
@@ -106,7 +143,12 @@ def check(option: Option, value, source: str | None = None):
         if not isinstance(value, bool):
             raise UserError(f"{where}: expected true or false, got {value!r}")
     elif kind == "budget":
+        if isinstance(value, (list, tuple)) or (isinstance(value, str) and "," in value):
+            raise UserError(f"{where}: expected one budget, got {value!r} (several G budgets, a family, are for "
+                            "g_budget of `ganprune search` and `ganprune prune`)")
         value = check_budget(value, where)
+    elif kind == "budgets":
+        value = check_budgets(value, where)
     elif kind == "path":
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise UserError(f"{where}: expected a path (text), got {value!r}")
@@ -272,8 +314,9 @@ SEARCH_DATA = (
 )
 
 SEARCH_ONLY = (
-    Option("g_budget", "0.25", "budget", help="G budget: MACs as a fraction, percentage or absolute count, "
-           "or predicted latency like '12ms' (default 0.25)"),
+    Option("g_budget", "0.25", "budgets", help="G budget: MACs as a fraction, percentage or absolute count, "
+           "or predicted latency like '12ms'; several, comma-separated (0.25,0.1,0.05), search one supernet's "
+           "family: one result per budget in OUT/g<budget>/, a table in OUT/family.md (default 0.25)"),
     Option("d_budget", "0.5", "budget", help="D budget, same spellings (default 0.5)"),
     Option("latency_table", kind="path", help="a saved latency table (YAML) for a G budget in ms (default: time G "
            "once and keep the table in --out)"),
@@ -343,7 +386,8 @@ NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps", "finalists",
 weights inherited from the teacher (each trial is its own process: a supernet would be trained per trial) and
 NNI picks the best trial itself (no finalists)."""
 
-NNI = tuple(o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
+NNI = tuple(replace(o, kind="budget", help=o.help.split(";")[0] + f" (default {o.default})")   # one G budget
+            if o.name == "g_budget" else o for o in SEARCH if o.name not in NOT_FOR_NNI) + (
     Option("infeasible_penalty", 1.0, "float", min=0, help="added to the objective (NNI 'default') of an "
            "over-budget candidate, scaled by 1 + its relative excess over each budget (default 1.0)"),
     Option("repair", True, "toggle", help="an NNI tuner's over-budget candidate is shrunk into the budgets "

@@ -24,8 +24,10 @@ FILE_OUTPUTS = {"export": ("onnx", "out"), "space": ("csv",)}
 # only names no input can have (their own new folder) and get the folder checks alone.
 WRITES = {
     "prune": ("config.yaml", "log.txt", ".done/", ".lock", "search/", "finetune/", "evaluate/", "pruned_G.pt",
-              "pruned_D.pt", "G.onnx", "metrics.csv", "metrics.md", "pareto.png", "grid.png", "widths.yaml", "history.csv"),
-    "search": ("history.csv", "widths.yaml", "pareto.csv", "latency_G.yaml", "latency_D.yaml", ".lock"),
+              "pruned_D.pt", "G.onnx", "metrics.csv", "metrics.md", "pareto.png", "grid.png", "widths.yaml", "history.csv",
+              "family.csv", "family.md"),
+    "search": ("history.csv", "widths.yaml", "pareto.csv", "latency_G.yaml", "latency_D.yaml", ".lock", "family.csv",
+               "family.md"),
     "finetune": ("G.pt", "D.pt", "state.pt", "log.csv"),
     "train-teacher": ("latest_net_G.pth", "latest_net_D.pth", "teacher.yaml", "train_state.pt", "log.csv"),
     "eval": ("eval.csv", "eval.md", "grid.png"),

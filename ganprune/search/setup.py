@@ -79,22 +79,31 @@ def default_rounds(g_agent, d_agent=None) -> int:
     return max([DEFAULT_MIN_ROUNDS, *[int(h) for h in hints if h]])
 
 
+def supernet_cap(g_space, g_budget) -> float | None:
+    """The MACs cap of the supernet's random slices, a fraction of G's: 1.2× the MACs budget (capacity goes
+    where the search looks), the largest one of a list (a family); None (uncapped) when a budget is a latency."""
+    from ganprune.search.budget import is_latency, resolve_macs
+    budgets = g_budget if isinstance(g_budget, (list, tuple)) else [g_budget]
+    if any(is_latency(b) for b in budgets):
+        return None
+    full = g_space.macs(g_space.full_widths())
+    return min(1.0, round(1.2 * max(resolve_macs(b, full) for b in budgets) / full, 4))
+
+
 def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, mode="aligned", direction="AtoB",
-                    size=None, phase="train", seed=0, progress=True):
-    """Train (or, from ``out/supernet``, reload) the supernet whose slices the evaluator then scores; nothing
-    when ``steps`` is 0. Random slices are capped at 1.2× a MACs budget (capacity goes where the search
-    looks); a latency budget leaves them uncapped. Returns the supernet or None."""
+                    size=None, phase="train", seed=0, progress=True, folder=None, cap="auto"):
+    """Train (or, from ``folder``, default ``out/supernet``, reload) the supernet whose slices the evaluator then
+    scores; nothing when ``steps`` is 0. Random slices are capped by ``supernet_cap(g_budget)`` unless ``cap``
+    (a fraction or None) says otherwise (a family reuses the cap its supernet was trained with). Returns the
+    supernet or None."""
     if not steps:
         return None
-    from ganprune.search.budget import is_latency, resolve_macs
     from ganprune.data.datasets import build_dataset
     from ganprune.search.supernet import train_supernet
-    cap = None
-    if not is_latency(g_budget):
-        full = evaluator.g_space.macs(evaluator.g_space.full_widths())
-        cap = min(1.0, round(1.2 * resolve_macs(g_budget, full) / full, 4))
+    cap = supernet_cap(evaluator.g_space, g_budget) if cap == "auto" else cap
+    folder = folder or (os.path.join(out, "supernet") if out else None)
     data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size)
-    supernet = train_supernet(G, evaluator.g_space, data, os.path.join(out, "supernet") if out else None,
+    supernet = train_supernet(G, evaluator.g_space, data, folder,
                               steps=steps, ranking=evaluator.g_ranking, max_macs=cap, seed=seed,
                               device=evaluator.device, progress=progress)
     evaluator.use_supernet(supernet)
@@ -184,14 +193,15 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
-               finalists=0, finalist_steps=60, **evaluator_options):
+               finalists=0, finalist_steps=60, supernet_dir=None, supernet_cap="auto", **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.search.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
     ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
     reused by reruns; ``latency_table`` names a saved table to use for G instead; ``agent_timeout``: seconds
     one agent call may take (0: no limit); ``supernet_steps`` > 0 first trains a weight-sharing supernet
-    (``attach_supernet``, kept in ``out/supernet``) and scores G candidates as its slices; ``finalists`` > 0:
+    (``attach_supernet``, kept in ``out/supernet`` or ``supernet_dir``, its slices capped as ``supernet_cap``
+    says) and scores G candidates as its slices; ``finalists`` > 0:
     the best few are distilled ``finalist_steps`` steps on the ``phase`` split and scored again
     (``ganprune.search.finalists``)."""
     from ganprune.search.loop import search
@@ -206,7 +216,8 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
               "terms are 0, no D-agent); fine-tuning trains a fresh D", flush=True)
     # the budgets are checked above, before the supernet (minutes) is trained
     attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
-                    direction=direction, size=size, phase=phase, seed=seed, progress=progress)
+                    direction=direction, size=size, phase=phase, seed=seed, progress=progress, folder=supernet_dir,
+                    cap=supernet_cap)
     distiller = None
     if finalists:
         from ganprune.data.datasets import build_dataset
