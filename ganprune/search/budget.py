@@ -99,7 +99,7 @@ def resolve_macs(budget, full_macs: float) -> float:
     return float(value) * full_macs if value <= 1 else float(value)
 
 
-def latency_table(model, space, example_input, path=None, backend: str = "torch+fold", threads: int = 2,
+def latency_table(model, space, example_input, path=None, backend: str = "onnxruntime", threads: int = 2,
                   progress: bool = True):
     """The ``LatencyTable`` saved at ``path`` (refused, in one line naming the key, if it was built for
     another backend, thread count, input shape or set of groups); when there is none yet, one built for
