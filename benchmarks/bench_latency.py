@@ -155,8 +155,10 @@ def width_sets(space: SearchSpace, n: int, seed: int = 1) -> dict:
     sets = {}
     for f in (1.0, 0.875, 0.625, 0.3, 0.18):
         sets.setdefault(tuple(space.uniform(f).items()), f"uniform {f:g}")
+    uniform = len(sets)
     while len(sets) < n:
-        sets.setdefault(tuple((g.name, rng.choice(g.choices)) for g in space.groups), f"random {len(sets)}")
+        widths = tuple((g.name, rng.choice(g.choices)) for g in space.groups)
+        sets.setdefault(widths, f"random {len(sets) - uniform + 1}")
     return {name: dict(widths) for widths, name in list(sets.items())[:n]}
 
 
@@ -185,7 +187,8 @@ def predicted_vs_measured(arch: str, threads: int, n_sets: int, warmup: int, rep
         rows.append({"arch": label, "threads": threads, "width set": r.model,
                      "MACs ×": dense / space.macs(sets[r.model]), "predicted ms": predicted,
                      "fastest ms": r.min_ms, "median ms": r.median_ms,
-                     "error %": 100 * (predicted / r.min_ms - 1), "error vs median %": 100 * (predicted / r.median_ms - 1),
+                     "error %": 100 * (predicted / r.min_ms - 1),
+                     "error vs median %": 100 * (predicted / r.median_ms - 1),
                      "table s": built})
     return rows
 

@@ -11,7 +11,8 @@ Widths that fit a budget (``fill_budget``: grow into it; ``shrink_into_budget``:
 benchmarks share them.
 
 Spellings: ``0.25`` or ``"25%"`` (of the dense MACs), ``3e8`` (absolute MACs), ``"12ms"`` (predicted
-milliseconds per image at batch 1 on the table's backend and thread count).
+milliseconds per image at batch 1 on the table's backend and thread count: by default the exported ONNX file
+in ONNX Runtime, the file the pipeline ships).
 
 Latency is measured, so two tables built on one machine differ by a few percent: for repeatable
 widths, build the table once and pass it again (``--latency-table``; the pipeline keeps it in its
