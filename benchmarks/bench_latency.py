@@ -21,7 +21,8 @@ vs the smallest variant per op type (``ganprune.metrics.op_profile``).
 64²; ``GANPRUNE_RANK_CACHE`` set: the trained teacher of bench_rank, else the same graph untrained, as latency
 does not depend on weight values) and resnet_6blocks (ngf 16, 64²), a ``LatencyTable`` on ONNX Runtime at each
 thread count, then width sets (uniform fractions the table was not calibrated on, and random widths of the
-space) physically pruned, exported with ``export_onnx`` and their files timed in ONNX Runtime, interleaved.
+space) physically pruned, exported with ``export_onnx`` and their files timed in ONNX Runtime, interleaved
+and warm (each timed call right after an untimed one of the same file, as when the file runs alone).
 Per width set: predicted ms, the measured fastest and median call, and the error against each.
 
     python benchmarks/bench_latency.py --predict --quick  # 6 width sets per arch and thread count: ~2 min
@@ -179,7 +180,7 @@ def predicted_vs_measured(arch: str, threads: int, n_sets: int, warmup: int, rep
             files[name] = os.path.join(workdir, f"{len(files)}.onnx")
             export_onnx(prune(G, widths, x), files[name], x, check=False, parity=False)
         lat = measure_latency(files, tuple(x.shape), threads=threads, warmup=warmup, repeats=repeats,
-                              backends=("onnxruntime",), progress=False)
+                              backends=("onnxruntime",), progress=False, warm=True)
     dense = space.macs(space.full_widths())
     rows = []
     for r in lat.itertuples():
@@ -205,7 +206,7 @@ def predict_main(args, threads) -> int:
     table = pd.DataFrame(rows)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nPredicted vs measured (ONNX Runtime, exported file, batch 1, 64²): the table's prediction against "
-          f"the fastest and the median of {repeats} interleaved calls after {warmup} warm-up; "
+          f"the fastest and the median of {repeats} interleaved warm calls after {warmup} warm-up; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} at the end, {time.perf_counter() - start:.0f} s\n")
     print(table.drop(columns="table s").to_markdown(index=False, floatfmt=".3g"))
     summary = table.assign(abs_err=table["error %"].abs(), abs_err_median=table["error vs median %"].abs()).groupby(

@@ -92,6 +92,23 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
         table.predict({"nope": 8})
 
 
+def test_interleaved_warm_calls_time_only_the_last_call_of_each_turn():
+    import time
+
+    from ganprune.core.timing import interleaved
+    calls = {"a": 0, "b": 0}
+
+    def runner(name, slow_first):
+        def run():
+            calls[name] += 1
+            if slow_first and calls[name] % 2 == 1:    # the untimed call of each turn is the slow one
+                time.sleep(0.02)
+        return (name, "x", run)
+    times = interleaved([runner("a", True), runner("b", False)], warmup=1, repeats=3, progress=False, calls=2)
+    assert calls == {"a": 8, "b": 8} and [len(t) for t in times] == [3, 3]
+    assert min(times[0]) < 0.01                        # the sleeping calls were not timed (each would be >= 0.02)
+
+
 def test_whole_model_fit_recovers_a_negative_intercept_and_leaves_out_a_preempted_slice():
     from ganprune.metrics.latency import _fit_whole_model
     # convs timed one by one cost 0.05 ms each more than inside the graph (12 convs: a = -0.6)
