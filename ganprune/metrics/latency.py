@@ -184,10 +184,10 @@ class LatencyTable:
     whole-model time as ``s · convs + a + b · Σ conv output elements`` (``_fit_whole_model``), fitted
     to whole pruned models (uniform fractions and a few random widths) exported and timed on the same
     backend and thread count. On ONNX Runtime that is the file ``export_onnx`` ships, so a ms budget is
-    a budget on the shipped file. Timing each conv at the deployment thread count is what captures that
-    narrow layers do not use a second core, which MACs cannot. ``predict`` takes microseconds, so agents
-    can budget in ms as they budget in MACs. Widths narrower than the grid are clamped to it (an
-    overestimate).
+    a budget on the shipped file. Timing each conv at the deployment thread count captures how well each
+    layer uses those threads (a narrow one may not keep a second core busy), which MACs cannot.
+    ``predict`` takes microseconds, so agents can budget in ms as they budget in MACs. Widths narrower
+    than the grid are clamped to it (an overestimate).
 
     All times are warm (``measure_latency``'s ``warm``: a model's time as it runs alone) and the fastest
     of the interleaved calls: on a shared machine a call is either preempted (a scheduler slice,
@@ -409,9 +409,9 @@ def _layer_key(layer: dict, cin: int, cout: int) -> tuple:
 
 
 def _time_layers(layers, backend: str, threads: int, warmup: int, repeats: int, progress: bool) -> dict:
-    """Fastest warm ms of every distinct (layer config, in, out) on ``backend``, timed interleaved. The minimum,
-    not the median: a short call is either hit by a disturbance or not, and the whole-model fit maps the
-    undisturbed sum to typical (median) whole-model times."""
+    """Fastest warm ms of every distinct (layer config, in, out) on ``backend``, timed interleaved. The
+    minimum, not the median: a short call is either hit by a disturbance or not, and the whole-model fit
+    maps the undisturbed sum to undisturbed whole-model times."""
     base, mods = parse_backend(backend)
     todo = {}
     for layer in layers:
