@@ -17,6 +17,17 @@ vs the smallest variant per op type (``ganprune.metrics.op_profile``).
     python benchmarks/bench_latency.py --out latency.csv   # 256², 15 rounds, 1 and 2 threads
     python benchmarks/bench_latency.py --round-to 8,16,32  # also widths rounded to 16 and 32
 
+``--predict`` instead checks what a ms budget promises: for the benchmark teacher's graph (unet_64, ngf 32,
+64²; ``GANPRUNE_RANK_CACHE`` set: the trained teacher of bench_rank, else the same graph untrained, as latency
+does not depend on weight values) and resnet_6blocks (ngf 16, 64²), a ``LatencyTable`` on ONNX Runtime at each
+thread count, then width sets (uniform fractions the table was not calibrated on, and random widths of the
+space) physically pruned, exported with ``export_onnx`` and their files timed in ONNX Runtime, interleaved
+and warm (each timed call right after an untimed one of the same file, as when the file runs alone).
+Per width set: predicted ms, the measured fastest and median call, and the error against each.
+
+    python benchmarks/bench_latency.py --predict --quick  # 6 width sets per arch and thread count: ~2 min
+    python benchmarks/bench_latency.py --predict          # 12 width sets, 40 rounds
+
 Runtimes: torch (BN folded), ONNX Runtime, and OpenVINO / ExecuTorch-XNNPACK when installed
 (``pip install 'ganprune[openvino,executorch]'``). Threads do not spin while idle (ONNX Runtime's
 allow_spinning=0, OMP_WAIT_POLICY=PASSIVE for torch unless --omp-spin).
@@ -36,7 +47,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from ganprune.metrics.latency import available_backends, measure_latency, parse_backend  # noqa: E402
+from ganprune.metrics.latency import LatencyTable, available_backends, measure_latency, parse_backend  # noqa: E402
 from ganprune.models.checkpoint import load_discriminator, load_generator  # noqa: E402
 from ganprune.pruning.physical import prune  # noqa: E402
 from ganprune.pruning.space import SearchSpace  # noqa: E402
@@ -121,6 +132,96 @@ def profile_arch(arch: str, variants: dict, x: torch.Tensor) -> list[str]:
     return out
 
 
+PREDICT_ARCHS = ("unet_64", "resnet_6blocks")
+
+
+def predict_net(arch: str):
+    """The generator and input of ``--predict``'s ``arch`` (see the module docstring)."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    if arch == "unet_64" and os.environ.get("GANPRUNE_RANK_CACHE"):
+        from bench_rank import TEACHER, teacher_dir
+        from ganprune.train.teacher import load_teacher
+        G = load_teacher(teacher_dir(os.environ["GANPRUNE_RANK_CACHE"], TEACHER["steps"])[1])[0]
+        return G, x, "unet_64 ngf 32 (bench_rank's teacher)"
+    torch.manual_seed(0)
+    ngf = 32 if arch == "unet_64" else 16
+    return load_generator(arch=arch, ngf=ngf).eval(), x, f"{arch} ngf {ngf} (untrained)"
+
+
+def width_sets(space: SearchSpace, n: int, seed: int = 1) -> dict:
+    """Uniform fractions between the table's calibration slices, then random widths (another seed than the
+    table's own random slices), ``n`` in all, duplicates skipped."""
+    import random
+    rng = random.Random(seed)
+    sets = {}
+    for f in (1.0, 0.875, 0.625, 0.3, 0.18):
+        sets.setdefault(tuple(space.uniform(f).items()), f"uniform {f:g}")
+    uniform = len(sets)
+    while len(sets) < n:
+        widths = tuple((g.name, rng.choice(g.choices)) for g in space.groups)
+        sets.setdefault(widths, f"random {len(sets) - uniform + 1}")
+    return {name: dict(widths) for widths, name in list(sets.items())[:n]}
+
+
+def predicted_vs_measured(arch: str, threads: int, n_sets: int, warmup: int, repeats: int) -> list[dict]:
+    """One ``LatencyTable`` on ONNX Runtime at ``threads``, checked against exported files of ``n_sets`` width sets."""
+    import tempfile
+
+    from ganprune.deploy.export import export_onnx
+    G, x, label = predict_net(arch)
+    space = SearchSpace.from_model(G, x, arch=arch)
+    start = time.perf_counter()
+    table = LatencyTable.build(G, space, x, threads=threads, backend="onnxruntime", progress=False)
+    built = time.perf_counter() - start
+    sets = width_sets(space, n_sets)
+    with tempfile.TemporaryDirectory(prefix="ganprune-bench-") as workdir:
+        files = {}
+        for name, widths in sets.items():
+            files[name] = os.path.join(workdir, f"{len(files)}.onnx")
+            export_onnx(prune(G, widths, x), files[name], x, check=False, parity=False)
+        lat = measure_latency(files, tuple(x.shape), threads=threads, warmup=warmup, repeats=repeats,
+                              backends=("onnxruntime",), progress=False, warm=True)
+    dense = space.macs(space.full_widths())
+    rows = []
+    for r in lat.itertuples():
+        predicted = table.predict(sets[r.model])
+        rows.append({"arch": label, "threads": threads, "width set": r.model,
+                     "MACs ×": dense / space.macs(sets[r.model]), "predicted ms": predicted,
+                     "fastest ms": r.min_ms, "median ms": r.median_ms,
+                     "error %": 100 * (predicted / r.min_ms - 1),
+                     "error vs median %": 100 * (predicted / r.median_ms - 1),
+                     "table s": built})
+    return rows
+
+
+def predict_main(args, threads) -> int:
+    n_sets, repeats = (6, args.repeats or 20) if args.quick else (12, args.repeats or 40)
+    warmup = args.warmup if args.warmup is not None else 3
+    start = time.perf_counter()
+    rows = []
+    for arch in PREDICT_ARCHS:
+        for t in threads:
+            print(f"{arch}: latency table and {n_sets} exported width sets, {t} thread(s)", file=sys.stderr)
+            rows += predicted_vs_measured(arch, t, n_sets, warmup, repeats)
+    table = pd.DataFrame(rows)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nPredicted vs measured (ONNX Runtime, exported file, batch 1, 64²): the table's prediction against "
+          f"the fastest and the median of {repeats} interleaved warm calls after {warmup} warm-up; "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} at the end, {time.perf_counter() - start:.0f} s\n")
+    print(table.drop(columns="table s").to_markdown(index=False, floatfmt=".3g"))
+    summary = table.assign(abs_err=table["error %"].abs(), abs_err_median=table["error vs median %"].abs()).groupby(
+        ["arch", "threads"]).agg(**{"median |error| %": ("abs_err", "median"), "max |error| %": ("abs_err", "max"),
+                                    "median |error vs median| %": ("abs_err_median", "median"),
+                                    "max |error vs median| %": ("abs_err_median", "max"),
+                                    "table build s": ("table s", "first")}).reset_index()
+    print("\nPer arch and thread count:\n")
+    print(summary.to_markdown(index=False, floatfmt=".3g"))
+    if args.out:
+        from ganprune.core.io import atomic_write_text
+        atomic_write_text(args.out, table.to_csv(index=False))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="128² images (unet_128 for unet_256), 5 rounds")
@@ -135,10 +236,14 @@ def main(argv=None) -> int:
     p.add_argument("--round-to", default="8", help="comma-separated width multiples to compare (default 8)")
     p.add_argument("--no-profile", action="store_true", help="skip the per-op-type profile")
     p.add_argument("--omp-spin", action="store_true", help="leave OMP_WAIT_POLICY unset (OpenMP threads spin when idle)")
+    p.add_argument("--predict", action="store_true", help="only the latency table's predictions vs exported ONNX files "
+                   "measured in ONNX Runtime (see above)")
     p.add_argument("--out", help="also write the table as CSV here")
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
     warnings.filterwarnings("ignore", category=FutureWarning)   # ExecuTorch's lowering, once per export
+    if args.predict:
+        return predict_main(args, [int(t) for t in args.threads.split(",")])
     backends = tuple(b.strip() for b in (args.backends or ",".join(["torch+fold", "onnxruntime",
                                                                      *available_backends()[2:]])).split(","))
     for b in backends:

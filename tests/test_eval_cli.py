@@ -119,7 +119,7 @@ def test_eval_with_fid_kid_and_latency(setup, tmp_path, capsys):
     assert row["ms torch"] > 0 and row["ms onnxruntime"] > 0
     assert "FID/KID vs 4 real images, FID Inception-v3" in printed and "TF-bilinear resize 64x64 -> 299x299" in printed
     assert "KID over all 4 images at once (too few for subsets: no std)" in printed
-    assert "with N = 4 < 1000 images FID/KID are biased" in printed and "latency: CPU median of 2 calls" in printed
+    assert "with N = 4 < 1000 images FID/KID are biased" in printed and "latency: CPU median of 2 calls at batch 1 (warm)" in printed
 
 
 def test_teacher_row_and_real_features_come_from_the_cache_the_second_time(setup, tmp_path, monkeypatch):

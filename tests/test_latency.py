@@ -67,7 +67,8 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
     x = torch.zeros(1, 3, 64, 64)
     space = SearchSpace.from_model(net, x, arch="unet_64")
     table = LatencyTable.build(net, space, x, threads=1, fractions=(0.5, 1.0), calibrate=(1.0, 0.5),
-                               repeats=2, progress=False)
+                               random_slices=1, repeats=2, progress=False)
+    assert table.data["backend"] == "onnxruntime"      # the default: the exported file, as shipped
     layers = table.data["layers"]
     assert len(layers) == sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules())
     # the affine channel forms reproduce the physically pruned convs, skip concatenations included
@@ -78,8 +79,9 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
     assert [(_affine(layer["in_form"], full), _affine(layer["out_form"], full)) for layer in layers] == \
         [(m.in_channels, m.out_channels) for m in convs]
     cal = table.calibration()
-    assert list(cal.fraction) == [1.0, 0.5] and (cal.measured_ms > 0).all()
-    assert all(v >= 0 for v in table.data["fit"]) and len(table.data["fit"]) == 3
+    assert list(cal.slice) == ["uniform 1", "uniform 0.5", "random 0"] and (cal.measured_ms > 0).all()
+    s, a, b = table.data["fit"]
+    assert s >= 0 and b >= 0 and (cal.predicted_ms > 0).all()
     dense_ms, small_ms = table.predict({}), table.predict(space.uniform(0.125))
     assert 0 < small_ms and 0 < dense_ms
     path = tmp_path / "table.yaml"
@@ -88,6 +90,35 @@ def test_latency_table_channel_forms_predict_and_roundtrip(tmp_path):
     assert again.predict(widths) == pytest.approx(table.predict(widths))
     with pytest.raises(UserError, match="unknown group"):
         table.predict({"nope": 8})
+
+
+def test_interleaved_warm_calls_time_only_the_last_call_of_each_turn():
+    import time
+
+    from ganprune.core.timing import interleaved
+    calls = {"a": 0, "b": 0}
+
+    def runner(name, slow_first):
+        def run():
+            calls[name] += 1
+            if slow_first and calls[name] % 2 == 1:    # the untimed call of each turn is the slow one
+                time.sleep(0.02)
+        return (name, "x", run)
+    times = interleaved([runner("a", True), runner("b", False)], warmup=1, repeats=3, progress=False, calls=2)
+    assert calls == {"a": 8, "b": 8} and [len(t) for t in times] == [3, 3]
+    assert min(times[0]) < 0.01                        # the sleeping calls were not timed (each would be >= 0.02)
+
+
+def test_whole_model_fit_recovers_a_negative_intercept_and_leaves_out_a_preempted_slice():
+    from ganprune.metrics.latency import _fit_whole_model
+    # convs timed one by one cost 0.05 ms each more than inside the graph (12 convs: a = -0.6)
+    rows = [{"convs_ms": c, "activations": act, "measured_ms": 1.1 * c - 0.6 + 2e-5 * act}
+            for c, act in ((1.0, 3e4), (1.5, 6e4), (2.0, 4e4), (3.0, 9e4), (4.0, 7e4), (6.0, 1.2e5))]
+    assert _fit_whole_model(rows) == pytest.approx([1.1, -0.6, 2e-5], rel=1e-6)
+    assert not any("left_out" in row for row in rows)
+    rows[5]["measured_ms"] += 4.0                       # one scheduler slice in every round of the dense slice
+    assert _fit_whole_model(rows) == pytest.approx([1.1, -0.6, 2e-5], rel=1e-6)
+    assert [bool(row.get("left_out")) for row in rows] == [False] * 5 + [True]
 
 
 def test_op_profiles_name_the_op_types_and_sum_to_the_call():

@@ -320,9 +320,10 @@ SEARCH_ONLY = (
     Option("d_budget", "0.5", "budget", help="D budget, same spellings (default 0.5)"),
     Option("latency_table", kind="path", help="a saved latency table (YAML) for a G budget in ms (default: time G "
            "once and keep the table in --out)"),
-    Option("latency_backend", "torch+fold", help="what a ms budget is timed on, ideally the runtime you ship: "
-           "torch[+fold][+cl], onnxruntime, openvino or executorch (default torch+fold)"),
-    Option("latency_threads", 2, "int", min=1, help="CPU threads a ms budget is timed with (default 2)"),
+    Option("latency_backend", "onnxruntime", help="what a ms budget is timed on, ideally the runtime you ship: "
+           "onnxruntime (the exported G.onnx), openvino, executorch or torch[+fold][+cl] (default onnxruntime)"),
+    Option("latency_threads", 2, "int", min=1, help="CPU threads a ms budget is timed with: the count you deploy "
+           "with (default 2)"),
     Option("g_agent", "greedy", help="agent for G (see `ganprune agents`; default greedy)"),
     Option("d_agent", "greedy", help="agent for D (default greedy)"),
     Option("g_agent_options", None, "pairs", metavar="KEY=VALUE", aliases=("g_agent_option",),

@@ -9,8 +9,10 @@ import torch
 from tqdm.auto import tqdm
 
 
-def interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list[float]]:
-    """Round-robin timing, starting each round one runner later so none always runs first."""
+def interleaved(runners, warmup: int, repeats: int, progress: bool, calls: int = 1) -> list[list[float]]:
+    """Round-robin timing, starting each round one runner later so none always runs first. ``calls`` > 1
+    calls each runner that many times in its turn and times the last: its weights are then in cache, as
+    when one model runs alone, instead of evicted by the runner before it."""
     times: list[list[float]] = [[] for _ in runners]
     n = len(runners)
     gc.collect()
@@ -21,6 +23,8 @@ def interleaved(runners, warmup: int, repeats: int, progress: bool) -> list[list
             for r in tqdm(range(warmup + repeats), desc="latency", unit="round", disable=not progress, leave=False):
                 for k in range(n):
                     i = (k + r) % n
+                    for _ in range(calls - 1):
+                        runners[i][2]()
                     start = time.perf_counter()
                     runners[i][2]()
                     elapsed = time.perf_counter() - start

@@ -11,7 +11,8 @@ Widths that fit a budget (``fill_budget``: grow into it; ``shrink_into_budget``:
 benchmarks share them.
 
 Spellings: ``0.25`` or ``"25%"`` (of the dense MACs), ``3e8`` (absolute MACs), ``"12ms"`` (predicted
-milliseconds per image at batch 1 on the table's backend and thread count).
+milliseconds per image at batch 1 on the table's backend and thread count: by default the exported ONNX file
+in ONNX Runtime, the file the pipeline ships).
 
 Latency is measured, so two tables built on one machine differ by a few percent: for repeatable
 widths, build the table once and pass it again (``--latency-table``; the pipeline keeps it in its
@@ -99,7 +100,7 @@ def resolve_macs(budget, full_macs: float) -> float:
     return float(value) * full_macs if value <= 1 else float(value)
 
 
-def latency_table(model, space, example_input, path=None, backend: str = "torch+fold", threads: int = 2,
+def latency_table(model, space, example_input, path=None, backend: str = "onnxruntime", threads: int = 2,
                   progress: bool = True):
     """The ``LatencyTable`` saved at ``path`` (refused, in one line naming the key, if it was built for
     another backend, thread count, input shape or set of groups); when there is none yet, one built for
