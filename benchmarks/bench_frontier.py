@@ -121,6 +121,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="runs/bench_frontier")
     ap.add_argument("--seeds", type=int, default=None)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on (to add seeds later)")
     ap.add_argument("--ratios", default=None, help="G MACs reductions, comma-separated (default 4,10,20; --quick 4,10)")
     ap.add_argument("--threads", type=int, default=2, help="training threads (latency is always timed at 1)")
     ap.add_argument("--anchor-recipe", default=None, help="recipe of the anchors' row (default omgd, else dcd)")
@@ -139,7 +140,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     for ratio in ratios:
         budget = 1.0 / ratio
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             shared = None
             for method, (folder, agent, supernet, importance, recipe) in METHODS.items():
                 if args.methods and folder not in args.methods.split(","):
