@@ -218,7 +218,8 @@ class _Run:
         evaluator = self.setup().evaluator
         attach_supernet(evaluator, G, c["dataroot"], self.path("search"), steps=c["supernet_steps"],
                         g_budget=c["g_budget"], mode=c["mode"], direction=c["direction"], size=c["size"],
-                        phase=c["phase"], seed=c["seed"], progress=self.progress)   # the winner starts from its slice
+                        phase=c["phase"], seed=c["seed"], progress=self.progress,
+                        lambda_gan=c["supernet_lambda_gan"])   # the winner starts from its slice
         g_w = evaluator.g_space.validate(winner["generator"]["widths"])
         d_w = evaluator.d_space.validate(winner["discriminator"]["widths"]) if evaluator.d_space is not None else {}
         with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it

@@ -80,12 +80,18 @@ def default_rounds(g_agent, d_agent=None) -> int:
 
 
 def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, mode="aligned", direction="AtoB",
-                    size=None, phase="train", seed=0, progress=True):
+                    size=None, phase="train", seed=0, progress=True, lambda_gan=0.0):
     """Train (or, from ``out/supernet``, reload) the supernet whose slices the evaluator then scores; nothing
-    when ``steps`` is 0. Random slices are capped at 1.2× a MACs budget (capacity goes where the search
-    looks); a latency budget leaves them uncapped. Returns the supernet or None."""
-    if not steps:
+    when ``steps`` is 0 (a count, or a duration such as "20min": ``train_supernet``). Random slices are capped
+    at 1.2× a MACs budget (capacity goes where the search looks); a latency budget leaves them uncapped.
+    ``lambda_gan`` > 0 trains a copy of the evaluator's teacher D against the slices. Returns the supernet or
+    None."""
+    from ganprune.core.options import check_steps
+    if not check_steps(steps, "supernet_steps"):
         return None
+    if lambda_gan and evaluator.teacher_D is None:
+        raise UserError("supernet_lambda_gan: the adversarial term trains a copy of the teacher's discriminator; "
+                        "give --discriminator or set it to 0")
     from ganprune.search.budget import is_latency, resolve_macs
     from ganprune.data.datasets import build_dataset
     from ganprune.search.supernet import train_supernet
@@ -94,9 +100,11 @@ def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, m
         full = evaluator.g_space.macs(evaluator.g_space.full_widths())
         cap = min(1.0, round(1.2 * resolve_macs(g_budget, full) / full, 4))
     data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size)
+    gan = dict(lambda_gan=lambda_gan, teacher_D=evaluator.teacher_D,
+               conditional_D=evaluator.conditional_D) if lambda_gan else {}
     supernet = train_supernet(G, evaluator.g_space, data, os.path.join(out, "supernet") if out else None,
                               steps=steps, ranking=evaluator.g_ranking, max_macs=cap, seed=seed,
-                              device=evaluator.device, progress=progress)
+                              device=evaluator.device, progress=progress, **gan)
     evaluator.use_supernet(supernet)
     return supernet
 
@@ -184,14 +192,15 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="torch+fold",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
-               finalists=0, finalist_steps=60, **evaluator_options):
+               supernet_lambda_gan=0.0, finalists=0, finalist_steps=60, **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.search.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
     ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
     reused by reruns; ``latency_table`` names a saved table to use for G instead; ``agent_timeout``: seconds
-    one agent call may take (0: no limit); ``supernet_steps`` > 0 first trains a weight-sharing supernet
-    (``attach_supernet``, kept in ``out/supernet``) and scores G candidates as its slices; ``finalists`` > 0:
+    one agent call may take (0: no limit); ``supernet_steps`` (a count > 0 or a duration such as "20min")
+    first trains a weight-sharing supernet (``attach_supernet``, kept in ``out/supernet``; ``supernet_lambda_gan``
+    > 0 adds its adversarial term) and scores G candidates as its slices; ``finalists`` > 0:
     the best few are distilled ``finalist_steps`` steps on the ``phase`` split and scored again
     (``ganprune.search.finalists``)."""
     from ganprune.search.loop import search
@@ -206,7 +215,8 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
               "terms are 0, no D-agent); fine-tuning trains a fresh D", flush=True)
     # the budgets are checked above, before the supernet (minutes) is trained
     attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
-                    direction=direction, size=size, phase=phase, seed=seed, progress=progress)
+                    direction=direction, size=size, phase=phase, seed=seed, progress=progress,
+                    lambda_gan=supernet_lambda_gan)
     distiller = None
     if finalists:
         from ganprune.data.datasets import build_dataset
