@@ -371,7 +371,10 @@ def _plain(value):
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k) != new.get(k))
+    """Keys whose values differ; one the old config lacks (an option added since, whose default keeps the old
+    behaviour) counts as its default, so an upgrade alone redoes nothing."""
+    base = {o.name: o.default for o in PIPELINE}
+    return sorted(k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k, base.get(k)) != new.get(k))
 
 
 def _changed_from(keys) -> str | None:

@@ -231,7 +231,7 @@ def test_default_is_the_l1_supernet_and_the_estimate_changes_nothing(tmp_path, o
     assert set(state["nets"]) == {"G"} and state["config"]["recipe"] == "supernet"
     assert set(state["config"]["recipe_options"]) == {"lambda_l1", "lambda_density", "m", "sandwich", "max_macs",
                                                       "pool"}
-    assert "time_budget" not in state["config"]
+    assert not (tmp_path / "q" / "supernet_budget.yaml").exists()
     said = train_supernet(G, space, data, None, steps=4, progress=True, **common)
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("supernet:")]
     assert len(line) == 1 and re.fullmatch(r"supernet: 4 steps, about [\d.]+ s \([\d.e-]+ s/step timed on 3 steps\)",
@@ -241,21 +241,26 @@ def test_default_is_the_l1_supernet_and_the_estimate_changes_nothing(tmp_path, o
 
 
 def test_a_time_budget_becomes_a_recorded_step_count(tmp_path, one_thread, capsys):
+    import yaml
     G, D, data, space, ranking = _gan_setup()
     common = dict(batch_size=2, ranking=ranking, device="cpu", pool=4, lambda_gan=0.1, teacher_D=D)
     train_supernet(G, space, data, tmp_path / "t", steps="3s", progress=True, **common)
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("supernet:")]
-    state = torch.load(tmp_path / "t" / "supernet_state.pt", weights_only=True)
-    n = state["config"]["time_budget"]["steps"]
-    assert state["config"]["time_budget"]["given"] == "3s" and n >= 1 and state["step"] == n
-    assert len(line) == 1 and line[0].startswith(f"supernet: {n} steps, about "), line
+    recorded = yaml.safe_load((tmp_path / "t" / "supernet_budget.yaml").read_text())
+    n = recorded["steps"]
+    assert recorded["given"] == "3s" and n >= 1 and recorded["s_per_step"] > 0
+    assert torch.load(tmp_path / "t" / "supernet_state.pt", weights_only=True)["step"] == n
+    assert len(line) == 1 and re.fullmatch(rf"supernet: {n} steps, about [\d.]+ s \([\d.e-]+ s/step timed on 3 "
+                                           r"steps\)", line[0]), line
     # Rerun with the same budget: the recorded count, nothing timed or trained again.
-    again = train_supernet(G, space, data, tmp_path / "t", steps="3s", progress=True, **common)
+    train_supernet(G, space, data, tmp_path / "t", steps="3s", progress=True, **common)
     assert not [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("supernet:")]
     assert torch.load(tmp_path / "t" / "supernet_state.pt", weights_only=True)["step"] == n
-    assert again is not None
-    with pytest.raises(ganprune.UserError, match="time_budget"):
-        train_supernet(G, space, data, tmp_path / "t", steps="4s", progress=False, **common)
+    # Another budget is timed again and becomes the run's new count (as a larger step count continues a run).
+    train_supernet(G, space, data, tmp_path / "t", steps="6s", progress=False, **common)
+    recorded = yaml.safe_load((tmp_path / "t" / "supernet_budget.yaml").read_text())
+    assert recorded["given"] == "6s"
+    assert torch.load(tmp_path / "t" / "supernet_state.pt", weights_only=True)["step"] == max(n, recorded["steps"])
     for bad in ("20 minutes", "0s", "-5", "soon", True, 2.5):
         with pytest.raises(ganprune.UserError, match="supernet steps: expected a step count"):
             train_supernet(G, space, data, None, steps=bad, progress=False, **common)
@@ -279,3 +284,12 @@ def test_attach_supernet_gan_needs_the_teacher_d(one_thread):
     ev = _evaluator(_unet(), None)
     with pytest.raises(ganprune.UserError, match="supernet_lambda_gan: .*--discriminator"):
         attach_supernet(ev, _unet(), "nowhere", None, steps=2, lambda_gan=0.1)
+
+
+def test_a_run_folder_from_before_the_gan_option_is_not_redone():
+    """A pipeline config.yaml written before ``supernet_lambda_gan`` existed is the default: nothing changed."""
+    from ganprune.pipeline import _changed_keys, resolve_config
+    new = resolve_config({"dataroot": "d", "generator": "g.pth"})
+    old = {k: v for k, v in new.items() if k != "supernet_lambda_gan"}
+    assert _changed_keys(old, new) == []
+    assert _changed_keys(old, {**new, "supernet_lambda_gan": 0.01}) == ["supernet_lambda_gan"]

@@ -42,8 +42,8 @@ from torch import nn
 from torch.func import functional_call
 
 from ganprune.core.errors import UserError
-from ganprune.core.io import atomic_torch_save
-from ganprune.core.options import check_steps, duration_seconds
+from ganprune.core.io import atomic_torch_save, atomic_write_yaml
+from ganprune.core.options import check_steps, duration_seconds, read_yaml
 from ganprune.core.timing import duration
 from ganprune.train.common import write_log
 from ganprune.train.losses import GANLoss
@@ -320,9 +320,10 @@ class SupernetGANRecipe(SupernetRecipe):
 
 class SupernetFiles(RunFiles):
     """``supernet_state.pt`` (the trainer's state), ``supernet_G.pt`` (the shared weights as the teacher's plain
-    state dict) and ``supernet_log.csv``."""
+    state dict), ``supernet_log.csv`` and, for a time budget, ``supernet_budget.yaml`` (the budget, the step
+    count it became and the timed pace)."""
 
-    FILES = {"G": WEIGHTS_FILE, "state": STATE_FILE, "log": "supernet_log.csv"}
+    FILES = {"G": WEIGHTS_FILE, "state": STATE_FILE, "log": "supernet_log.csv", "budget": "supernet_budget.yaml"}
     label = "supernet"
 
     def upgrade(self, state):
@@ -355,7 +356,8 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, bat
     is trained against the slices (``conditional_D``: whether it sees cat(A, image); None: read from D);
     ``gan_mode`` None is the loss the teacher was trained with: pix2pix's for paired data, CycleGAN's for
     unpaired. ``steps`` is a count or a duration ("90s", "20min", "1.5h"): a few steps are timed first and
-    the budget becomes a count (the budget covers that timing too), recorded with the run. With ``progress``,
+    the budget becomes a count (the budget covers that timing too), recorded in ``out`` for resuming (another
+budget later is timed again and continues the run to its own count, as a larger count does). With ``progress``,
     one line says the steps and the time they should take before training starts. With ``out``, the run is
     resumable there (``SupernetFiles``)."""
     from ganprune.pruning.physical import channel_ranking
@@ -395,20 +397,24 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, bat
         d_spec = {"conditional": bool(conditional_D)} if conditional_D is not None else None
     files = SupernetFiles(out) if out is not None else None
     saved = files.read_state() if files is not None else None
-    recorded = (saved or {}).get("config", {}).get("time_budget")
     done = int(saved["step"]) if saved else 0
-    target = recorded["steps"] if budget is not None and recorded and recorded["given"] == steps else steps
+    target = steps
+    if budget is not None and files is not None and files.path("budget").is_file():
+        recorded = read_yaml(files.path("budget"), "supernet budget")
+        if isinstance(recorded, dict) and recorded.get("given") == steps and isinstance(recorded.get("steps"), int):
+            target = recorded["steps"]   # the count this budget was given when the run began
     say = progress and int(os.environ.get("WORLD_SIZE", "1")) == 1   # (each rank would time, and say it)
     if isinstance(target, str) or (say and target > done):
         pace, timed, spent = _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr, seed,
                                          device, d_spec)
         if isinstance(target, str):
             target = max(1, int((budget - spent) // pace))
+            if files is not None:   # a resumed run trains this many (another budget: timed again, as a new count)
+                os.makedirs(files.out, exist_ok=True)
+                atomic_write_yaml(files.path("budget"), {"given": steps, "steps": target, "s_per_step": pace})
         if say and target > done:
             print(f"supernet: {target} steps, about {duration(pace * (target - done))} ({pace:.3g} s/step timed on "
                   f"{timed} steps)" + (f", resuming at step {done}" if done else ""), flush=True)
-    if budget is not None:
-        settings["time_budget"] = {"given": steps, "steps": target}   # a resumed run trains the same count
     finetune(supernet, D, teacher_G, None, dataset, recipe=recipe, steps=target, batch_size=batch_size,
              lr=lr, decay_from=1.0, seed=seed, device=device, save_every=save_every, recipe_options=options,
              progress=progress, files=files, settings=settings, d_spec=d_spec)
