@@ -6,7 +6,7 @@ slice at each G MACs budget (``search.budget.uniform_widths``) is taken as the s
 extract``, BatchNorm re-estimated on the evaluator's calibration images, ``CandidateEvaluator.build_pair``)
 and scored on the held-out ``val`` split without any fine-tuning: PSNR to the ground truth and to the
 teacher's outputs. The inherited slice (teacher weights, no supernet) is the reference row. Each run's
-seconds per supernet step come from its state file. Supernets are kept under ``--out`` and reused.
+seconds per supernet step come from its state file. Supernets are kept under ``--runs`` and reused.
 
     python benchmarks/bench_supernet_gan.py --quick            # 300 steps, 1 seed
     python benchmarks/bench_supernet_gan.py --seeds 2
@@ -41,9 +41,10 @@ def slice_scores(ev, widths, val, teacher_val) -> dict:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed (default 2)")
-    p.add_argument("--out", default=os.path.join(os.environ.get("GANPRUNE_RANK_CACHE")
-                                                 or os.path.join(os.environ.get("GANPRUNE_CACHE", "bench_out"), "rank")))
-    p.add_argument("--runs", help="where the supernets go (default: OUT/supernet_gan)")
+    cache = os.environ.get("GANPRUNE_CACHE", "bench_out")
+    p.add_argument("--out", default=os.environ.get("GANPRUNE_RANK_CACHE") or os.path.join(cache, "rank"),
+                   help="bench_rank's folder, where its teacher is (only read once it is there)")
+    p.add_argument("--runs", default=os.path.join(cache, "supernet_gan"), help="where the supernets go")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int)
     p.add_argument("--lambda-gan", type=float, default=0.01, help="the adversarial weight compared with 0")
@@ -53,7 +54,7 @@ def main(argv=None):
     seeds = args.seeds or (1 if args.quick else 2)
     budgets = [float(b) for b in args.budgets.split(",")]
     torch.set_num_threads(args.threads)
-    runs = args.runs or os.path.join(args.out, "supernet_gan")
+    runs = args.runs
     data, T_G, T_D, spec = prepare(args.out, TEACHER["steps"])
     train = build_dataset(data, mode="aligned", phase="train")
     val = build_dataset(data, mode="aligned", phase="val")

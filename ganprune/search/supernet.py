@@ -357,8 +357,8 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, bat
     ``gan_mode`` None is the loss the teacher was trained with: pix2pix's for paired data, CycleGAN's for
     unpaired. ``steps`` is a count or a duration ("90s", "20min", "1.5h"): a few steps are timed first and
     the budget becomes a count (the budget covers that timing too), recorded in ``out`` for resuming (another
-budget later is timed again and continues the run to its own count, as a larger count does). With ``progress``,
-    one line says the steps and the time they should take before training starts. With ``out``, the run is
+    budget later is timed again and continues the run to its own count, as a larger count does). With
+    ``progress``, one line says the steps and the time they should take before training starts. With ``out``, the run is
     resumable there (``SupernetFiles``)."""
     from ganprune.pruning.physical import channel_ranking
     from ganprune.train.trainer import finetune
@@ -393,7 +393,8 @@ budget later is timed again and continues the run to its own count, as a larger 
         from ganprune.train.recipes.pix2pix import Pix2Pix
         paired = "A_path" not in item   # as the trainer tells them apart
         recipe, D = SupernetGANRecipe, Recipe.trainable_copy(teacher_D)
-        options.update(lambda_gan=lambda_gan, gan_mode=gan_mode or (Pix2Pix if paired else CycleGAN).OPTIONS["gan_mode"])
+        teachers_loss = (Pix2Pix if paired else CycleGAN).OPTIONS["gan_mode"]
+        options.update(lambda_gan=lambda_gan, gan_mode=gan_mode or teachers_loss)
         d_spec = {"conditional": bool(conditional_D)} if conditional_D is not None else None
     files = SupernetFiles(out) if out is not None else None
     saved = files.read_state() if files is not None else None
