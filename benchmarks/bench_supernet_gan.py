@@ -9,7 +9,7 @@ teacher's outputs. The inherited slice (teacher weights, no supernet) is the ref
 seconds per supernet step come from its state file. Supernets are kept under ``--runs`` and reused.
 
     python benchmarks/bench_supernet_gan.py --quick            # 300 steps, 1 seed
-    python benchmarks/bench_supernet_gan.py --seeds 2
+    python benchmarks/bench_supernet_gan.py --variants 300:0,300:0.01,300:0.1,600:0   # 2 seeds
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int)
     p.add_argument("--lambda-gan", type=float, default=0.01, help="the adversarial weight compared with 0")
+    p.add_argument("--variants", help="supernets to compare as STEPS:LAMBDA_GAN, comma-separated (default: "
+                   "STEPS:0,STEPS:LAMBDA_GAN; e.g. 600:0 is an L1 supernet given about the GAN one's time)")
     p.add_argument("--budgets", default="0.10,0.05", help="G MACs fractions, comma-separated")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
@@ -66,12 +68,14 @@ def main(argv=None):
     cap = min(1.0, round(1.2 * max(budgets), 4))   # as attach_supernet caps random slices
     rows = [{"supernet": "none (teacher weights)", "seed": "", "s_per_step": float("nan"), "budget": b,
              **slice_scores(ev, w, val, teacher_val)} for b, w in widths.items()]
+    spelled = args.variants or f"{args.steps}:0,{args.steps}:{args.lambda_gan}"
+    variants = [(int(a), float(b)) for a, b in (v.split(":") for v in spelled.split(","))]
     for seed in range(seeds):
-        for lam in (0.0, args.lambda_gan):
-            name = "L1" if not lam else f"L1 + {lam:g}·GAN"
-            out = os.path.join(runs, f"steps{args.steps}_gan{lam:g}_seed{seed}")
+        for steps, lam in variants:
+            name = ("L1" if not lam else f"L1 + {lam:g}·GAN") + f", {steps} steps"
+            out = os.path.join(runs, f"steps{steps}_gan{lam:g}_seed{seed}")
             t = time.perf_counter()
-            sn = train_supernet(T_G, ev.g_space, train, out, steps=args.steps, batch_size=4, ranking=ev.g_ranking,
+            sn = train_supernet(T_G, ev.g_space, train, out, steps=steps, batch_size=4, ranking=ev.g_ranking,
                                 device="cpu", max_macs=cap, seed=seed, lambda_gan=lam, teacher_D=T_D,
                                 conditional_D=ev.conditional_D)
             state = torch.load(os.path.join(out, STATE_FILE), weights_only=True)
@@ -84,7 +88,7 @@ def main(argv=None):
             ev.supernet = None
     df = pd.DataFrame(rows)
     print(f"\nteacher: PSNR to ground truth {float(psnr(teacher_val, val_B).mean()):.2f} dB on {len(val)} val images; "
-          f"supernets of {args.steps} steps, uniform slices, BN re-estimated, no fine-tuning")
+          "uniform slices, BN re-estimated, no fine-tuning")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     summary = df.groupby(["budget", "supernet"], sort=False).agg(
         psnr_gt=("psnr_gt", "mean"), psnr_gt_std=("psnr_gt", lambda v: float(np.std(v))),
