@@ -343,8 +343,8 @@ SEARCH_ONLY = (
     Option("fill", True, "toggle", help="grow the winner into the budget it leaves unused (default on; --no-fill "
            "keeps it as found)"),
     Option("supernet_steps", 300, "steps", help="train a weight-sharing supernet of G for this many steps, or "
-           "for about this long (90s, 20min, 1.5h: a few steps are timed first and the count is kept for resuming), "
-           "before the search, score candidates as its slices and fine-tune the winner from its slice (default "
+           "for about as long as a duration says (a number with s, min or h appended: a few steps are timed first "
+           "and the count they give is kept for resuming), before the search, score candidates as its slices and fine-tune the winner from its slice (default "
            "300; 0: score weights inherited from the teacher)"),
     Option("supernet_lambda_gan", 0.0, "float", min=0, help="weight of an adversarial term in the supernet's "
            "training: a copy of the teacher's D is trained against the slices and each slice's loss adds "
