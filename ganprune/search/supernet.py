@@ -356,13 +356,14 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, bat
     is trained against the slices (``conditional_D``: whether it sees cat(A, image); None: read from D);
     ``gan_mode`` None is the loss the teacher was trained with: pix2pix's for paired data, CycleGAN's for
     unpaired. ``steps`` is a count or a duration ("90s", "20min", "1.5h"): a few steps are timed first and
-    the budget becomes a count (the budget covers that timing too), recorded in ``out`` for resuming (another
-    budget later is timed again and continues the run to its own count, as a larger count does). With
-    ``progress``, one line says the steps and the time they should take before training starts. With ``out``, the run is
-    resumable there (``SupernetFiles``)."""
+    the budget (counted from this call: setup and timing too) becomes a count, recorded in ``out`` for
+    resuming (another budget later is timed again and continues the run to its own count, as a larger count
+    does). With ``progress``, one line says the steps and the time they should take before training starts.
+    With ``out``, the run is resumable there (``SupernetFiles``)."""
     from ganprune.pruning.physical import channel_ranking
     from ganprune.train.trainer import finetune
 
+    began = time.perf_counter()
     steps = check_steps(steps, "supernet steps")
     budget = duration_seconds(steps)
     if budget is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -406,10 +407,11 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, bat
             target = recorded["steps"]   # the count this budget was given when the run began
     say = progress and int(os.environ.get("WORLD_SIZE", "1")) == 1   # (each rank would time, and say it)
     if isinstance(target, str) or (say and target > done):
-        pace, timed, spent = _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr, seed,
-                                         device, d_spec)
-        if isinstance(target, str):
-            target = max(1, int((budget - spent) // pace))
+        ahead = None if isinstance(target, str) else range(done, target)
+        pace, timed = _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr, seed, device,
+                                  d_spec, ahead)
+        if isinstance(target, str):   # the budget counts from this call: setup and timing included
+            target = max(1, int((budget - (time.perf_counter() - began)) // pace))
             if files is not None:   # a resumed run trains this many (another budget: timed again, as a new count)
                 os.makedirs(files.out, exist_ok=True)
                 atomic_write_yaml(files.path("budget"), {"given": steps, "steps": target, "s_per_step": pace})
@@ -423,18 +425,18 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, bat
 
 
 def _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr, seed, device, d_spec,
-                timed: int = 3) -> tuple[float, int, float]:
-    """``(seconds per step, steps timed, seconds spent here)``: the trainer's step on this supernet, timed on
-    ``timed`` steps after one warm-up step, once the pool's slices are built (the run builds each once too, and
-    keeps them). The nets' weights and the RNG are put back after, so the run that follows is the one it would
-    have been without the timing."""
+                ahead: range | None, timed: int = 3) -> tuple[float, int]:
+    """``(seconds per step, steps timed)``: the trainer's step on this supernet, timed on
+    ``timed`` steps after one warm-up step, once the pool's slices they use are built, and those the run will
+    use in the steps ``ahead`` (None: the whole pool), which it would build once each anyway, and keeps: so the
+    pace is the run's. The nets' weights and the RNG are put back after, so the run that follows is the one it
+    would have been without the timing."""
     from ganprune.core.device import make_grad_scaler, pick_device, resolve_precision
     from ganprune.core.options import FINETUNE_RUN, defaults
     from ganprune.models.registry import conditional_d
     from ganprune.train.common import StepBatches, step_loader
     from ganprune.train.trainer import build_phases, train_step
 
-    began = time.perf_counter()
     dev = pick_device(device)
     prec = resolve_precision(dev, defaults(FINETUNE_RUN)["precision"])
     nets = [n for n in (supernet, D) if n is not None]
@@ -447,8 +449,15 @@ def _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr
             n.to(dev).train()
         torch.manual_seed(seed)   # as the trainer does before building its recipe: the same pool
         rec = recipe(supernet, D, teacher_G, None, "A_path" not in item, options, conditional_D=conditional)
-        for widths in [*rec.pool, supernet.sample(None, "largest"), supernet.sample(None, "smallest")]:
-            supernet._slice_map(widths)
+        if rec.pool:   # (without a pool every step draws new slices and builds them: the timed steps too)
+            needed = {}
+            for step in [*range(timed + 1), *(ahead if ahead is not None else ())]:
+                rec.step = step
+                needed.update((supernet._key(w), w) for _, _, w in rec.slices())
+                if len(needed) >= len(rec.pool) + 2:
+                    break
+            for widths in [*needed.values(), *(rec.pool if ahead is None else ())]:
+                supernet._slice_map(widths)
         _, phases, trainables = build_phases(rec, lr)
         scaler = make_grad_scaler(dev, prec)
         loader = step_loader(dataset, StepBatches(len(dataset), batch_size, seed, 0, timed + 1), seed, 0)
@@ -465,4 +474,4 @@ def _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr
             rec.close()
             for n, state in zip(nets, kept):
                 n.load_state_dict(state)
-    return sum(seconds[1:]) / timed, timed, time.perf_counter() - began
+    return sum(seconds[1:]) / timed, timed
