@@ -223,7 +223,8 @@ class _Run:
         attach_supernet(evaluator, G, c["dataroot"], self.path("search"), steps=c["supernet_steps"],
                         g_budget=c["g_budget"], mode=c["mode"], direction=c["direction"], size=c["size"],
                         phase=c["phase"], seed=c["seed"], progress=self.progress,   # the winner starts from its slice
-                        folder=self.supernet.get("supernet_dir"), cap=self.supernet.get("supernet_cap", "auto"))
+                        folder=self.supernet.get("supernet_dir"), cap=self.supernet.get("supernet_cap", "auto"),
+                        lambda_gan=c["supernet_lambda_gan"])
         g_w = evaluator.g_space.validate(winner["generator"]["widths"])
         d_w = evaluator.d_space.validate(winner["discriminator"]["widths"]) if evaluator.d_space is not None else {}
         with candidate_rng(c["seed"], g_w, d_w, evaluator.device):   # exactly as the search scored it
@@ -375,7 +376,10 @@ def _plain(value):
 
 
 def _changed_keys(old: dict, new: dict) -> list[str]:
-    return sorted(k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k) != new.get(k))
+    """Keys whose values differ; one the old config lacks (an option added since, whose default keeps the old
+    behaviour) counts as its default, so an upgrade alone redoes nothing."""
+    base = {o.name: o.default for o in PIPELINE}
+    return sorted(k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k, base.get(k)) != new.get(k))
 
 
 def _changed_from(keys) -> str | None:

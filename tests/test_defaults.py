@@ -36,8 +36,8 @@ def _schema(command):
 
 
 def _supernet(o):
-    return {"steps": o["supernet_steps"], **{k: o[k] for k in ("g_budget", "mode", "direction", "size", "phase",
-                                                               "seed")}}
+    return {"steps": o["supernet_steps"], "lambda_gan": o["supernet_lambda_gan"],
+            **{k: o[k] for k in ("g_budget", "mode", "direction", "size", "phase", "seed")}}
 
 
 # (what, schema, function, keywords): ``keywords(options)`` -> the keywords the caller passes (None: the
@@ -50,7 +50,7 @@ TABLE = [
     ("search: evaluator", O.SEARCH, setup.build_evaluator, O.evaluator_keywords),
     ("search: supernet", O.SEARCH, setup.attach_supernet, _supernet),
     ("search: supernet training", O.SEARCH, supernet.train_supernet,
-     lambda o: {"steps": o["supernet_steps"], "seed": o["seed"]}),
+     lambda o: {"steps": o["supernet_steps"], "lambda_gan": o["supernet_lambda_gan"], "seed": o["seed"]}),
     ("search: finalists", O.SEARCH, finalists.Distiller,
      lambda o: {"steps": o["finalist_steps"], "seed": o["seed"]}),
     ("search: loop", O.SEARCH, loop.search, None),

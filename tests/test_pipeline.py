@@ -147,6 +147,24 @@ def test_winner_starts_from_its_supernet_slice(tiny, tmp_path):
     assert not os.path.exists(os.path.join(out0, "search", "supernet"))
 
 
+def test_supernet_time_budget_and_gan_term_through_the_pipeline(tiny, tmp_path):
+    """``supernet_steps: 2s`` with ``supernet_lambda_gan``: the search trains the supernet with the teacher's D
+    (conditional, as the pair's spec says) for the count the budget became; the prune stage, a separate call,
+    reloads that run from its recorded count instead of timing or training again."""
+    out = tmp_path / "run"
+    config = {**tiny, "supernet_steps": "2s", "supernet_lambda_gan": 0.1}
+    run_pipeline(config, str(out), stages=["search"], progress=False)
+    folder = out / "search" / "supernet"
+    recorded = yaml.safe_load((folder / "supernet_budget.yaml").read_text())
+    state = torch.load(folder / "supernet_state.pt", weights_only=True)
+    assert recorded["given"] == "2s" and state["step"] == recorded["steps"] >= 1
+    assert state["config"]["recipe"] == "supernet_gan" and "D" in state["nets"]
+    assert state["nets"]["D"]["model.0.weight"].shape[1] == 6          # D sees cat(A, B)
+    before = (folder / "supernet_state.pt").stat().st_mtime_ns
+    run_pipeline(config, str(out), stages=["prune"], progress=False)
+    assert (folder / "supernet_state.pt").stat().st_mtime_ns == before
+
+
 def test_given_widths_are_checked_against_the_budgets(tiny, tmp_path):
     """`--widths` is checked like any candidate: widths over a budget are refused in one line naming the file
     and the budget, before anything is written; widths that fit are recorded feasible, with the budgets."""

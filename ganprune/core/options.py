@@ -27,7 +27,8 @@ MAX_OPSET = 23          # the newest ONNX opset torch 2.x's exporter writes
 @dataclass(frozen=True)
 class Option:
     """One option. ``kind``: str, path, int, float, budget, budgets (a budget, or two or more as a list or
-    comma-separated text: ``check_budgets``), flag (off unless given), toggle (--x/--no-x),
+    comma-separated text: ``check_budgets``), steps (a count or a duration, ``check_steps``), flag (off unless
+    given), toggle (--x/--no-x),
     strings (a list of text, repeatable on the command line) or pairs (KEY=VALUE items or a mapping).
     ``None`` is accepted only where it is the default (it means "not given" / "automatic")."""
     name: str
@@ -128,6 +129,39 @@ def budget_list(value) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+_SECONDS = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def check_steps(value, name: str = "steps"):
+    """A length of training: a whole number of steps >= 0 (text numbers converted), or a duration as text:
+    ``"90s"``, ``"20min"``, ``"1.5h"`` (kept as given, stripped; ``duration_seconds`` reads it)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise UserError(f"{name}: expected a step count >= 0 or a duration like '20min', got {value!r}")
+        return value
+    if duration_seconds(value) is None:
+        raise UserError(f"{name}: expected a step count like 300 or a duration like '90s', '20min' or '1.5h', "
+                        f"got {value!r}")
+    return value.strip()
+
+
+def duration_seconds(value) -> float | None:
+    """The seconds a duration such as ``"20min"`` names (positive and finite), None for anything else."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().lower()
+    unit = next((u for u in ("min", "s", "h") if text.endswith(u)), None)
+    if unit is None:
+        return None
+    try:
+        number = float(text[:-len(unit)])
+    except ValueError:
+        return None
+    return number * _SECONDS[unit] if math.isfinite(number) and number > 0 else None
+
+
 def check(option: Option, value, source: str | None = None):
     """``value`` checked (and text numbers converted) for ``option``; ``source`` names where it came from:
     None (the Python API), "cli" (the command line) or a config file's path."""
@@ -149,6 +183,8 @@ def check(option: Option, value, source: str | None = None):
         value = check_budget(value, where)
     elif kind == "budgets":
         value = check_budgets(value, where)
+    elif kind == "steps":
+        value = check_steps(value, where)
     elif kind == "path":
         if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
             raise UserError(f"{where}: expected a path (text), got {value!r}")
@@ -350,9 +386,14 @@ SEARCH_ONLY = (
            f"before the search stops with an error (default {DEFAULT_TIMEOUT:g}; 0: no limit)"),
     Option("fill", True, "toggle", help="grow the winner into the budget it leaves unused (default on; --no-fill "
            "keeps it as found)"),
-    Option("supernet_steps", 300, "int", min=0, help="train a weight-sharing supernet of G for this many steps "
-           "before the search, score candidates as its slices and fine-tune the winner from its slice (default "
+    Option("supernet_steps", 300, "steps", help="train a weight-sharing supernet of G for this many steps, or "
+           "for about as long as a duration says (a number with s, min or h appended: a few steps are timed first "
+           "and the count they give is kept for resuming), before the search, score candidates as its slices and fine-tune the winner from its slice (default "
            "300; 0: score weights inherited from the teacher)"),
+    Option("supernet_lambda_gan", 0.0, "float", min=0, help="weight of an adversarial term in the supernet's "
+           "training: a copy of the teacher's D is trained against the slices and each slice's loss adds "
+           "lambda·GAN(D(slice)) to its L1 to the teacher (weight 1; 0.01 is pix2pix's GAN:L1 ratio); needs the "
+           "teacher's D (default 0: L1 alone)"),
     Option("finalists", 0, "int", min=0, help="after the search, distil its best N distinct candidates and uniform "
            "pruning briefly from where fine-tuning would start and pick the best of them by the same score (default "
            "0: off: it ranks candidates better, but its winners measured no better: docs/benchmarks.md)"),
@@ -382,7 +423,8 @@ PIPELINE = SEARCH + (
 )
 """``ganprune prune`` (``run_pipeline``'s config): the search options plus fine-tuning and evaluation."""
 
-NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps", "finalists", "finalist_steps")
+NOT_FOR_NNI = ("on_agent_error", "agent_timeout", "supernet_steps", "supernet_lambda_gan", "finalists",
+               "finalist_steps")
 """Search options the NNI commands do not take: an NNI tuner that fails stops the experiment; trials score
 weights inherited from the teacher (each trial is its own process: a supernet would be trained per trial) and
 NNI picks the best trial itself (no finalists)."""
@@ -497,8 +539,8 @@ def search_keywords(o: Mapping) -> dict:
     """``run_search`` keyword arguments from resolved search options (shared by ``search`` and ``prune``)."""
     names = ("mode", "direction", "size", "phase", "calib_images", "calib_batch", "g_budget", "d_budget", "g_agent",
              "d_agent", "agent_file", "rounds", "seed", "on_agent_error", "agent_timeout", "fill", "latency_table",
-             "latency_backend", "latency_threads", "supernet_steps", "g_agent_options", "d_agent_options",
-             "finalists", "finalist_steps")
+             "latency_backend", "latency_threads", "supernet_steps", "supernet_lambda_gan", "g_agent_options",
+             "d_agent_options", "finalists", "finalist_steps")
     return {**{k: o[k] for k in names}, **evaluator_keywords(o)}
 
 

@@ -91,7 +91,7 @@ def prepare_family(o: dict, pair, home: str, *, log, progress: bool = True) -> d
     t0 = time.perf_counter()
     attach_supernet(s.evaluator, G, o["dataroot"], steps=steps, g_budget=budgets, mode=o["mode"],
                     direction=o["direction"], size=o["size"], phase=o["phase"], seed=o["seed"], progress=progress,
-                    folder=folder, cap=cap)
+                    folder=folder, cap=cap, lambda_gan=o["supernet_lambda_gan"])
     info.update(cap=cap, supernet=folder, seconds=time.perf_counter() - t0)
     log(f"family: supernet in {folder} ({'reused' if trained else 'trained'}, {steps} steps, random slices "
         f"capped at {_cap_text(cap)}) shared by {len(budgets)} budget(s): {', '.join(map(str, budgets))}")

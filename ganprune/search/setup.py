@@ -91,21 +91,28 @@ def supernet_cap(g_space, g_budget) -> float | None:
 
 
 def attach_supernet(evaluator, G, dataroot, out=None, *, steps, g_budget=0.25, mode="aligned", direction="AtoB",
-                    size=None, phase="train", seed=0, progress=True, folder=None, cap="auto"):
+                    size=None, phase="train", seed=0, progress=True, folder=None, cap="auto", lambda_gan=0.0):
     """Train (or, from ``folder``, default ``out/supernet``, reload) the supernet whose slices the evaluator then
-    scores; nothing when ``steps`` is 0. Random slices are capped by ``supernet_cap(g_budget)`` unless ``cap``
-    (a fraction or None) says otherwise (a family reuses the cap its supernet was trained with). Returns the
-    supernet or None."""
-    if not steps:
+    scores; nothing when ``steps`` is 0 (a count, or a duration such as "20min": ``train_supernet``). Random
+    slices are capped by ``supernet_cap(g_budget)`` unless ``cap`` (a fraction or None) says otherwise (a family
+    reuses the cap its supernet was trained with). ``lambda_gan`` > 0 trains a copy of the evaluator's teacher D
+    against the slices. Returns the supernet or None."""
+    from ganprune.core.options import check_steps
+    if not check_steps(steps, "supernet_steps"):
         return None
+    if lambda_gan and evaluator.teacher_D is None:
+        raise UserError("supernet_lambda_gan: the adversarial term trains a copy of the teacher's discriminator; "
+                        "give --discriminator or set it to 0")
     from ganprune.data.datasets import build_dataset
     from ganprune.search.supernet import train_supernet
     cap = supernet_cap(evaluator.g_space, g_budget) if cap == "auto" else cap
     folder = folder or (os.path.join(out, "supernet") if out else None)
     data = build_dataset(dataroot, mode=mode, phase=phase, direction=direction, load_size=size, crop_size=size)
+    gan = dict(lambda_gan=lambda_gan, teacher_D=evaluator.teacher_D,
+               conditional_D=evaluator.conditional_D) if lambda_gan else {}
     supernet = train_supernet(G, evaluator.g_space, data, folder,
                               steps=steps, ranking=evaluator.g_ranking, max_macs=cap, seed=seed,
-                              device=evaluator.device, progress=progress)
+                              device=evaluator.device, progress=progress, **gan)
     evaluator.use_supernet(supernet)
     return supernet
 
@@ -193,15 +200,17 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
                d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="onnxruntime",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
-               finalists=0, finalist_steps=60, supernet_dir=None, supernet_cap="auto", **evaluator_options):
+               supernet_lambda_gan=0.0, finalists=0, finalist_steps=60, supernet_dir=None, supernet_cap="auto",
+               **evaluator_options):
     """Collaborative search on the ``phase`` split of ``dataroot``; with ``out``, resumable and written there.
 
     Budgets as ``ganprune.search.budget.parse_budget`` reads them; a "…ms" budget times the network once into a
     ``LatencyTable`` (``latency_backend``, ``latency_threads``), kept as ``out/latency_<G|D>.yaml`` and
     reused by reruns; ``latency_table`` names a saved table to use for G instead; ``agent_timeout``: seconds
-    one agent call may take (0: no limit); ``supernet_steps`` > 0 first trains a weight-sharing supernet
-    (``attach_supernet``, kept in ``out/supernet`` or ``supernet_dir``, its slices capped as ``supernet_cap``
-    says) and scores G candidates as its slices; ``finalists`` > 0:
+    one agent call may take (0: no limit); ``supernet_steps`` (a count > 0 or a duration such as "20min")
+    first trains a weight-sharing supernet (``attach_supernet``, kept in ``out/supernet`` or ``supernet_dir``, its
+    slices capped as ``supernet_cap`` says; ``supernet_lambda_gan`` > 0 adds its adversarial term) and scores G
+    candidates as its slices; ``finalists`` > 0:
     the best few are distilled ``finalist_steps`` steps on the ``phase`` split and scored again
     (``ganprune.search.finalists``)."""
     from ganprune.search.loop import search
@@ -217,7 +226,7 @@ def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", dire
     # the budgets are checked above, before the supernet (minutes) is trained
     attach_supernet(evaluator, G, dataroot, out, steps=supernet_steps, g_budget=g_budget, mode=mode,
                     direction=direction, size=size, phase=phase, seed=seed, progress=progress, folder=supernet_dir,
-                    cap=supernet_cap)
+                    cap=supernet_cap, lambda_gan=supernet_lambda_gan)
     distiller = None
     if finalists:
         from ganprune.data.datasets import build_dataset

@@ -22,12 +22,18 @@ How it fits our search space and physical pruning:
 
 ``train_supernet`` runs on the fine-tuning trainer (``SupernetRecipe``: the supernet is the student, the
 slices' losses are its generator loss in parts), so it gets the trainer's device handling, AMP, DDP, NaN
-recovery and exact resumption: data order and slice sampling are functions of (seed, step).
+recovery and exact resumption: data order and slice sampling are functions of (seed, step). GAN Compression
+trains its supernet with the adversarial loss too: ``lambda_gan`` > 0 (``SupernetGANRecipe``) trains a copy of
+the teacher's D against the slices, saved and resumed with the rest. The length is a step count or a time
+budget ("20min"): a few steps are timed first, and the resulting count is recorded so a resumed run trains
+the same number of steps.
 """
 from __future__ import annotations
 
 import copy
+import os
 import random
+import time
 from collections import OrderedDict
 
 import numpy as np
@@ -36,8 +42,11 @@ from torch import nn
 from torch.func import functional_call
 
 from ganprune.core.errors import UserError
-from ganprune.core.io import atomic_torch_save
+from ganprune.core.io import atomic_torch_save, atomic_write_yaml
+from ganprune.core.options import check_steps, duration_seconds, read_yaml
+from ganprune.core.timing import duration
 from ganprune.train.common import write_log
+from ganprune.train.losses import GANLoss
 from ganprune.train.outputs import RunFiles
 from ganprune.train.recipe import Recipe
 
@@ -252,27 +261,69 @@ class SupernetRecipe(Recipe):
     def forward(self, batch: dict) -> dict:
         return {"A": batch["A"], "target": self.teacher_output(batch["A"])}
 
+    def slices(self) -> list[tuple[int, str, dict]]:
+        """This step's ``(position, sandwich entry, widths)``: a function of the seed and the step."""
+        o, rng = self.options, _rng(self.seed, 0, self.step)
+        return [(i, which, rng.choice(self.pool) if which == "random" and self.pool
+                 else self.student_G.sample(rng, which, o["max_macs"])) for i, which in enumerate(o["sandwich"])]
+
     def generator_loss(self, out: dict):
         o, supernet = self.options, self.student_G
-        rng = _rng(self.seed, 0, self.step)
-        for i, which in enumerate(o["sandwich"]):
-            widths = (rng.choice(self.pool) if which == "random" and self.pool
-                      else supernet.sample(rng, which, o["max_macs"]))
-            l1 = self.l1(supernet(out["A"], widths), out["target"])
+        for i, which, widths in self.slices():
+            fake = supernet(out["A"], widths)
+            l1 = self.l1(fake, out["target"])
             loss, logs = o["lambda_l1"] * l1, {f"L1_{i}_{which}": l1.detach()}
             if self.objective is not None:
                 view = supernet.module(widths, batch_stats=True)
                 density = self.objective(view, reference=self.objective.reference(out["A"], index=self.step))
                 loss = loss + o["lambda_density"] * density
                 logs[f"density_{i}_{which}"] = density.detach()
+            if self.uses_D:
+                adv = self.adversarial(self.student_D, out["A"], fake)
+                loss = loss + o["lambda_gan"] * adv
+                logs[f"G_adv_{i}_{which}"] = adv.detach()
             yield loss, logs
+
+
+class SupernetGANRecipe(SupernetRecipe):
+    """``SupernetRecipe`` plus the adversarial term GAN Compression trains its supernet with: the trainer's
+    student D (a copy of the teacher's D) learns real ``B`` against every slice's output, and each slice's loss
+    adds ``lambda_gan·GAN(D(slice(A)) → real)`` (``gan_mode``: the loss the teacher was trained with). A class
+    of its own, so that the L1-only supernet keeps its options (its saved runs stay resumable) and ``uses_D``
+    stays a fact of the class, as the trainer reads it."""
+
+    name = "supernet_gan"
+    OPTIONS = {**SupernetRecipe.OPTIONS, "lambda_gan": 0.01, "gan_mode": "vanilla"}
+    uses_D = True
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.gan = GANLoss(self.options["gan_mode"])
+
+    def forward(self, batch: dict) -> dict:
+        if "B" not in batch:
+            raise UserError("supernet lambda_gan: the discriminator learns from real B images; the data have none")
+        return {**super().forward(batch), "B": batch["B"]}
+
+    def discriminator_loss(self, out: dict):
+        """½(D(B) → real + the mean over this step's slices of D(slice(A)) → fake), in parts (one per slice).
+        The slices' outputs are made again here, without gradients: the generator phase comes after."""
+        D, a, slices = self.student_D, out["A"], self.slices()
+        real = self.gan(D(self.d_input(D, a, out["B"])), True)
+        yield 0.5 * real, {"D_real": real.detach()}
+        for i, which, widths in slices:
+            with torch.no_grad():
+                fake = self.student_G(a, widths)
+            loss = self.gan(D(self.d_input(D, a, fake)), False)
+            yield 0.5 * loss / len(slices), {f"D_fake_{i}_{which}": loss.detach()}
 
 
 class SupernetFiles(RunFiles):
     """``supernet_state.pt`` (the trainer's state), ``supernet_G.pt`` (the shared weights as the teacher's plain
-    state dict) and ``supernet_log.csv``."""
+    state dict), ``supernet_log.csv`` and, for a time budget, ``supernet_budget.yaml`` (the budget, the step
+    count it became and the timed pace)."""
 
-    FILES = {"G": WEIGHTS_FILE, "state": STATE_FILE, "log": "supernet_log.csv"}
+    FILES = {"G": WEIGHTS_FILE, "state": STATE_FILE, "log": "supernet_log.csv", "budget": "supernet_budget.yaml"}
     label = "supernet"
 
     def upgrade(self, state):
@@ -291,19 +342,36 @@ class SupernetFiles(RunFiles):
         self.last_state = state
 
 
-def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int, batch_size: int = 4,
+def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps, batch_size: int = 4,
                    lr: float = 2e-4, lambda_l1: float = 1.0, lambda_density: float = 0.0, m: int = 4,
                    sandwich: tuple[str, ...] = SANDWICH, max_macs: float | None = None, pool: int = 64,
-                   ranking: dict | None = None, seed: int = 0, device="auto", save_every: int = 200,
-                   progress: bool = True) -> Supernet:
+                   lambda_gan: float = 0.0, teacher_D: nn.Module | None = None, conditional_D: bool | None = None,
+                   gan_mode: str | None = None, ranking: dict | None = None, seed: int = 0, device="auto",
+                   save_every: int = 200, progress: bool = True) -> Supernet:
     """Distil ``teacher_G`` into a supernet over ``space`` on ``dataset`` (items with ``"A"``, a search split):
     the trainer (``ganprune.train.trainer.finetune``: device, AMP, DDP, NaN recovery, exact resume) runs
     ``SupernetRecipe`` for ``steps`` steps at a constant ``lr``. ``lambda_density`` > 0 adds the density
     objective (the teacher's neighbourhoods, ``m`` per input; off by default: see the README's rank
-    benchmark). With ``out``, the run is resumable there (``SupernetFiles``)."""
+    benchmark). ``lambda_gan`` > 0 adds the adversarial term (``SupernetGANRecipe``): a copy of ``teacher_D``
+    is trained against the slices (``conditional_D``: whether it sees cat(A, image); None: read from D);
+    ``gan_mode`` None is the loss the teacher was trained with: pix2pix's for paired data, CycleGAN's for
+    unpaired. ``steps`` is a count or a duration ("90s", "20min", "1.5h"): a few steps are timed first and
+    the budget (counted from this call: setup and timing too) becomes a count, recorded in ``out`` for
+    resuming (another budget later is timed again and continues the run to its own count, as a larger count
+    does). With ``progress``, one line says the steps and the time they should take before training starts.
+    With ``out``, the run is resumable there (``SupernetFiles``)."""
     from ganprune.pruning.physical import channel_ranking
     from ganprune.train.trainer import finetune
 
+    began = time.perf_counter()
+    steps = check_steps(steps, "supernet steps")
+    budget = duration_seconds(steps)
+    if budget is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(f"supernet steps {steps!r}: a time budget is timed in one process; under torchrun give a "
+                        "step count")
+    if lambda_gan and teacher_D is None:
+        raise UserError("supernet lambda_gan: the adversarial term trains a copy of the teacher's discriminator; "
+                        "give teacher_D (--discriminator) or set it to 0")
     if len(dataset) == 0:
         raise UserError("supernet: no training images in the search split")
     if len(dataset) < batch_size:   # a tiny but valid data set: every batch is the whole set
@@ -311,7 +379,8 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
             print(f"supernet: {len(dataset)} training image(s), fewer than batch_size {batch_size}: batches of "
                   f"{len(dataset)}", flush=True)
         batch_size = len(dataset)
-    first = dataset[0]["A"].unsqueeze(0).to(next(teacher_G.parameters()).device)
+    item = dataset[0]
+    first = item["A"].unsqueeze(0).to(next(teacher_G.parameters()).device)
     teacher_G.eval()
     ranking = ranking if ranking is not None else channel_ranking(teacher_G, first)
     supernet = Supernet(teacher_G, space, first, ranking)
@@ -319,7 +388,90 @@ def train_supernet(teacher_G: nn.Module, space, dataset, out=None, *, steps: int
                 "ranking_key": _ranking_key(ranking)}   # which channels a slice keeps: another ranking, another net
     options = {"lambda_l1": lambda_l1, "lambda_density": lambda_density, "m": m, "sandwich": tuple(sandwich),
                "max_macs": max_macs, "pool": pool}
-    finetune(supernet, None, teacher_G, None, dataset, recipe=SupernetRecipe, steps=steps, batch_size=batch_size,
+    recipe, D, d_spec = SupernetRecipe, None, None
+    if lambda_gan:
+        from ganprune.train.recipes.cyclegan import CycleGAN
+        from ganprune.train.recipes.pix2pix import Pix2Pix
+        paired = "A_path" not in item   # as the trainer tells them apart
+        recipe, D = SupernetGANRecipe, Recipe.trainable_copy(teacher_D)
+        teachers_loss = (Pix2Pix if paired else CycleGAN).OPTIONS["gan_mode"]
+        options.update(lambda_gan=lambda_gan, gan_mode=gan_mode or teachers_loss)
+        d_spec = {"conditional": bool(conditional_D)} if conditional_D is not None else None
+    files = SupernetFiles(out) if out is not None else None
+    saved = files.read_state() if files is not None else None
+    done = int(saved["step"]) if saved else 0
+    target = steps
+    if budget is not None and files is not None and files.path("budget").is_file():
+        recorded = read_yaml(files.path("budget"), "supernet budget")
+        if isinstance(recorded, dict) and recorded.get("given") == steps and isinstance(recorded.get("steps"), int):
+            target = recorded["steps"]   # the count this budget was given when the run began
+    say = progress and int(os.environ.get("WORLD_SIZE", "1")) == 1   # (each rank would time, and say it)
+    if isinstance(target, str) or (say and target > done):
+        ahead = None if isinstance(target, str) else range(done, target)
+        pace, timed = _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr, seed, device,
+                                  d_spec, ahead)
+        if isinstance(target, str):   # the budget counts from this call: setup and timing included
+            target = max(1, int((budget - (time.perf_counter() - began)) // pace))
+            if files is not None:   # a resumed run trains this many (another budget: timed again, as a new count)
+                os.makedirs(files.out, exist_ok=True)
+                atomic_write_yaml(files.path("budget"), {"given": steps, "steps": target, "s_per_step": pace})
+        if say and target > done:
+            print(f"supernet: {target} steps, about {duration(pace * (target - done))} ({pace:.3g} s/step timed on "
+                  f"{timed} steps)" + (f", resuming at step {done}" if done else ""), flush=True)
+    finetune(supernet, D, teacher_G, None, dataset, recipe=recipe, steps=target, batch_size=batch_size,
              lr=lr, decay_from=1.0, seed=seed, device=device, save_every=save_every, recipe_options=options,
-             progress=progress, files=SupernetFiles(out) if out is not None else None, settings=settings)
+             progress=progress, files=files, settings=settings, d_spec=d_spec)
     return supernet.eval()
+
+
+def _time_steps(recipe, supernet, D, teacher_G, dataset, options, batch_size, lr, seed, device, d_spec,
+                ahead: range | None, timed: int = 3) -> tuple[float, int]:
+    """``(seconds per step, steps timed)``: the trainer's step on this supernet, timed on
+    ``timed`` steps after one warm-up step, once the pool's slices they use are built, and those the run will
+    use in the steps ``ahead`` (None: the whole pool), which it would build once each anyway, and keeps: so the
+    pace is the run's. The nets' weights and the RNG are put back after, so the run that follows is the one it
+    would have been without the timing."""
+    from ganprune.core.device import make_grad_scaler, pick_device, resolve_precision
+    from ganprune.core.options import FINETUNE_RUN, defaults
+    from ganprune.models.registry import conditional_d
+    from ganprune.train.common import StepBatches, step_loader
+    from ganprune.train.trainer import build_phases, train_step
+
+    dev = pick_device(device)
+    prec = resolve_precision(dev, defaults(FINETUNE_RUN)["precision"])
+    nets = [n for n in (supernet, D) if n is not None]
+    kept = [copy.deepcopy(n.state_dict()) for n in nets]
+    item = dataset[0]
+    conditional = conditional_d(d_spec, D, item["A"].shape[0], item["B"].shape[0]) if D is not None else False
+    with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+        teacher_G.to(dev).eval()
+        for n in nets:
+            n.to(dev).train()
+        torch.manual_seed(seed)   # as the trainer does before building its recipe: the same pool
+        rec = recipe(supernet, D, teacher_G, None, "A_path" not in item, options, conditional_D=conditional)
+        if rec.pool:   # (without a pool every step draws new slices and builds them: the timed steps too)
+            needed = {}
+            for step in [*range(timed + 1), *(ahead if ahead is not None else ())]:
+                rec.step = step
+                needed.update((supernet._key(w), w) for _, _, w in rec.slices())
+                if len(needed) >= len(rec.pool) + 2:
+                    break
+            for widths in [*needed.values(), *(rec.pool if ahead is None else ())]:
+                supernet._slice_map(widths)
+        _, phases, trainables = build_phases(rec, lr)
+        scaler = make_grad_scaler(dev, prec)
+        loader = step_loader(dataset, StepBatches(len(dataset), batch_size, seed, 0, timed + 1), seed, 0)
+        seconds = []
+        try:
+            for step, batch in enumerate(loader):
+                rec.step, rec.steps = step, timed + 1
+                batch = {k: v.to(dev) for k, v in batch.items() if torch.is_tensor(v)}
+                t0 = time.perf_counter()
+                losses, _ = train_step(rec, phases, trainables, scaler, batch, dev, prec)
+                float(sum(losses.values()))   # waits for the device
+                seconds.append(time.perf_counter() - t0)
+        finally:
+            rec.close()
+            for n, state in zip(nets, kept):
+                n.load_state_dict(state)
+    return sum(seconds[1:]) / timed, timed
