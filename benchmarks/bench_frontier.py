@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2, help="training threads (latency is always timed at 1)")
     ap.add_argument("--anchor-recipe", default=None, help="recipe of the anchors' row (default omgd, else dcd)")
     ap.add_argument("--teacher-steps", type=int, default=3000, help="the benchmark teacher's training steps")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: the table from the runs already finished in --out (rows of missing runs left out)")
     ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -162,6 +164,8 @@ def main():
                 if args.methods and folder not in args.methods.split(","):
                     continue
                 out = os.path.join(args.out, f"x{ratio:g}", folder, f"seed{seed}")
+                if args.report_only and not os.path.exists(os.path.join(out, "metrics.csv")):
+                    continue
                 steps = s["finetune_steps"] + (0 if supernet else s["supernet_steps"])   # equal training steps
                 agent, _, start = agent.partition("@")   # greedy@uniform: greedy started from uniform widths
                 config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": agent,
