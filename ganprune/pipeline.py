@@ -375,11 +375,25 @@ def _plain(value):
     return value
 
 
+# How a latency is timed matters only to a budget in milliseconds: without one, a changed default (or option)
+# there changes no result.
+_LATENCY_ONLY = ("latency_backend", "latency_threads", "latency_table")
+
+
+def _has_ms_budget(config: dict) -> bool:
+    from ganprune.core.options import budget_list
+    from ganprune.search.budget import is_latency
+    return any(is_latency(b) for key in ("g_budget", "d_budget") if config.get(key) is not None
+               for b in budget_list(config[key]))
+
+
 def _changed_keys(old: dict, new: dict) -> list[str]:
     """Keys whose values differ; one the old config lacks (an option added since, whose default keeps the old
-    behaviour) counts as its default, so an upgrade alone redoes nothing."""
+    behaviour) counts as its default, so an upgrade alone redoes nothing; the latency timing options count only
+    when a budget is in milliseconds."""
     base = {o.name: o.default for o in PIPELINE}
-    return sorted(k for k in set(old) | set(new) if k not in _NOT_RESULTS and old.get(k, base.get(k)) != new.get(k))
+    ignored = _NOT_RESULTS + (() if _has_ms_budget(old) or _has_ms_budget(new) else _LATENCY_ONLY)
+    return sorted(k for k in set(old) | set(new) if k not in ignored and old.get(k, base.get(k)) != new.get(k))
 
 
 def _changed_from(keys) -> str | None:

@@ -184,3 +184,15 @@ def test_given_widths_are_checked_against_the_budgets(tiny, tmp_path):
     assert winner["budget"]["generator"]["limit"] == winner["generator"]["macs"]   # the dense G, within 100%
     history = pd.read_csv(out / "history.csv")
     assert list(history["phase"]) == ["given"] and history["feasible"].all()
+
+
+def test_latency_timing_options_matter_only_with_a_ms_budget():
+    """A run folder from before the latency backend's default changed is not redone under a MACs budget; under
+    a ms budget the backend decides the widths, so a change there redoes the search."""
+    from ganprune.pipeline import _changed_keys, resolve_config
+    new = resolve_config({"dataroot": "d", "generator": "g.pth", "g_budget": 0.25})
+    old = {**new, "latency_backend": "torch+fold", "latency_threads": 1}
+    assert _changed_keys(old, new) == []
+    ms_new, ms_old = {**new, "g_budget": "3ms"}, {**old, "g_budget": "3ms"}
+    assert _changed_keys(ms_old, ms_new) == ["latency_backend", "latency_threads"]
+    assert _changed_keys(old, {**new, "d_budget": "2ms"}) == ["d_budget", "latency_backend", "latency_threads"]
