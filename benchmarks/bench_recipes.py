@@ -1,38 +1,37 @@
-"""Fine-tuning recipes side by side: same teacher, same pruned pair, same steps, same held-out data.
+"""Fine-tuning recipes side by side, fairly: same teacher, same pruned pair, same steps, every held-out image.
 
-On the embedded edges→photo set, a Pix2Pix teacher is trained with ``ganprune.train.teacher.train_teacher``
-(cached under ``--out``), G is pruned to ≈25% of its MACs and D to ≈50% by uniform width scaling
-(``SearchSpace.uniform``, magnitude-ranked channels from the teacher's weights), and every recipe
-fine-tunes its own copy of that pair for the same number of steps (selfsup trains the dense D, as the
-method prescribes). The rows "pruned, no fine-tuning" and "teacher" bracket the results. On the
-*val* split (never seen in training): PSNR (mean of per-image PSNR, images in [0, 1]) and SSIM against
-the ground truth and against the teacher's output, FID and KID (× 1000, ± std over subsets) against the
-val targets from FID-Inception features of N images, and training speed (steps/s, this machine's CPU).
-The result is each run's last step (no picking on val).
+The teacher is the frontier/rank benchmarks' (gray→color unet_64/ngf 32, 3,000 steps; ``bench_rank.teacher_dir``,
+cached under ``$GANPRUNE_RANK_CACHE``, else ``--out``/rank). G is pruned to uniform widths filled to 10% of its
+MACs (the frontier's 10× point) and D to 50% (``search.budget.uniform_widths``), channels kept by L1 magnitude;
+every recipe fine-tunes its own copy of that pair for the same steps (selfsup trains a copy of the dense D, as
+the method prescribes), batch 1, once per seed (the seed sets the batch order and the recipe's own modules).
+``output_l1`` (plain L1 to the teacher's output) is the control a distillation recipe has to beat.
 
-    python benchmarks/bench_recipes.py --quick      # 64² teacher, 300 steps per recipe, N=32 for FID/KID
-    python benchmarks/bench_recipes.py              # 128² teacher, 1500 steps per recipe, all val images
+BatchNorm, one rule for all: the trainer runs every student G in train mode (batch-1 statistics, dropout on),
+so its running statistics are a momentum average the recipe's extra forwards also feed (cyclegan's identity
+pass on B does; density's perturbed copies run in eval mode and do not) and the pruned start still has the
+dense teacher's. So every scored student (the pruned start too) keeps the weights it trained and has its
+BatchNorm statistics re-estimated on all train inputs (``recalibrate_batchnorm``: cumulative average, dropout
+off) before it is scored in eval mode. The teacher is scored as trained.
 
-With ``--compare-uniform`` the recipe table is replaced by a width comparison under the density recipe:
-per seed, the collaborative search (greedy G-agent + greedy D-agent, density objective, on the *train*
-split only) picks widths for G at ≤25% and D at ≤50% of the teacher's MACs, and uniform width scaling
-gets the largest uniform fraction whose MACs do not exceed the searched winner's (G and D separately;
-the table shows both MACs percentages). Both pairs are built the same way (magnitude-ranked channels,
-BatchNorm statistics re-estimated on the search's train images), fine-tuned with the density recipe for
-the same steps and seed, and scored on val as above; the table is mean ± std over ``--seeds``.
+Scores on every val image (never seen in training; the result is each run's last step, no picking on val):
+PSNR (mean of per-image PSNR on [0, 1]) and SSIM against the ground truth and against the teacher's output,
+FID and KID (× 1000; ± std over 50 subsets of half the images) against the val targets, from FID-Inception
+features. ``train s`` is the measured wall-clock of the training steps (kept in the run's state, so cached
+runs report it too) and ``steps/s`` = steps / ``train s``, on this machine's CPU at ``--threads``.
 
-    python benchmarks/bench_recipes.py --quick --compare-uniform   # 30-candidate search on 8 images, 3 seeds
-    python benchmarks/bench_recipes.py --compare-uniform           # 60 candidates on 16 images, 3 seeds
+    python benchmarks/bench_recipes.py --quick --threads 1     # 300 steps, 3 seeds, all recipes
+    python benchmarks/bench_recipes.py --threads 1             # 2,000 steps, 3 seeds (--seeds, --recipes to cut)
 
-Runs are resumable and cached in ``--out``: a rerun only computes what is missing (searches and
-fine-tunes; the val scores are recomputed). FID at small N is biased upwards and noisy (±10 or more):
-compare recipes with KID ± std, within one table.
+Runs are resumable and cached in ``--out`` (one folder per recipe, steps and seed, with its scores): a rerun
+only trains and scores what is missing. Per-run rows go to ``bench_recipes_<steps>_runs.csv``, mean ± std over
+seeds to ``bench_recipes_<steps>.csv``.
 """
 from __future__ import annotations
 
 import copy
+import json
 import os
-import time
 
 # Before torch loads OpenMP: idle threads sleep instead of spinning. On a CPU shared with other jobs,
 # spinning threads made training steps far slower (measured: docs/benchmarks.md, CPU threads).
@@ -42,127 +41,90 @@ import numpy as np
 import pandas as pd
 import torch
 
-from _common import cached_teacher, fid_features, outputs, parser
+from _common import fid_features, outputs, parser
+from bench_frontier import teacher_spaces
+from bench_rank import teacher_dir
+from ganprune.core.io import atomic_write_text
 from ganprune.data.datasets import build_dataset
-from ganprune.train.trainer import finetune
 from ganprune.metrics.quality import fid_kid, psnr, ssim
-from ganprune.search.budget import widest_uniform
-from ganprune.search.setup import run_search
 from ganprune.pruning.physical import prune
-from ganprune.pruning.space import SearchSpace
-from ganprune.train.teacher import load_teacher
+from ganprune.scoring.candidates import recalibrate_batchnorm
+from ganprune.search.budget import uniform_widths
+from ganprune.train.pair import load_pair
+from ganprune.train.trainer import finetune
 
 RECIPES = ("pix2pix", "density", "dgl", "dcd", "gcc", "omgd", "selfsup", "cyclegan", "output_l1")
+G_BUDGET, D_BUDGET = 0.10, 0.50     # fractions of the teacher's MACs
+TEACHER_STEPS = 3000
+METRICS = ("PSNR GT", "SSIM GT", "PSNR teacher", "SSIM teacher", "FID", "KID×1e3", "KID subset std×1e3",
+           "train s", "steps/s")
 
 
-def settings(quick: bool) -> dict:
-    # rounds/calib_images/seeds: the --compare-uniform search (the pipeline's quick/default sizes)
-    if quick:
-        return dict(size=64, arch="unet_64", ngf=16, ndf=16, teacher_steps=300, steps=300, fid_n=32,
-                    rounds=30, calib_images=8, seeds=3)
-    return dict(size=128, arch="unet_128", ngf=32, ndf=32, teacher_steps=1500, steps=1500, fid_n=None,
-                rounds=60, calib_images=16, seeds=3)
+def steps_for(quick: bool) -> int:
+    return 300 if quick else 2000
 
 
-def teacher_name(s: dict) -> str:
-    return f"teacher_{s['arch']}_{s['ngf']}_{s['teacher_steps']}"
-
-
-def prepare(out: str, s: dict):
-    teacher_dir = os.path.join(out, teacher_name(s))
-    data = cached_teacher(os.path.join(out, f"demo{s['size']}"), teacher_dir, size=s["size"], arch=s["arch"],
-                          ngf=s["ngf"], ndf=s["ndf"], steps=s["teacher_steps"])
-    return (data, *load_teacher(teacher_dir))
-
-
-def closest_uniform(space: SearchSpace, target: float) -> tuple[dict, float]:
-    """The uniform width fraction whose MACs come closest to ``target`` × the dense MACs."""
-    full = space.macs(space.full_widths())
-    best = min((abs(space.macs(space.uniform(f)) / full - target), f) for f in np.linspace(0.05, 1.0, 96))
-    widths = space.uniform(best[1])
-    return widths, space.macs(widths) / full
+def pruned_pair(TG, TD, g_space, d_space, train_set):
+    """The uniform pair every recipe starts from (L1-kept channels) and its (G, D) MACs fractions."""
+    def at(space, fraction):
+        return uniform_widths(space, fraction * space.macs(space.full_widths()))
+    g_w, d_w = at(g_space, G_BUDGET), at(d_space, D_BUDGET)
+    item = train_set[0]
+    x, xd = item["A"][None], torch.cat([item["A"], item["B"]])[None]
+    G0, D0 = prune(TG, g_w, x, importance="l1"), prune(TD, d_w, xd, importance="l1")
+    fracs = (g_space.macs(g_w) / g_space.macs(g_space.full_widths()),
+             d_space.macs(d_w) / d_space.macs(d_space.full_widths()))
+    return G0, D0, fracs
 
 
 class ValScorer:
-    """Scores generators on the val split against the ground truth, the teacher's output and (FID/KID)
-    the val targets; the teacher's outputs and the real features are computed once."""
+    """Scores generators on every val image against the ground truth, the teacher's output and (FID/KID) the
+    val targets; students get their BatchNorm statistics re-estimated on the train inputs first (the rule in
+    the module docstring). The teacher's outputs and the real features are computed once."""
 
-    def __init__(self, TG, val_set, fid_n=None, use_fid=True):
+    def __init__(self, TG, val_set, train_set, use_fid=True, batch_size=16):
         self.val_set = val_set
         self.A, self.B, self.teacher_out = outputs(TG, val_set)
-        self.fid_n = fid_n or len(self.A)
-        self.real_feats = fid_features(self.B[:self.fid_n]) if use_fid else None
+        train_A = torch.stack([train_set[i]["A"] for i in range(len(train_set))])
+        self.calib = list(train_A.split(batch_size))
+        self.real_feats = fid_features(self.B) if use_fid else None
 
-    def __call__(self, name, G, extra) -> dict:
+    def __call__(self, G, student=True) -> dict:
+        if student:
+            recalibrate_batchnorm(G, self.calib)
         _, _, fake = outputs(G, self.val_set)
-        row = {"recipe": name, **extra}
+        row = {}
         for label, ref in (("GT", self.B), ("teacher", self.teacher_out)):
             row[f"PSNR {label}"], row[f"SSIM {label}"] = float(psnr(fake, ref).mean()), float(ssim(fake, ref).mean())
         if self.real_feats is not None:
-            # KID over 50 subsets of half the images (at most 1000): subsets of all would all be the same set
-            r = fid_kid(self.real_feats, fid_features(fake[:self.fid_n]), kid_subsets=50,
-                        kid_subset_size=max(2, min(len(self.real_feats), 2000) // 2))
-            row["FID"], row["KID×1e3"], row["KID std×1e3"] = r["fid"], 1000 * r["kid_mean"], 1000 * r["kid_std"]
-        print(f"  {name:24s} PSNR GT {row['PSNR GT']:.2f} dB  PSNR teacher {row['PSNR teacher']:.2f} dB"
-              + (f"  FID {row['FID']:.1f}  KID×1e3 {row['KID×1e3']:.2f}" if "FID" in row else ""), flush=True)
+            # KID over 50 subsets of half the images: subsets of all of them would all be the same set
+            r = fid_kid(self.real_feats, fid_features(fake), kid_subsets=50,
+                        kid_subset_size=max(2, len(self.real_feats) // 2))
+            row["FID"], row["KID×1e3"], row["KID subset std×1e3"] = r["fid"], 1000 * r["kid_mean"], 1000 * r["kid_std"]
         return row
 
 
-def finetune_copy(G0, D0, TG, TD, train_set, recipe, s, seed, out, spec):
-    """A fine-tuned copy of G0 (trained with a copy of D0), and its speed (NaN where the run was cached)."""
+def run_recipe(G0, D0, TG, TD, train_set, recipe, steps, seed, out, spec, scorer) -> dict:
+    """One fine-tune of a copy of the pair (cached in ``out``) and its scores (cached in ``out``/scores.json)."""
+    scores_path = os.path.join(out, "scores.json")
+    if os.path.exists(scores_path):
+        with open(scores_path, encoding="utf-8") as fh:
+            return json.load(fh)
     G = copy.deepcopy(G0).requires_grad_(True)
     D = copy.deepcopy(D0).requires_grad_(True)
-    start = time.perf_counter()
-    result = finetune(G, D, TG, TD, train_set, recipe=recipe, steps=s["steps"], batch_size=1, seed=seed, out=out,
-                      save_every=max(50, s["steps"] // 4), device="cpu", progress=True,
+    result = finetune(G, D, TG, TD, train_set, recipe=recipe, steps=steps, batch_size=1, seed=seed, out=out,
+                      save_every=max(50, steps // 4), device="cpu", progress=False,
                       g_spec=spec["G"], d_spec=spec["D"])
-    wall = time.perf_counter() - start
-    return G, {"steps/s": result["steps_per_s"] or float("nan"),
-               "train s": wall if result["steps_run"] else float("nan")}
+    row = {"recipe": recipe, "seed": seed, "steps": steps, **scorer(G),
+           "train s": result["train_seconds"], "steps/s": steps / result["train_seconds"]}
+    atomic_write_text(scores_path, json.dumps(row, indent=1))
+    return row
 
 
-def compare_uniform(args, s, data, TG, TD, spec, train_set, scorer) -> pd.DataFrame:
-    """Searched vs uniformly scaled widths at equal (or lower) MACs, both fine-tuned with the density recipe;
-    one row per (seed, widths, stage)."""
-    seeds = range(args.seed, args.seed + (args.seeds or s["seeds"]))
-    root = os.path.join(args.out, f"compare_{teacher_name(s)}_r{s['rounds']}_c{s['calib_images']}")
-    rows = [scorer("teacher (dense)", TG, {"widths": "teacher (dense)", "stage": "", "G MACs %": 100.0,
-                                           "D MACs %": 100.0})]
-    for seed in seeds:
-        run = os.path.join(root, f"seed{seed}")
-        result = run_search(TG, TD, spec["G"], spec["D"], data, os.path.join(run, "search"), phase="train",
-                            calib_images=s["calib_images"], g_budget=0.25, d_budget=0.5, g_agent="greedy",
-                            d_agent="greedy", rounds=s["rounds"], seed=seed, progress=True)
-        if result.best is None:
-            raise SystemExit(f"seed {seed}: no candidate met both budgets in {s['rounds']} rounds; raise rounds")
-        ev = result.evaluator
-        g_space, d_space = ev.g_space, ev.d_space
-        g_full, d_full = g_space.macs(g_space.full_widths()), d_space.macs(d_space.full_widths())
-        # where no uniform fraction fits, widest_uniform gives the smallest widths: never above the winner's MACs
-        g_uni, d_uni = widest_uniform(g_space, result.best["g_macs"]), widest_uniform(d_space, result.best["d_macs"])
-        pairs = {"searched": (result.best["g_widths"], result.best["d_widths"]), "uniform": (g_uni, d_uni)}
-        print(f"seed {seed}: search {len(result.history)} candidates ({result.seconds:.1f} s); uniform widths "
-              f"G {100 * g_space.macs(g_uni) / g_full:.1f}%, D {100 * d_space.macs(d_uni) / d_full:.1f}% MACs",
-              flush=True)
-        for kind, (g_w, d_w) in pairs.items():
-            print(f"  {kind} G widths {g_space.validate(g_w)}\n  {kind} D widths {d_space.validate(d_w)}")
-            # the search's own builder: same channel ranking and BatchNorm re-estimation for both pairs;
-            # seeded, as that re-estimation runs G in train mode (dropout), whether the search ran or replayed
-            torch.manual_seed(seed)
-            G0, D0 = ev.build_pair(g_w, d_w)
-            meta = {"widths": kind, "seed": seed, "G MACs %": 100 * g_space.macs(g_w) / g_full,
-                    "D MACs %": 100 * d_space.macs(d_w) / d_full}
-            rows.append(scorer(f"{kind}, no fine-tuning", G0, {**meta, "stage": "pruned, no fine-tuning"}))
-            G, timing = finetune_copy(G0, D0, TG, TD, train_set, "density", s, seed,
-                                      os.path.join(run, f"ft_{kind}_{s['steps']}"), spec)
-            rows.append(scorer(f"{kind}, density", G, {**meta, "stage": "density fine-tuned", **timing}))
-    return pd.DataFrame(rows)
-
-
-def mean_std(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean ± std over seeds per (widths, stage): numeric (for the CSV) and as text (for the table)."""
-    metrics = [c for c in raw.columns if c not in ("recipe", "widths", "stage", "seed", "KID std×1e3")]
-    grouped = raw.groupby(["widths", "stage"], sort=False)[metrics]
+def summary(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Mean ± std over seeds per recipe: numeric (for the CSV) and as text (for the table)."""
+    metrics = [c for c in METRICS if c in raw.columns]
+    grouped = raw.groupby("recipe", sort=False)[metrics]
     mean, std = grouped.mean(), grouped.std()
     numeric = mean.add_suffix(" mean").join(std.add_suffix(" std"))
     numeric.insert(0, "seeds", grouped.size())
@@ -170,67 +132,59 @@ def mean_std(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for col in metrics:
         text[col] = ["n/a" if np.isnan(m) else f"{m:.4g}" if np.isnan(sd) else f"{m:.4g} ± {sd:.2g}"
                      for m, sd in zip(mean[col], std[col])]
+    text.insert(0, "seeds", grouped.size())
     return numeric.reset_index(), text.reset_index()
 
 
 def main():
     ap = parser(__doc__, "bench_recipes")
     ap.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated subset")
+    ap.add_argument("--seeds", type=int, default=3, help="number of seeds, from --seed on")
+    ap.add_argument("--seed", type=int, default=0, help="the first seed")
     ap.add_argument("--no-fid", action="store_true", help="skip FID/KID (the slow part on a CPU)")
-    ap.add_argument("--seed", type=int, default=0, help="the (first) seed")
-    ap.add_argument("--compare-uniform", action="store_true",
-                    help="instead of the recipe table: density recipe on searched vs uniformly scaled widths")
-    ap.add_argument("--seeds", type=int, default=None,
-                    help="--compare-uniform: number of seeds, from --seed on (default 3)")
     args = ap.parse_args()
-    if args.seeds is not None and args.seeds < 1:
+    if args.seeds < 1:
         ap.error("--seeds must be at least 1")
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    unknown = sorted(set(recipes) - set(RECIPES))
+    if unknown:
+        ap.error(f"--recipes: unknown {', '.join(unknown)}; expected some of {', '.join(RECIPES)}")
     torch.set_num_threads(args.threads)
-    s = settings(args.quick)
+    steps = steps_for(args.quick)
     os.makedirs(args.out, exist_ok=True)
-    data, TG, TD, spec = prepare(args.out, s)
-
+    data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), TEACHER_STEPS)
+    TG, TD, g_spec, d_spec = load_pair(tdir)
+    spec = {"G": g_spec, "D": d_spec}
     train_set = build_dataset(data, phase="train")
     val_set = build_dataset(data, phase="val", flip=False)
-    if args.compare_uniform:
-        TG.requires_grad_(False)
-        TD.requires_grad_(False)
-        scorer = ValScorer(TG, val_set, s["fid_n"], not args.no_fid)
-        raw = compare_uniform(args, s, data, TG, TD, spec, train_set, scorer)
-        numeric, text = mean_std(raw)
-        raw.to_csv(os.path.join(args.out, f"compare_uniform_{s['size']}_runs.csv"), index=False)
-        numeric.to_csv(os.path.join(args.out, f"compare_uniform_{s['size']}.csv"), index=False)
-        n_seeds = args.seeds or s["seeds"]
-        print(f"\nteacher {spec['G']['arch']} ngf {spec['G']['ngf']} ({s['teacher_steps']} steps) at {s['size']}²; "
-              f"search: greedy G + greedy D agents, density objective, G ≤25% / D ≤50% MACs, {s['rounds']} "
-              f"candidates on {s['calib_images']} train images; uniform: largest uniform widths within the "
-              f"searched MACs; density recipe, {s['steps']} steps, batch 1, {args.threads} thread(s); "
-              f"mean ± std over {n_seeds} seed(s); val {len(scorer.A)} images"
-              + ("" if args.no_fid else f", FID/KID on {scorer.fid_n}") + "; steps/s n/a = cached run\n")
-        print(text.to_markdown(index=False))
-        return
-
-    x = torch.zeros(1, 3, s["size"], s["size"])
-    xd = torch.zeros(1, spec["D"]["input_nc"], s["size"], s["size"])
-    g_widths, g_frac = closest_uniform(SearchSpace.from_model(TG, x, arch=spec["G"]["arch"]), 0.25)
-    d_widths, d_frac = closest_uniform(SearchSpace.from_model(TD, xd, arch=spec["D"]["arch"]), 0.5)
-    G0, D0 = prune(TG, g_widths, x), prune(TD, d_widths, xd)
+    G0, D0, (g_frac, d_frac) = pruned_pair(TG, TD, *teacher_spaces(tdir, data), train_set)
     TG.requires_grad_(False)
     TD.requires_grad_(False)
 
-    scorer = ValScorer(TG, val_set, s["fid_n"], not args.no_fid)
-    rows = [scorer("teacher (dense)", TG, {}), scorer("pruned, no fine-tuning", G0, {})]
-    for recipe in [r.strip() for r in args.recipes.split(",") if r.strip()]:
-        G, timing = finetune_copy(G0, TD if recipe == "selfsup" else D0, TG, TD, train_set, recipe, s, args.seed,
-                                  os.path.join(args.out, f"ft_{s['size']}_{recipe}_{s['steps']}"), spec)
-        rows.append(scorer(recipe, G, timing))
-    table = pd.DataFrame(rows)
-    table.to_csv(os.path.join(args.out, f"bench_recipes_{s['size']}.csv"), index=False)
-    print(f"\nteacher {spec['G']['arch']} ngf {spec['G']['ngf']} ({s['teacher_steps']} steps) at {s['size']}²; "
-          f"pruned G {g_frac:.1%} MACs, D {d_frac:.1%} MACs (selfsup: dense D); {s['steps']} steps per recipe, "
-          f"batch 1, {args.threads} thread(s); val {len(scorer.A)} images"
-          + ("" if args.no_fid else f", FID/KID on {scorer.fid_n}") + "; steps/s NaN = cached run\n")
-    print(table.to_markdown(index=False, floatfmt=".4g"))
+    scorer = ValScorer(TG, val_set, train_set, not args.no_fid)
+    # the teacher against its own output would read 100 dB: n/a
+    fixed = [{"recipe": "teacher (dense)", **scorer(TG, student=False), "PSNR teacher": np.nan, "SSIM teacher": np.nan},
+             {"recipe": "pruned, no fine-tuning", **scorer(copy.deepcopy(G0))}]
+    rows = []
+    fid_tag = "" if args.no_fid else "_fid"
+    for seed in range(args.seed, args.seed + args.seeds):
+        for recipe in recipes:
+            out = os.path.join(args.out, f"g{G_BUDGET:g}_d{D_BUDGET:g}", f"{recipe}_{steps}{fid_tag}", f"seed{seed}")
+            row = run_recipe(G0, TD if recipe == "selfsup" else D0, TG, TD, train_set, recipe, steps, seed, out,
+                             spec, scorer)
+            rows.append(row)
+            print(f"  {recipe:10s} seed {seed}: PSNR GT {row['PSNR GT']:.2f} dB, teacher {row['PSNR teacher']:.2f} dB"
+                  + (f", KID×1e3 {row['KID×1e3']:.2f}" if "KID×1e3" in row else "")
+                  + f", {row['train s']:.0f} s", flush=True)
+    raw = pd.DataFrame(fixed + rows)
+    numeric, text = summary(raw)
+    raw.to_csv(os.path.join(args.out, f"bench_recipes_{steps}_runs.csv"), index=False)
+    numeric.to_csv(os.path.join(args.out, f"bench_recipes_{steps}.csv"), index=False)
+    print(f"\nteacher {tdir} ({g_spec['arch']} ngf {g_spec['ngf']}); pruned G {g_frac:.1%} MACs, D {d_frac:.1%} "
+          f"MACs (selfsup: dense D), L1-kept channels; {steps} steps per recipe, batch 1, {args.threads} "
+          f"thread(s); mean ± std over seeds {args.seed}..{args.seed + args.seeds - 1}; val {len(scorer.A)} "
+          "images; students' BatchNorm re-estimated on the train inputs\n")
+    print(text.to_markdown(index=False))
 
 
 if __name__ == "__main__":
