@@ -5,11 +5,12 @@ that training, search and selection never see), G at 4×, 10× and 20× fewer MA
 space give 31.5×, so 40× is out of its reach), the same seeds for every method. Methods, each one resumable
 ``run_pipeline`` run:
 
-* ``ganprune default`` — supernet, collaborative greedy G/D agents, density fine-tune from the winner's slice;
+* ``greedy search (supernet)`` — supernet, collaborative greedy G/D agents, density fine-tune from the winner's
+  slice (the default until this benchmark put the uniform slice ahead: docs/benchmarks.md);
 * ``greedy from uniform (supernet)`` — the same, the greedy agents started from the uniform widths inside the
   budget (``start: uniform``) instead of shrinking from the teacher's;
-* ``uniform slice (supernet)`` — every G group at one fraction, filled to the budget, fine-tuned from its slice
-  of the same supernet (the supernet without a search);
+* ``uniform slice (supernet; the default)`` — every G group at one fraction, filled to the budget, fine-tuned from
+  its slice of the same supernet (the supernet without a search: the ``template`` agents, ganprune's default);
 * ``anchors' recipe (uniform + distillation)`` — what OMGD/DCD do: a uniform student (L1-kept channels, no
   supernet) trained by the strongest distillation recipe shipped (``--anchor-recipe``, default ``omgd`` when
   present, else ``dcd``);
@@ -45,9 +46,9 @@ from bench_rank import teacher_dir
 
 # name: (run folder, agents, supernet, channel importance, recipe: None = the default density)
 METHODS = {
-    "ganprune default": ("default", "greedy", True, "l2", None),
+    "greedy search (supernet)": ("default", "greedy", True, "l2", None),
     "greedy from uniform (supernet)": ("greedy_uniform", "greedy@uniform", True, "l2", None),
-    "uniform slice (supernet)": ("uniform_slice", "template", True, "l2", None),
+    "uniform slice (supernet; the default)": ("uniform_slice", "template", True, "l2", None),
     "anchors' recipe (uniform + distillation)": ("anchors", "template", False, "l1", "ANCHOR"),
     "plain uniform + same fine-tune": ("plain_uniform", "template", False, "l1", None),
 }

@@ -360,8 +360,9 @@ SEARCH_ONLY = (
            "onnxruntime (the exported G.onnx), openvino, executorch or torch[+fold][+cl] (default onnxruntime)"),
     Option("latency_threads", 2, "int", min=1, help="CPU threads a ms budget is timed with: the count you deploy "
            "with (default 2)"),
-    Option("g_agent", "greedy", help="agent for G (see `ganprune agents`; default greedy)"),
-    Option("d_agent", "greedy", help="agent for D (default greedy)"),
+    Option("g_agent", "template", help="agent for G (see `ganprune agents`; default template: uniform widths "
+           "filled to the budget, which tied or beat the searches on the benchmarks, docs/benchmarks.md)"),
+    Option("d_agent", "template", help="agent for D (default template)"),
     Option("g_agent_options", None, "pairs", metavar="KEY=VALUE", aliases=("g_agent_option",),
            help="option of the G agent (e.g. patience=4; see `ganprune agents`), repeatable (default none); in a "
            "config a mapping g_agent_options: {key: value}"),

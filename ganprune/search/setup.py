@@ -196,8 +196,8 @@ def prepare_from_options(o: Mapping, G, D, g_spec, d_spec, out=None, **flags) ->
 
 
 def run_search(G, D, g_spec, d_spec, dataroot, out=None, *, mode="aligned", direction="AtoB", size=None,
-               phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="greedy",
-               d_agent="greedy", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
+               phase="train", calib_images=16, calib_batch=8, g_budget=0.25, d_budget=0.5, g_agent="template",
+               d_agent="template", agent_file=None, g_agent_options=None, d_agent_options=None, rounds=None, seed=0,
                on_agent_error="stop", fill=True, latency_table=None, latency_backend="onnxruntime",
                latency_threads=2, progress=True, agent_timeout=DEFAULT_TIMEOUT, supernet_steps=300,
                supernet_lambda_gan=0.0, finalists=0, finalist_steps=60, supernet_dir=None, supernet_cap="auto",
