@@ -201,7 +201,7 @@ def main():
 
 
 def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
-    """Teacher ms / G ms on ONNX Runtime at 1 thread, every file timed interleaved in one process."""
+    """Teacher ms / G ms on ONNX Runtime at 1 thread, every file timed interleaved (and warm) in one process."""
     from ganprune.deploy.export import export_onnx
     from ganprune.metrics.latency import measure_latency
     from ganprune.train.teacher import load_teacher
@@ -211,7 +211,10 @@ def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
     if not os.path.exists(teacher_onnx):
         export_onnx(G.eval(), teacher_onnx, torch.randn(1, 3, 64, 64))
     files = {"teacher": teacher_onnx, **{row.out: os.path.join(row.out, "G.onnx") for row in raw.itertuples()}}
-    timed = measure_latency(files, (1, 3, 64, 64), threads=1, repeats=30, backends=("onnxruntime",), progress=False)
+    # warm: each timed call follows an untimed one of the same file, as a deployed G is called again and again
+    # (cold, 40 small files in turn evict each other's weights and the small ones look slower than they run)
+    timed = measure_latency(files, (1, 3, 64, 64), threads=1, repeats=30, backends=("onnxruntime",), progress=False,
+                            warm=True)
     ms = dict(zip(timed["model"], timed["median_ms"]))
     return [ms["teacher"] / ms[out] for out in raw["out"]]
 

@@ -65,11 +65,8 @@ def main(argv=None) -> None:
 
     G, D, g_spec, d_spec = load_pair(generator=args.generator, discriminator=args.discriminator,
                                      g_spec={"arch": args.g_arch, "ngf": args.ngf}, d_spec={"arch": args.d_arch, "ndf": args.ndf})
-    # One greedy shrink round per agent keeps the selftest short; a real run uses the default (2).
-    agent_options = {"rounds": 1} if args.selftest else None
     result = run_search(G, D, g_spec, d_spec, args.dataroot, os.path.join(args.out, "search"),
                         g_budget=args.g_budget, d_budget=args.d_budget, rounds=args.rounds, calib_images=8,
-                        g_agent_options=agent_options, d_agent_options=agent_options,
                         supernet_steps=args.supernet_steps, progress=False)
     if result.best is None:
         raise SystemExit(f"no pair within both budgets after {args.rounds} rounds; raise --rounds")
