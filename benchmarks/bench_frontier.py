@@ -100,37 +100,26 @@ def _stage_seconds(out: str) -> float:
     return total
 
 
-def teacher_psnr_se(tdir: str, data: str) -> float:
-    """Standard error of the teacher's per-image PSNR to ground truth over the held-out split: the parity band's
-    half-width is twice this (the teacher's own spread, fixed by the data, the same for every method)."""
-    from ganprune.data.datasets import build_dataset
-    from ganprune.metrics.quality import psnr
-    from ganprune.pipeline import eval_phase
-    from ganprune.train.teacher import load_teacher
-    G, _, _ = load_teacher(tdir)
-    val = build_dataset(data, "aligned", eval_phase(data), flip=False)
-    values = []
-    with torch.no_grad():
-        for i in range(len(val)):
-            item = val[i]
-            values.append(float(psnr(G.eval()(item["A"][None]), item["B"][None])[0]))
-    return float(np.std(values, ddof=1) / np.sqrt(len(values)))
-
-
-def teacher_kid_spread(tdir: str, data: str) -> tuple[float, float]:
-    """The teacher's KID to ground truth over the held-out split (all images, as the pipeline computes it) and
-    its std over 50 random halves of the images: the KID parity band's half-width is twice that std (the
-    teacher's own sampling spread, fixed by the data)."""
+def teacher_spread(tdir: str, data: str, kid: bool) -> tuple[float, tuple[float, float] | None]:
+    """The teacher's own spread over the held-out split, fixed by the data and the same for every method, from
+    one pass of the teacher: the standard error of its per-image PSNR to ground truth (the PSNR parity band's
+    half-width is twice this) and, with ``kid``, its KID to ground truth on all images with the std of that KID
+    over 50 random halves of the images (the KID parity band's half-width is twice that std)."""
     from _common import fid_features, outputs
     from ganprune.data.datasets import build_dataset
-    from ganprune.metrics.quality import fid_kid
+    from ganprune.metrics.quality import fid_kid, psnr
     from ganprune.pipeline import eval_phase
     from ganprune.train.teacher import load_teacher
     G, _, _ = load_teacher(tdir)
     _, B, fake = outputs(G, build_dataset(data, "aligned", eval_phase(data), flip=False))
+    values = psnr(fake, B).double()
+    se = float(values.std() / np.sqrt(len(values)))
+    if not kid:
+        return se, None
     real, fake = fid_features(B), fid_features(fake.clamp(-1, 1))
     whole = fid_kid(real, fake, fid=False)["kid_mean"]
-    return whole, fid_kid(real, fake, fid=False, kid_subsets=50, kid_subset_size=len(real) // 2)["kid_std"]
+    half = fid_kid(real, fake, fid=False, kid_subsets=50, kid_subset_size=len(real) // 2)["kid_std"]
+    return se, (whole, half)
 
 
 def main():
@@ -196,8 +185,7 @@ def main():
     raw = pd.DataFrame(rows)
     raw["ORT ×"] = _ort_speedups(raw, tdir)
     raw.to_csv(os.path.join(args.out, "bench_frontier_runs.csv"), index=False)
-    _print(raw, s, seeds, anchor, tdir, teacher_psnr_se(tdir, data),
-           teacher_kid_spread(tdir, data) if s["fid"] else None)
+    _print(raw, s, seeds, anchor, tdir, *teacher_spread(tdir, data, s["fid"]))
 
 
 def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
