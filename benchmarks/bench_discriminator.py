@@ -2,12 +2,12 @@
 
 ganprune prunes D with G, by two agents that see each other's latest result, and scores G with a G/D balance
 term; the claim is that this keeps training balanced and ends better than pruning G alone. Here G is held fixed —
-the default search's winner at the G budget, started from the same supernet slice — and only D changes:
+the G of the greedy pair search at the G budget, started from the same supernet slice — and only D changes:
 
-* ``pair (peer feedback)`` — the default search's own D (agents exchange feedback);
+* ``pair (peer feedback)`` — the D of the pair search (greedy G and D agents that exchange feedback);
 * ``no peer feedback`` — the D of a search whose agents each see only their own results (the same greedy agents,
   handed no peer), G fixed as above;
-* ``balance_weight 0`` — the D of a default search without the G/D balance term in the G score;
+* ``balance_weight 0`` — the D of the same pair search without the G/D balance term in the G score;
 * ``uniform D`` — every D group at the same fraction, at the pair's D MACs;
 * ``full teacher D`` — no D pruning (a trainable copy of the teacher's D);
 * ``fresh D`` — a new D trained from scratch (what generator-only runs do).
@@ -89,9 +89,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budgets", default=None, help="G MACs budgets, comma-separated (default 0.25,0.10; --quick 0.25)")
     ap.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
+    ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 600; --quick 100)")
+    ap.add_argument("--kid", action="store_true", help="KID to ground truth also with --quick")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = settings(args.quick)
+    s.update({k: v for k, v in (("finetune_steps", args.steps), ("fid", args.kid or s["fid"])) if v is not None})
     seeds = args.seeds or (2 if args.quick else 3)
     budgets = [float(b) for b in (args.budgets or ("0.25" if args.quick else "0.25,0.10")).split(",")]
     data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), args.teacher_steps)
@@ -99,7 +102,10 @@ def main():
     agent_file = os.path.join(args.out, "greedy_no_peer.py")
     with open(agent_file, "w", encoding="utf-8") as fh:
         fh.write(NO_PEER_AGENT)
-    base = {"teacher": tdir, "dataroot": data, "d_budget": 0.5, "recipe": "density", "latency": False, **s}
+    # the method's claim is about agents that search D with G: the pair runs the greedy agents (the default
+    # agents, ``template``, take the uniform slice and would make the pair the same as ``uniform D``)
+    base = {"teacher": tdir, "dataroot": data, "d_budget": 0.5, "recipe": "density", "latency": False,
+            "g_agent": "greedy", "d_agent": "greedy", **s}
     rows, curves = [], {}
     for budget in budgets:
         d_space = teacher_spaces(tdir, data)[1]

@@ -11,6 +11,8 @@ space give 31.5×, so 40× is out of its reach), the same seeds for every method
   budget (``start: uniform``) instead of shrinking from the teacher's;
 * ``uniform slice (supernet; the default)`` — every G group at one fraction, filled to the budget, fine-tuned from
   its slice of the same supernet (the supernet without a search: the ``template`` agents, ganprune's default);
+* ``uniform slice + pix2pix fine-tune`` — the same start, fine-tuned by the teacher's own pix2pix loss instead of
+  the density recipe (the recipe benchmark has it ahead on KID after long fine-tunes);
 * ``anchors' recipe (uniform + distillation)`` — what OMGD/DCD do: a uniform student (L1-kept channels, no
   supernet) trained by the strongest distillation recipe shipped (``--anchor-recipe``, default ``omgd`` when
   present, else ``dcd``);
@@ -20,14 +22,21 @@ Equal compute: the methods without a supernet get its steps added to their fine-
 ``finetune_steps``); the table reports each run's measured training seconds (search + prune + fine-tune stages)
 so the equality can be checked. Quality: PSNR/SSIM to the teacher and PSNR to ground truth (per-image mean on
 [0,1]); without ``--quick`` also KID to ground truth. Cost: the field's MACs convention (as GAN Compression
-counts, ``GMACs``) and ONNX Runtime milliseconds at 1 thread, every exported G and the teacher timed
-interleaved in one process (``ORT ×`` = teacher ms / G ms).
+counts, ``GMACs``) and ONNX Runtime milliseconds at 1 thread, every exported G and the teacher timed warm and
+interleaved in one process (``ORT ×`` = teacher ms / G ms, each the fastest of 30 calls: on shared cores a
+median swings with preemption, most for the teacher's longer calls).
 
 Teacher parity: a row is at parity when its PSNR to ground truth is within 2 standard errors (over the held-out
 images) of the teacher's — the teacher's own per-image spread, fixed by the data, not by the method.
 
     python benchmarks/bench_frontier.py --quick     # 4× and 10×, 2 seeds, 100 + 300 steps, no KID
     python benchmarks/bench_frontier.py             # 4×, 10×, 20×, 3 seeds, 600 + 300 steps, KID
+    python benchmarks/bench_frontier.py --ms --methods default,uniform_slice   # equal predicted ORT ms
+
+``--ms``: each reduction is a G budget in milliseconds instead of MACs — the teacher's predicted ONNX Runtime time
+at 1 thread divided by the ratio, from one latency table (``latency_G_ort1.yaml``) that every run budgets against,
+so the searched G and the uniform slice are held to the same predicted time; ``ORT ×`` then says what the
+exported files measure.
 """
 from __future__ import annotations
 
@@ -49,6 +58,7 @@ METHODS = {
     "greedy search (supernet)": ("default", "greedy", True, "l2", None),
     "greedy from uniform (supernet)": ("greedy_uniform", "greedy@uniform", True, "l2", None),
     "uniform slice (supernet; the default)": ("uniform_slice", "template", True, "l2", None),
+    "uniform slice + pix2pix fine-tune": ("uniform_slice_pix2pix", "template", True, "l2", "pix2pix"),
     "anchors' recipe (uniform + distillation)": ("anchors", "template", False, "l1", "ANCHOR"),
     "plain uniform + same fine-tune": ("plain_uniform", "template", False, "l1", None),
 }
@@ -79,6 +89,17 @@ def uniform_widths_file(path: str, g_space, d_space, g_budget: float, d_budget: 
     atomic_write_yaml(path, {"generator": {"widths": at(g_space, g_budget)},
                              "discriminator": {"widths": at(d_space, d_budget)}})
     return path
+
+
+def ms_budget_table(path: str, tdir: str, g_space):
+    """The G latency table every ``--ms`` run budgets against: ONNX Runtime, 1 thread, the teacher's input; built
+    once and saved (``path``), so a rerun or ``--report-only`` reads the same budgets."""
+    from ganprune.search.budget import latency_table
+    from ganprune.train.teacher import load_teacher
+    G, _, _ = load_teacher(tdir)
+    table = latency_table(G.eval(), g_space, torch.randn(1, 3, 64, 64), path, "onnxruntime", 1)
+    table.path = path
+    return table
 
 
 def anchor_recipe(name: str | None) -> str:
@@ -135,9 +156,14 @@ def main():
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: the table from the runs already finished in --out (rows of missing runs left out)")
     ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all)")
+    ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 600; --quick 100)")
+    ap.add_argument("--ms", action="store_true",
+                    help="budgets in predicted ORT milliseconds at 1 thread (the teacher's / the ratio), not MACs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = settings(args.quick)
+    if args.steps is not None:
+        s["finetune_steps"] = args.steps
     seeds = args.seeds or s["seeds"]
     ratios = [float(r) for r in args.ratios.split(",")] if args.ratios else list(s["ratios"])
     anchor = anchor_recipe(args.anchor_recipe)
@@ -146,8 +172,9 @@ def main():
     rows = []
     g_space, d_space = teacher_spaces(tdir, data)
     os.makedirs(args.out, exist_ok=True)
+    ms_table = ms_budget_table(os.path.join(args.out, "latency_G_ort1.yaml"), tdir, g_space) if args.ms else None
     for ratio in ratios:
-        budget = 1.0 / ratio
+        budget = f"{ms_table.predict(g_space.full_widths()) / ratio:.4f}ms" if args.ms else 1.0 / ratio
         for seed in range(args.first_seed, args.first_seed + seeds):
             shared = None
             for method, (folder, agent, supernet, importance, recipe) in METHODS.items():
@@ -160,19 +187,21 @@ def main():
                 agent, _, start = agent.partition("@")   # greedy@uniform: greedy started from uniform widths
                 config = {"teacher": tdir, "dataroot": data, "g_budget": budget, "d_budget": 0.5, "g_agent": agent,
                           "d_agent": agent, "importance": importance, "fill": True,
-                          "recipe": anchor if recipe == "ANCHOR" else "density", "latency": False,
+                          "recipe": anchor if recipe == "ANCHOR" else recipe or "density", "latency": False,
                           "fid": s["fid"], "seed": seed, "finetune_steps": steps,
                           "rounds": s["rounds"] if agent != "template" else 1,
                           "supernet_steps": s["supernet_steps"] if supernet else 0}
                 if start:
                     config["g_agent_options"] = config["d_agent_options"] = {"start": start}
-                if agent == "template":   # uniform: the same widths for every uniform method, at the budget
+                if args.ms:   # every run budgets against the one table, timed at the thread count that ships
+                    config.update(latency_table=ms_table.path, latency_threads=1, latency_backend="onnxruntime")
+                elif agent == "template":   # uniform: the same widths for every uniform method, at the budget
                     config["widths"] = uniform_widths_file(os.path.join(args.out, f"uniform_x{ratio:g}.yaml"),
                                                            g_space, d_space, budget, 0.5)
                 result, shared, wall = run_sharing_supernet(config, out, shared, supernet)   # one supernet per (budget, seed)
                 table = result["table"].set_index("model")
                 final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
-                rows.append({"reduction": f"{ratio:g}×", "method": method, "seed": seed,
+                rows.append({"reduction": f"{ratio:g}×" + (" ms" if args.ms else ""), "method": method, "seed": seed,
                              "G MACs ×": dense["GMACs"] / final["GMACs"],
                              "PSNR vs teacher": final["PSNR vs teacher"],
                              "SSIM vs teacher": final.get("SSIM vs teacher", float("nan")),
@@ -189,7 +218,8 @@ def main():
 
 
 def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
-    """Teacher ms / G ms on ONNX Runtime at 1 thread, every file timed interleaved (and warm) in one process."""
+    """Teacher ms / G ms on ONNX Runtime at 1 thread (fastest of 30 warm calls), every file timed interleaved in one
+    process."""
     from ganprune.deploy.export import export_onnx
     from ganprune.metrics.latency import measure_latency
     from ganprune.train.teacher import load_teacher
@@ -201,9 +231,10 @@ def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
     files = {"teacher": teacher_onnx, **{row.out: os.path.join(row.out, "G.onnx") for row in raw.itertuples()}}
     # warm: each timed call follows an untimed one of the same file, as a deployed G is called again and again
     # (cold, 40 small files in turn evict each other's weights and the small ones look slower than they run)
+    # fastest of the calls: on shared cores a median of the teacher's (longer) calls swings 2× with preemption
     timed = measure_latency(files, (1, 3, 64, 64), threads=1, repeats=30, backends=("onnxruntime",), progress=False,
                             warm=True)
-    ms = dict(zip(timed["model"], timed["median_ms"]))
+    ms = dict(zip(timed["model"], timed["min_ms"]))
     return [ms["teacher"] / ms[out] for out in raw["out"]]
 
 
@@ -235,7 +266,7 @@ def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: f
         best = {}
         for (reduction, method), ok in zip(summary.index, summary[column]):
             if ok == "yes":
-                best[method] = max(best.get(method, 0.0), float(reduction.rstrip("×")))
+                best[method] = max(best.get(method, 0.0), float(reduction.split("×")[0]))
         print(f"largest reduction {'at PSNR parity' if column == 'at parity' else 'at KID parity'}:")
         for method in dict.fromkeys(m for _, m in summary.index):
             print(f"  {method}: {best[method]:g}×" if method in best else f"  {method}: none of the reductions measured")
