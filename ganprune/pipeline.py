@@ -457,9 +457,10 @@ def _run_family(c: dict, out: str, stages, progress: bool) -> dict:
     import pandas as pd
 
     from ganprune.core.options import budget_list, read_yaml
-    from ganprune.search.family import budget_folder, merge_rows, prepare_family, write_family
+    from ganprune.search.family import budget_folder, earlier_rows, merge_rows, prepare_family, write_family
     t0 = time.perf_counter()
     os.makedirs(out, exist_ok=True)
+    earlier = earlier_rows(out)   # a broken family.csv is refused before any work, not after it
     log = _Run(c, out, progress).log
     pair = pair_from_options(c)
     info = prepare_family(c, pair, os.path.join(out, "search"), log=log, progress=progress)
@@ -483,7 +484,7 @@ def _run_family(c: dict, out: str, stages, progress: bool) -> dict:
         row = table.loc["pruned, before fine-tuning" if choice["ships"] == PRUNED_G else "pruned + fine-tuned"]
         rows.append({"g_budget": str(b), "ships": f"{name}/{choice['ships']}", **row.to_dict(),
                      "seconds": round(seconds, 1)})
-    table = merge_rows(out, rows, size="GMACs")
+    table = merge_rows(earlier, rows, size="GMACs")
     if teacher is not None:   # the dense row first, measured this run
         table = table[table["g_budget"] != "dense"]
         table = pd.concat([pd.DataFrame([{"g_budget": "dense", "ships": "teacher", **teacher.to_dict()}]), table],

@@ -71,6 +71,21 @@ def test_same_budget_in_two_spellings_is_refused_before_any_training(tiny, tmp_p
     assert not glob.glob(str(out / "**" / "supernet_state.pt"), recursive=True)
 
 
+def test_a_broken_family_table_is_refused_before_any_training(tiny, tmp_path, capsys):
+    """A family.csv that is not one is named in one line before the supernet is trained, and left as it was."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    for command in ("search", "prune"):
+        out = tmp_path / command
+        out.mkdir()
+        (out / "family.csv").write_text("not,a\nfamily,table\n")
+        assert main([command, "--config", str(config), "--out", str(out), "--g-budget", "25%,10%"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert "family.csv: not a family table (no g_budget column)" in err
+        assert (out / "family.csv").read_text() == "not,a\nfamily,table\n"
+        assert not _supernet_files(out)
+
+
 def _supernet_files(out):
     return sorted(glob.glob(os.path.join(out, "**", "supernet_state.pt"), recursive=True))
 

@@ -102,21 +102,27 @@ def _cap_text(cap) -> str:
     return "no cap (a latency budget)" if cap is None else f"{100 * cap:.1f}% of G's MACs"
 
 
-def merge_rows(out: str, rows: list[dict], key: str = "g_budget", size: str = "G MACs"):
-    """This run's ``rows`` with the rows of ``out/family.csv`` for budgets not run now, largest ``size`` first."""
+def earlier_rows(out: str, key: str = "g_budget") -> list[dict]:
+    """The rows of ``out/family.csv`` (none yet: []); a file that is not a family table is refused in one line."""
     import pandas as pd
     path = os.path.join(out, FAMILY_CSV)
+    if not os.path.isfile(path):
+        return []
+    try:
+        previous = pd.read_csv(path, dtype={key: str})
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise UserError(f"{path}: not a family table ({exc}); remove it to write a new one") from None
+    if key not in previous.columns:
+        raise UserError(f"{path}: not a family table (no {key} column); remove it to write a new one")
+    return previous.to_dict("records")
+
+
+def merge_rows(earlier: list[dict], rows: list[dict], key: str = "g_budget", size: str = "G MACs"):
+    """This run's ``rows`` with the ``earlier`` rows (``earlier_rows``) of budgets not run now, largest ``size``
+    first."""
+    import pandas as pd
     mine = {str(r[key]) for r in rows}
-    old = []
-    if os.path.isfile(path):
-        try:
-            previous = pd.read_csv(path, dtype={key: str})
-        except (OSError, ValueError, pd.errors.ParserError) as exc:
-            raise UserError(f"{path}: not a family table ({exc}); remove it to write a new one") from None
-        if key not in previous.columns:
-            raise UserError(f"{path}: not a family table (no {key} column); remove it to write a new one")
-        old = [r for r in previous.to_dict("records") if str(r[key]) not in mine]
-    table = pd.DataFrame(old + rows)
+    table = pd.DataFrame([r for r in earlier if str(r[key]) not in mine] + rows)
     if size not in table.columns:   # nothing measured yet
         return table
     return table.sort_values(size, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
@@ -130,19 +136,6 @@ def _rounds_scored(folder) -> int:
         return int((pd.read_csv(path)["phase"] == "search").sum()) if os.path.isfile(path) else 0
     except (OSError, ValueError, KeyError, pd.errors.ParserError):
         return -1
-
-
-def _earlier_seconds(out) -> dict:
-    """``{budget: seconds}`` of ``out/family.csv`` (none: {})."""
-    import pandas as pd
-    path = os.path.join(out, FAMILY_CSV)
-    if not os.path.isfile(path):
-        return {}
-    try:
-        table = pd.read_csv(path, dtype={"g_budget": str})
-        return {str(k): float(v) for k, v in zip(table["g_budget"], table["seconds"])}
-    except (OSError, ValueError, KeyError, pd.errors.ParserError):
-        return {}   # merge_rows says what is wrong with it
 
 
 def write_family(out: str, table, note: str) -> dict:
@@ -177,9 +170,10 @@ def run_family_search(o: dict, out, pair=None, progress: bool = True):
             print(message, flush=True)
 
     with run_lock(out):
+        earlier = earlier_rows(out)   # a broken family.csv is refused before the supernet, not after the searches
         info = prepare_family(o, pair, out, log=log, progress=progress)
         rows, results, missing = [], {}, []
-        earlier = _earlier_seconds(out)
+        seconds_before = {str(r["g_budget"]): r.get("seconds") for r in earlier}
         for b in budget_list(o["g_budget"]):
             sub = os.path.join(out, budget_folder(b))
             scored = _rounds_scored(sub)
@@ -188,8 +182,8 @@ def run_family_search(o: dict, out, pair=None, progress: bool = True):
                            **{**search_keywords(o), "g_budget": b, "latency_table": info["latency_table"]},
                            supernet_dir=info["supernet"], supernet_cap=info["cap"])
             seconds = time.perf_counter() - t0
-            if _rounds_scored(sub) == scored and str(b) in earlier:   # replayed only: keep the time of the work
-                seconds = earlier[str(b)]
+            if _rounds_scored(sub) == scored and seconds_before.get(str(b)) is not None:
+                seconds = float(seconds_before[str(b)])   # replayed only: keep the time of the work
             atomic_write_text(os.path.join(sub, "pareto.csv"), r.pareto().to_csv(index=False))
             results[b] = r
             best = r.best
@@ -203,7 +197,7 @@ def run_family_search(o: dict, out, pair=None, progress: bool = True):
                          "widths": os.path.join(budget_folder(b), "widths.yaml") if best else ""})
             log(f"family: g_budget {b}: " + (f"G {int(best['g_macs']):,} MACs, score {best['score']:.4g}"
                                              if best else "no pair met both budgets") + f" in {seconds:.1f} s")
-        table = merge_rows(out, rows)
+        table = merge_rows(earlier, rows)
         note = (f"One supernet ({info['supernet']}, {info['steps']} steps, random slices capped at "
                 f"{_cap_text(info['cap'])}) served every budget; it took {info['seconds']:.1f} s to train or load "
                 "this run." if info["supernet"] else "No supernet (supernet_steps 0): each budget's candidates "
