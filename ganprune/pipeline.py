@@ -51,8 +51,9 @@ def eval_phase(dataroot, mode: str = "aligned") -> str:
     return phase
 
 
-# The pipeline ships the better of the pruned and the fine-tuned G, judged by PSNR vs the teacher on this
-# many training images that fine-tuning does not train on (never on val/test: the evaluation stays honest).
+# The pipeline ships the fine-tuned G unless it is worse than the pruned G by mean PSNR to the teacher and to
+# ground truth, judged on this many training images that fine-tuning does not train on (never on val/test: the
+# evaluation stays honest).
 JUDGE_IMAGES = 16
 
 
@@ -273,26 +274,33 @@ class _Run:
                              load_size=c["size"], crop_size=c["size"])
 
     def choose(self, judge) -> dict:
-        """The better of pruned_G.pt and finetune/G.pt by PSNR vs the teacher on the training images ``judge``
-        (which fine-tuning did not train on; none: every training image): finetune/choice.yaml says which
-        ships, and the export stage exports that one."""
+        """pruned_G.pt or finetune/G.pt, by PSNR on the training images ``judge`` (which fine-tuning did not
+        train on; none: every training image): the fine-tuned G ships unless its mean PSNR to the teacher and, for
+        paired data, to ground truth fell (``report.finetune_is_worse``).
+        finetune/choice.yaml says which ships, and the export stage exports that one."""
         from torch.utils.data import Subset
 
         from ganprune.core.io import atomic_write_yaml
         from ganprune.metrics.quality import image_quality
         from ganprune.pruning.physical import load_pruned
+        from ganprune.report import finetune_is_worse
         data = self.train_images()
         on = (f"{len(judge)} training images held out of fine-tuning" if judge else
               f"all {len(data)} training image(s) (too few to hold any out; fine-tuning trained on them)")
         data = Subset(data, judge) if judge else data
         TG = self.pair()[0]
-        psnr = {f: float(image_quality(load_pruned(self.path(*f.split("/"))), data, teacher=TG, fid=False, kid=False,
-                                       progress=False)["psnr_teacher"]) for f in (PRUNED_G, TUNED_G)}
-        ships = TUNED_G if psnr[TUNED_G] >= psnr[PRUNED_G] else PRUNED_G
-        choice = {"ships": ships, "judged_on": on, "psnr_vs_teacher": psnr}
+        q = {f: image_quality(load_pruned(self.path(*f.split("/"))), data, teacher=TG, fid=False, kid=False,
+                              progress=False) for f in (PRUNED_G, TUNED_G)}
+        measured = {"psnr_vs_teacher": {f: float(q[f]["psnr_teacher"]) for f in q}}
+        if q[PRUNED_G]["psnr"] is not None:   # paired data: the ground truth is a measure too
+            measured["psnr_vs_ground_truth"] = {f: float(q[f]["psnr"]) for f in q}
+        worse = finetune_is_worse(*({k: v[f] for k, v in measured.items()} for f in (PRUNED_G, TUNED_G)))
+        ships = PRUNED_G if worse else TUNED_G
+        choice = {"ships": ships, "judged_on": on, **measured}
         atomic_write_yaml(self.path("finetune", "choice.yaml"), choice)
-        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}): PSNR vs teacher on {on}: before fine-tuning "
-                 f"{psnr[PRUNED_G]:.2f} dB, after {psnr[TUNED_G]:.2f} dB")
+        change = ", ".join(f"{k.replace('psnr_', 'PSNR ').replace('_', ' ')} {v[PRUNED_G]:.2f} -> {v[TUNED_G]:.2f} dB"
+                           for k, v in measured.items())
+        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}); on {on}, before -> after fine-tuning: {change}")
         return choice
 
     def shipped(self) -> str:
