@@ -64,6 +64,10 @@ def settings(quick: bool) -> dict:
     return dict(rounds=60, calib_images=16, finetune_steps=600, fid=True, eval_images=None, supernet_steps=300)
 
 
+def _folder(variant: str) -> str:
+    return variant.replace(" ", "_").replace("(", "").replace(")", "")
+
+
 def _widths(path: str) -> tuple[dict, dict]:
     with open(path, encoding="utf-8") as fh:
         w = yaml.safe_load(fh)
@@ -91,6 +95,8 @@ def main():
     ap.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 600; --quick 100)")
     ap.add_argument("--kid", action="store_true", help="KID to ground truth also with --quick")
+    ap.add_argument("--report-only", action="store_true",
+                    help="train nothing: the table from the (budget, seed) groups whose six runs finished in --out")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = settings(args.quick)
@@ -112,9 +118,12 @@ def main():
         for seed in range(seeds):
             root = os.path.join(args.out, f"b{int(budget * 100)}", f"seed{seed}")
             cfg = dict(base, g_budget=budget, seed=seed)
+            if args.report_only and not all(os.path.exists(os.path.join(root, _folder(name), "metrics.csv"))
+                                            for name in VARIANTS):
+                continue
 
             def run(name, config, widths=None):
-                out = os.path.join(root, name.replace(" ", "_").replace("(", "").replace(")", ""))
+                out = os.path.join(root, _folder(name))
                 shared = None
                 if widths is not None:   # the pair's supernet copied in: the same G start
                     path = os.path.join(root, f"widths_{os.path.basename(out)}.yaml")
@@ -179,8 +188,9 @@ def main():
         summary[col] = [f"{m:.3g} ± {sd:.2g}" for m, sd in zip(mean[col], std[col])]
     summary["same D as the pair"] = grouped["same D as the pair"].sum().astype(str) + "/" + \
         grouped["same D as the pair"].count().astype(str)
+    summary["seeds"] = grouped["seed"].count()
     summary["ended worse"] = grouped["ended worse"].sum().astype(str) + "/" + grouped["ended worse"].count().astype(str)
-    print(f"\nteacher {tdir}; {seeds} seeds; fine-tune: density recipe, {s['finetune_steps']} steps; evaluation: "
+    print(f"\nteacher {tdir}; up to {seeds} seeds (column seeds); fine-tune: density recipe, {s['finetune_steps']} steps; evaluation: "
           f"val split, PSNR per-image mean on [0,1]{', KID' if s['fid'] else ''}; D budget of the searches 50%\n")
     print(summary.reset_index().to_markdown(index=False))
     _plot(curves, os.path.join(args.out, "discriminator_curves.png"))
