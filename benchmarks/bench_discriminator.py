@@ -90,6 +90,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="runs/bench_discriminator")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per budget (default 3; --quick 2)")
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds run from this one on (to add seeds later)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--budgets", default=None, help="G MACs budgets, comma-separated (default 0.25,0.10; --quick 0.25)")
     ap.add_argument("--teacher-steps", type=int, default=TEACHER["steps"])
@@ -115,7 +116,7 @@ def main():
     rows, curves = [], {}
     for budget in budgets:
         d_space = teacher_spaces(tdir, data)[1]
-        for seed in range(seeds):
+        for seed in range(args.first_seed, args.first_seed + seeds):
             root = os.path.join(args.out, f"b{int(budget * 100)}", f"seed{seed}")
             cfg = dict(base, g_budget=budget, seed=seed)
             if args.report_only and not all(os.path.exists(os.path.join(root, _folder(name), "metrics.csv"))
