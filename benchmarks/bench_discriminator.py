@@ -190,6 +190,15 @@ def main():
     summary["same D as the pair"] = grouped["same D as the pair"].sum().astype(str) + "/" + \
         grouped["same D as the pair"].count().astype(str)
     summary["seeds"] = grouped["seed"].count()
+    # G is the same in every variant of a (budget, seed): differences to the pair's run of that seed are paired
+    for col, label in (("PSNR vs teacher", "Δ vs pair (dB to teacher)"), ("KID", "Δ KID vs pair")):
+        if not raw[col].notna().any():
+            continue
+        pair = raw[raw["D"] == VARIANTS[0]].set_index(["G budget", "seed"])[col]
+        delta = raw[col] - pd.Series([pair.get((b, sd), float("nan")) for b, sd in zip(raw["G budget"], raw["seed"])],
+                                     index=raw.index)
+        d = delta.groupby([raw["G budget"], raw["D"]], sort=False)
+        summary[label] = [f"{m:+.3g} ± {sd:.2g}" for m, sd in zip(d.mean(), d.std())]
     summary["ended worse"] = grouped["ended worse"].sum().astype(str) + "/" + grouped["ended worse"].count().astype(str)
     print(f"\nteacher {tdir}; up to {seeds} seeds (column seeds); fine-tune: density recipe, {s['finetune_steps']} steps; evaluation: "
           f"val split, PSNR per-image mean on [0,1]{', KID' if s['fid'] else ''}; D budget of the searches 50%\n")
