@@ -51,10 +51,21 @@ def eval_phase(dataroot, mode: str = "aligned") -> str:
     return phase
 
 
-# The pipeline ships the fine-tuned G unless it is worse than the pruned G by mean PSNR to the teacher and to
-# ground truth, judged on this many training images that fine-tuning does not train on (never on val/test: the
+# The pipeline ships the fine-tuned G unless it is worse than the pruned G by PSNR to what the recipe trains for
+# (``judged_by``), judged on this many training images that fine-tuning does not train on (never on val/test: the
 # evaluation stays honest).
 JUDGE_IMAGES = 16
+
+
+def judged_by(recipe: str, paired: bool) -> str:
+    """The PSNR that decides what ships: to the ground truth for a recipe that learns without the teacher
+    (``needs_teacher`` False: pix2pix) on paired data, to the teacher's output otherwise. A pix2pix fine-tune
+    takes G away from the teacher as it gets closer to the truth; judged by the teacher, such a G (KID 0.147
+    -> 0.102 on the frontier's val split) was dropped for the slice it started from."""
+    import ganprune.train  # noqa: F401  (registers the built-in recipes)
+    from ganprune.train.recipe import RECIPES
+    learns_from_truth = not getattr(RECIPES.lookup(recipe), "needs_teacher", True)
+    return "psnr_vs_ground_truth" if learns_from_truth and paired else "psnr_vs_teacher"
 
 
 def judge_slice(n: int) -> list[int]:
@@ -275,15 +286,15 @@ class _Run:
 
     def choose(self, judge) -> dict:
         """pruned_G.pt or finetune/G.pt, by PSNR on the training images ``judge`` (which fine-tuning did not
-        train on; none: every training image): the fine-tuned G ships unless its mean PSNR to the teacher and, for
-        paired data, to ground truth fell (``report.finetune_is_worse``).
-        finetune/choice.yaml says which ships, and the export stage exports that one."""
+        train on; none: every training image) to what the recipe trains for (``judged_by``): the ground truth
+        for a recipe that learns without the teacher (pix2pix, paired data), the teacher's output otherwise.
+        The fine-tuned G ships unless it is worse there. finetune/choice.yaml says which ships, with both
+        PSNRs, and the export stage exports that one."""
         from torch.utils.data import Subset
 
         from ganprune.core.io import atomic_write_yaml
         from ganprune.metrics.quality import image_quality
         from ganprune.pruning.physical import load_pruned
-        from ganprune.report import finetune_is_worse
         data = self.train_images()
         on = (f"{len(judge)} training images held out of fine-tuning" if judge else
               f"all {len(data)} training image(s) (too few to hold any out; fine-tuning trained on them)")
@@ -292,15 +303,16 @@ class _Run:
         q = {f: image_quality(load_pruned(self.path(*f.split("/"))), data, teacher=TG, fid=False, kid=False,
                               progress=False) for f in (PRUNED_G, TUNED_G)}
         measured = {"psnr_vs_teacher": {f: float(q[f]["psnr_teacher"]) for f in q}}
-        if q[PRUNED_G]["psnr"] is not None:   # paired data: the ground truth is a measure too
+        if q[PRUNED_G]["psnr"] is not None:   # paired data
             measured["psnr_vs_ground_truth"] = {f: float(q[f]["psnr"]) for f in q}
-        worse = finetune_is_worse(*({k: v[f] for k, v in measured.items()} for f in (PRUNED_G, TUNED_G)))
-        ships = PRUNED_G if worse else TUNED_G
-        choice = {"ships": ships, "judged_on": on, **measured}
+        by = judged_by(self.c["recipe"], "psnr_vs_ground_truth" in measured)
+        ships = PRUNED_G if measured[by][TUNED_G] < measured[by][PRUNED_G] else TUNED_G
+        choice = {"ships": ships, "judged_on": on, "judged_by": by, **measured}
         atomic_write_yaml(self.path("finetune", "choice.yaml"), choice)
         change = ", ".join(f"{k.replace('psnr_', 'PSNR ').replace('_', ' ')} {v[PRUNED_G]:.2f} -> {v[TUNED_G]:.2f} dB"
                            for k, v in measured.items())
-        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}); on {on}, before -> after fine-tuning: {change}")
+        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}), judged by {by.replace('_', ' ')}; on {on}, "
+                 f"before -> after fine-tuning: {change}")
         return choice
 
     def shipped(self) -> str:

@@ -38,16 +38,17 @@ def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
              "finetune/D.pt = after fine-tuning; G.onnx = the G that ships, below, exported (BN folded; its "
              "metadata_props name the file, widths and threads)\n")
     choice = read_yaml(os.path.join(out, "finetune", "choice.yaml"), "choice file")
+    by = choice.get("judged_by", "psnr_vs_teacher")   # older runs judged by the teacher alone
+    who = {"psnr_vs_teacher": "teacher", "psnr_vs_ground_truth": "ground truth"}
     which = "the fine-tuned G" if choice["ships"] == "finetune/G.pt" else \
-        "the pruned G before fine-tuning: fine-tuning made G worse"
-    measured = "; ".join(f"vs {who} {v['pruned_G.pt']:.2f} -> {v['finetune/G.pt']:.2f} dB" for who, v in
-                         (("teacher", choice["psnr_vs_teacher"]), ("ground truth", choice.get("psnr_vs_ground_truth")))
-                         if v)
-    ships = (f"Ships: {choice['ships']} ({which}). PSNR before -> after fine-tuning on {choice['judged_on']}: "
-             f"{measured}; the fine-tuned G ships unless their mean fell. G.onnx is that file exported.")
+        f"the pruned G before fine-tuning: fine-tuning did not bring G closer to the {who[by]}"
+    measured = "; ".join(f"vs {who[k]} {choice[k]['pruned_G.pt']:.2f} -> {choice[k]['finetune/G.pt']:.2f} dB"
+                         for k in who if choice.get(k))
+    ships = (f"Ships: {choice['ships']} ({which}), judged by PSNR vs {who[by]} (what the recipe trains for) on "
+             f"{choice['judged_on']}; before -> after fine-tuning: {measured}. G.onnx is that file exported.")
     text += f"\n{ships}\n"
     log(f"report: {ships}")
-    worse = finetune_made_worse(table) if choice["ships"] == "finetune/G.pt" else None
+    worse = finetune_made_worse(table, by) if choice["ships"] == "finetune/G.pt" else None
     if worse:
         text += f"\n**Warning: {worse}**\n"
         log(f"report: warning: {worse}")
@@ -131,30 +132,19 @@ def _to_pil(img):
     return Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB")
 
 
-def finetune_is_worse(before: Mapping, after: Mapping) -> bool:
-    """Whether ``after`` (the fine-tuned G's PSNRs, by reference) is worse than ``before`` (the pruned G's) by
-    their mean over the references both have — the teacher's output and, for paired data, the ground truth.
-    Only then does the pruned G ship: a recipe that trains on ground truth (pix2pix) may take G a little further
-    from the teacher as it gets closer to the truth, and that G is not worse; one that wrecks G loses on both."""
-    shared = [k for k in before if before[k] is not None and after.get(k) is not None]
-    return bool(shared) and sum(float(after[k]) for k in shared) < sum(float(before[k]) for k in shared)
-
-
-def finetune_made_worse(table) -> str | None:
-    """One line when fine-tuning ended worse than it started on the evaluation split, by the mean PSNR to the
-    references measured (``finetune_is_worse``); said only when the fine-tuned G ships anyway."""
+def finetune_made_worse(table, judged_by: str = "psnr_vs_teacher") -> str | None:
+    """One line when fine-tuning ended worse than it started on the evaluation split by the PSNR that chose what
+    ships (``judged_by``: ``pipeline.judged_by``); said only when the fine-tuned G ships anyway."""
     rows = table.set_index("model") if "model" in table.columns else table
-    measures = [c for c in (TEACHER_PSNR, "PSNR") if c in rows.columns]
-    if not measures or not {BEFORE, AFTER} <= set(rows.index):
+    column = "PSNR" if judged_by == "psnr_vs_ground_truth" else TEACHER_PSNR
+    if column not in rows.columns or not {BEFORE, AFTER} <= set(rows.index):
         return None
-    def values(row):
-        return {c: (None if rows.loc[row, c] != rows.loc[row, c] else float(rows.loc[row, c])) for c in measures}
-    before, after = values(BEFORE), values(AFTER)
-    if not finetune_is_worse(before, after):
+    before, after = float(rows.loc[BEFORE, column]), float(rows.loc[AFTER, column])
+    if not after < before:
         return None
-    change = ", ".join(f"{c} {before[c]:.2f} -> {after[c]:.2f} dB" for c in measures if before[c] is not None)
-    return (f"fine-tuning made G worse on the evaluation split: {change}, though it was not worse on the held-out "
-            "training images that chose what ships; try more steps, a lower lr or another recipe")
+    return (f"fine-tuning made G worse on the evaluation split: {column} {before:.2f} -> {after:.2f} dB, though it "
+            "was not worse on the held-out training images that chose what ships; try more steps, a lower lr or "
+            "another recipe")
 
 
 def pareto_png(history_csv, winner: Mapping, path, log: Callable[[str], None]) -> bool:
