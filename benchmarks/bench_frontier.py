@@ -13,6 +13,8 @@ space give 31.5×, so 40× is out of its reach), the same seeds for every method
   its slice of the same supernet (the supernet without a search: the ``template`` agents, ganprune's default);
 * ``uniform slice + pix2pix fine-tune`` — the same start, fine-tuned by the teacher's own pix2pix loss instead of
   the density recipe (the recipe benchmark has it ahead on KID after long fine-tunes);
+* ``uniform slice, GAN-trained supernet`` — the same, from a supernet of its own trained with the adversarial term
+  (``supernet_lambda_gan`` 0.01, pix2pix's GAN:L1 ratio);
 * ``anchors' recipe (uniform + distillation)`` — what OMGD/DCD do: a uniform student (L1-kept channels, no
   supernet) trained by the strongest distillation recipe shipped (``--anchor-recipe``, default ``omgd`` when
   present, else ``dcd``);
@@ -53,12 +55,15 @@ import yaml
 from _common import run_sharing_supernet
 from bench_rank import teacher_dir
 
-# name: (run folder, agents, supernet, channel importance, recipe: None = the default density)
+# name: (run folder, agents, supernet, channel importance, recipe: None = the default density[, settings of its own
+# supernet: trained for this method alone, not shared])
 METHODS = {
     "greedy search (supernet)": ("default", "greedy", True, "l2", None),
     "greedy from uniform (supernet)": ("greedy_uniform", "greedy@uniform", True, "l2", None),
     "uniform slice (supernet; the default)": ("uniform_slice", "template", True, "l2", None),
     "uniform slice + pix2pix fine-tune": ("uniform_slice_pix2pix", "template", True, "l2", "pix2pix"),
+    "uniform slice, GAN-trained supernet": ("uniform_slice_gan", "template", True, "l2", None,
+                                            {"supernet_lambda_gan": 0.01}),
     "anchors' recipe (uniform + distillation)": ("anchors", "template", False, "l1", "ANCHOR"),
     "plain uniform + same fine-tune": ("plain_uniform", "template", False, "l1", None),
 }
@@ -177,7 +182,7 @@ def main():
         budget = f"{ms_table.predict(g_space.full_widths()) / ratio:.4f}ms" if args.ms else 1.0 / ratio
         for seed in range(args.first_seed, args.first_seed + seeds):
             shared = None
-            for method, (folder, agent, supernet, importance, recipe) in METHODS.items():
+            for method, (folder, agent, supernet, importance, recipe, *own) in METHODS.items():
                 if args.methods and folder not in args.methods.split(","):
                     continue
                 out = os.path.join(args.out, f"x{ratio:g}", folder, f"seed{seed}")
@@ -198,7 +203,11 @@ def main():
                 elif agent == "template":   # uniform: the same widths for every uniform method, at the budget
                     config["widths"] = uniform_widths_file(os.path.join(args.out, f"uniform_x{ratio:g}.yaml"),
                                                            g_space, d_space, budget, 0.5)
-                result, shared, wall = run_sharing_supernet(config, out, shared, supernet)   # one supernet per (budget, seed)
+                if own:   # a supernet of its own, trained with these settings
+                    config.update(own[0])
+                    result, _, wall = run_sharing_supernet(config, out, None, supernet)
+                else:     # one supernet per (budget, seed)
+                    result, shared, wall = run_sharing_supernet(config, out, shared, supernet)
                 table = result["table"].set_index("model")
                 final, dense = table.loc["pruned + fine-tuned"], table.loc["teacher"]
                 rows.append({"reduction": f"{ratio:g}×" + (" ms" if args.ms else ""), "method": method, "seed": seed,
