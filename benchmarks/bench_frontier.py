@@ -68,6 +68,10 @@ METHODS = {
     "plain uniform + same fine-tune": ("plain_uniform", "template", False, "l1", None),
 }
 
+# run unless --methods names others; the two variants of the uniform slice (another recipe, a GAN-trained
+# supernet) run only when named
+DEFAULT_METHODS = ("default", "greedy_uniform", "uniform_slice", "anchors", "plain_uniform")
+
 
 def settings(quick: bool) -> dict:
     if quick:
@@ -160,7 +164,8 @@ def main():
     ap.add_argument("--teacher-steps", type=int, default=3000, help="the benchmark teacher's training steps")
     ap.add_argument("--report-only", action="store_true",
                     help="train nothing: the table from the runs already finished in --out (rows of missing runs left out)")
-    ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all)")
+    ap.add_argument("--methods", help="run folders of the methods to run, comma-separated (default: all but "
+                    "uniform_slice_pix2pix and uniform_slice_gan)")
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default 600; --quick 100)")
     ap.add_argument("--ms", action="store_true",
                     help="budgets in predicted ORT milliseconds at 1 thread (the teacher's / the ratio), not MACs")
@@ -183,7 +188,7 @@ def main():
         for seed in range(args.first_seed, args.first_seed + seeds):
             shared = None
             for method, (folder, agent, supernet, importance, recipe, *own) in METHODS.items():
-                if args.methods and folder not in args.methods.split(","):
+                if folder not in (args.methods.split(",") if args.methods else DEFAULT_METHODS):
                     continue
                 out = os.path.join(args.out, f"x{ratio:g}", folder, f"seed{seed}")
                 if args.report_only and not os.path.exists(os.path.join(out, "metrics.csv")):
