@@ -12,9 +12,9 @@ space give 31.5×, so 40× is out of its reach), the same seeds for every method
 * ``uniform slice (supernet; the default)`` — every G group at one fraction, filled to the budget, fine-tuned from
   its slice of the same supernet (the supernet without a search: the ``template`` agents, ganprune's default);
 * ``uniform slice + pix2pix fine-tune`` — the same start, fine-tuned by the teacher's own pix2pix loss instead of
-  the density recipe (the recipe benchmark has it ahead on KID after long fine-tunes);
+  the density recipe (the recipe benchmark has it ahead on KID after long fine-tunes; only with ``--methods``);
 * ``uniform slice, GAN-trained supernet`` — the same, from a supernet of its own trained with the adversarial term
-  (``supernet_lambda_gan`` 0.01, pix2pix's GAN:L1 ratio);
+  (``supernet_lambda_gan`` 0.01, pix2pix's GAN:L1 ratio; only with ``--methods``);
 * ``anchors' recipe (uniform + distillation)`` — what OMGD/DCD do: a uniform student (L1-kept channels, no
   supernet) trained by the strongest distillation recipe shipped (``--anchor-recipe``, default ``omgd`` when
   present, else ``dcd``);
