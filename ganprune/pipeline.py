@@ -295,6 +295,7 @@ class _Run:
         from ganprune.core.io import atomic_write_yaml
         from ganprune.metrics.quality import image_quality
         from ganprune.pruning.physical import load_pruned
+        from ganprune.report import JUDGE_MEASURES
         data = self.train_images()
         on = (f"{len(judge)} training images held out of fine-tuning" if judge else
               f"all {len(data)} training image(s) (too few to hold any out; fine-tuning trained on them)")
@@ -309,10 +310,10 @@ class _Run:
         ships = PRUNED_G if measured[by][TUNED_G] < measured[by][PRUNED_G] else TUNED_G
         choice = {"ships": ships, "judged_on": on, "judged_by": by, **measured}
         atomic_write_yaml(self.path("finetune", "choice.yaml"), choice)
-        change = ", ".join(f"{k.replace('psnr_', 'PSNR ').replace('_', ' ')} {v[PRUNED_G]:.2f} -> {v[TUNED_G]:.2f} dB"
+        change = ", ".join(f"PSNR vs {JUDGE_MEASURES[k][0]} {v[PRUNED_G]:.2f} -> {v[TUNED_G]:.2f} dB"
                            for k, v in measured.items())
-        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}), judged by {by.replace('_', ' ')}; on {on}, "
-                 f"before -> after fine-tuning: {change}")
+        self.log(f"finetune: ships {ships} ({SHIPS_LABEL[ships]}), judged by PSNR vs {JUDGE_MEASURES[by][0]}; on "
+                 f"{on}, before -> after fine-tuning: {change}")
         return choice
 
     def shipped(self) -> str:

@@ -9,6 +9,10 @@ from ganprune.core.errors import UserError
 
 BEFORE, AFTER = "pruned, before fine-tuning", "pruned + fine-tuned"
 TEACHER_PSNR = "PSNR vs teacher"
+# The PSNRs that judge what ships (``finetune/choice.yaml`` keys, ``pipeline.judged_by``): who they compare with,
+# and their column in the evaluation table.
+JUDGE_MEASURES = {"psnr_vs_teacher": ("teacher", TEACHER_PSNR),
+                  "psnr_vs_ground_truth": ("ground truth", "PSNR")}
 GRID_ROWS = 4      # held-out images shown in grid.png (the same ones every run: spread evenly over the split)
 GRID_TILE = (128, 256)   # images are shown with their longer side in this range (small ones enlarged)
 
@@ -39,12 +43,12 @@ def write_run_report(out, config: Mapping, log: Callable[[str], None]) -> dict:
              "metadata_props name the file, widths and threads)\n")
     choice = read_yaml(os.path.join(out, "finetune", "choice.yaml"), "choice file")
     by = choice.get("judged_by", "psnr_vs_teacher")   # older runs judged by the teacher alone
-    who = {"psnr_vs_teacher": "teacher", "psnr_vs_ground_truth": "ground truth"}
+    who = JUDGE_MEASURES[by][0]
     which = "the fine-tuned G" if choice["ships"] == "finetune/G.pt" else \
-        f"the pruned G before fine-tuning: fine-tuning did not bring G closer to the {who[by]}"
-    measured = "; ".join(f"vs {who[k]} {choice[k]['pruned_G.pt']:.2f} -> {choice[k]['finetune/G.pt']:.2f} dB"
-                         for k in who if choice.get(k))
-    ships = (f"Ships: {choice['ships']} ({which}), judged by PSNR vs {who[by]} (what the recipe trains for) on "
+        f"the pruned G before fine-tuning: fine-tuning did not bring G closer to the {who}"
+    measured = "; ".join(f"vs {ref} {choice[k]['pruned_G.pt']:.2f} -> {choice[k]['finetune/G.pt']:.2f} dB"
+                         for k, (ref, _) in JUDGE_MEASURES.items() if choice.get(k))
+    ships = (f"Ships: {choice['ships']} ({which}), judged by PSNR vs {who} (what the recipe trains for) on "
              f"{choice['judged_on']}; before -> after fine-tuning: {measured}. G.onnx is that file exported.")
     text += f"\n{ships}\n"
     log(f"report: {ships}")
@@ -136,7 +140,7 @@ def finetune_made_worse(table, judged_by: str = "psnr_vs_teacher") -> str | None
     """One line when fine-tuning ended worse than it started on the evaluation split by the PSNR that chose what
     ships (``judged_by``: ``pipeline.judged_by``); said only when the fine-tuned G ships anyway."""
     rows = table.set_index("model") if "model" in table.columns else table
-    column = "PSNR" if judged_by == "psnr_vs_ground_truth" else TEACHER_PSNR
+    column = JUDGE_MEASURES[judged_by][1]
     if column not in rows.columns or not {BEFORE, AFTER} <= set(rows.index):
         return None
     before, after = float(rows.loc[BEFORE, column]), float(rows.loc[AFTER, column])
