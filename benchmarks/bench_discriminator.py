@@ -101,7 +101,9 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     s = settings(args.quick)
-    s.update({k: v for k, v in (("finetune_steps", args.steps), ("fid", args.kid or s["fid"])) if v is not None})
+    if args.steps is not None:
+        s["finetune_steps"] = args.steps
+    s["fid"] = s["fid"] or args.kid
     seeds = args.seeds or (2 if args.quick else 3)
     budgets = [float(b) for b in (args.budgets or ("0.25" if args.quick else "0.25,0.10")).split(",")]
     data, tdir = teacher_dir(os.environ.get("GANPRUNE_RANK_CACHE", os.path.join(args.out, "rank")), args.teacher_steps)

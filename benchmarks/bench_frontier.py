@@ -106,9 +106,7 @@ def ms_budget_table(path: str, tdir: str, g_space):
     from ganprune.search.budget import latency_table
     from ganprune.train.teacher import load_teacher
     G, _, _ = load_teacher(tdir)
-    table = latency_table(G.eval(), g_space, torch.randn(1, 3, 64, 64), path, "onnxruntime", 1)
-    table.path = path
-    return table
+    return latency_table(G.eval(), g_space, torch.randn(1, 3, 64, 64), path, "onnxruntime", 1)
 
 
 def anchor_recipe(name: str | None) -> str:
@@ -130,11 +128,11 @@ def _stage_seconds(out: str) -> float:
     return total
 
 
-def teacher_spread(tdir: str, data: str, kid: bool) -> tuple[float, tuple[float, float] | None]:
+def teacher_spread(tdir: str, data: str, kid: bool) -> tuple[float, float | None]:
     """The teacher's own spread over the held-out split, fixed by the data and the same for every method, from
     one pass of the teacher: the standard error of its per-image PSNR to ground truth (the PSNR parity band's
-    half-width is twice this) and, with ``kid``, its KID to ground truth on all images with the std of that KID
-    over 50 random halves of the images (the KID parity band's half-width is twice that std)."""
+    half-width is twice this) and, with ``kid``, the std of its KID to ground truth over 50 random halves of the
+    images (the KID parity band's half-width is twice that std; its centre is the teacher's KID in the table)."""
     from _common import fid_features, outputs
     from ganprune.data.datasets import build_dataset
     from ganprune.metrics.quality import fid_kid, psnr
@@ -147,9 +145,7 @@ def teacher_spread(tdir: str, data: str, kid: bool) -> tuple[float, tuple[float,
     if not kid:
         return se, None
     real, fake = fid_features(B), fid_features(fake.clamp(-1, 1))
-    whole = fid_kid(real, fake, fid=False)["kid_mean"]
-    half = fid_kid(real, fake, fid=False, kid_subsets=50, kid_subset_size=len(real) // 2)["kid_std"]
-    return se, (whole, half)
+    return se, fid_kid(real, fake, fid=False, kid_subsets=50, kid_subset_size=len(real) // 2)["kid_std"]
 
 
 def main():
@@ -182,7 +178,8 @@ def main():
     rows = []
     g_space, d_space = teacher_spaces(tdir, data)
     os.makedirs(args.out, exist_ok=True)
-    ms_table = ms_budget_table(os.path.join(args.out, "latency_G_ort1.yaml"), tdir, g_space) if args.ms else None
+    ms_path = os.path.join(args.out, "latency_G_ort1.yaml")
+    ms_table = ms_budget_table(ms_path, tdir, g_space) if args.ms else None
     for ratio in ratios:
         budget = f"{ms_table.predict(g_space.full_widths()) / ratio:.4f}ms" if args.ms else 1.0 / ratio
         for seed in range(args.first_seed, args.first_seed + seeds):
@@ -204,7 +201,7 @@ def main():
                 if start:
                     config["g_agent_options"] = config["d_agent_options"] = {"start": start}
                 if args.ms:   # every run budgets against the one table, timed at the thread count that ships
-                    config.update(latency_table=ms_table.path, latency_threads=1, latency_backend="onnxruntime")
+                    config.update(latency_table=ms_path, latency_threads=1, latency_backend="onnxruntime")
                 elif agent == "template":   # uniform: the same widths for every uniform method, at the budget
                     config["widths"] = uniform_widths_file(os.path.join(args.out, f"uniform_x{ratio:g}.yaml"),
                                                            g_space, d_space, budget, 0.5)
@@ -252,7 +249,7 @@ def _ort_speedups(raw: pd.DataFrame, tdir: str) -> list[float]:
     return [ms["teacher"] / ms[out] for out in raw["out"]]
 
 
-def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: float, kid=None) -> None:
+def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: float, kid_std=None) -> None:
     metrics = [c for c in ("G MACs ×", "ORT ×", "PSNR vs teacher", "SSIM vs teacher", "PSNR", "KID", "train s")
                if raw[c].notna().any()]
     grouped = raw.groupby(["reduction", "method"], sort=False)
@@ -263,8 +260,8 @@ def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: f
     teacher = raw.iloc[0]
     gap = mean["PSNR"] - float(teacher["teacher PSNR"])
     summary["at parity"] = ["yes" if g >= -2 * se else "no" for g in gap]
-    if kid is not None:   # KID to ground truth within the teacher's own spread over halves of the images
-        summary["KID parity"] = ["yes" if k <= float(teacher["teacher KID"]) + 2 * kid[1] else "no"
+    if kid_std is not None:   # KID to ground truth within the teacher's own spread over halves of the images
+        summary["KID parity"] = ["yes" if k <= float(teacher["teacher KID"]) + 2 * kid_std else "no"
                                  for k in mean["KID"]]
     print(f"\nteacher {tdir}: PSNR {teacher['teacher PSNR']:.2f} dB to ground truth on the 143 val crops; {seeds} "
           f"seeds; fine-tune {s['finetune_steps']} steps (+{s['supernet_steps']} for the methods without the "
@@ -273,9 +270,9 @@ def _print(raw: pd.DataFrame, s: dict, seeds: int, anchor: str, tdir: str, se: f
     print(summary.reset_index().to_markdown(index=False))
     print(f"\nparity: mean PSNR to ground truth within 2 × {se:.3f} dB (2 standard errors of the teacher's "
           f"per-image PSNR) of the teacher's {float(teacher['teacher PSNR']):.2f} dB")
-    if kid is not None:
+    if kid_std is not None:
         print(f"KID parity: mean KID to ground truth at most the teacher's {float(teacher['teacher KID']):.4f} + 2 × "
-              f"{kid[1]:.4f} (the std of the teacher's KID over 50 random halves of the held-out images)")
+              f"{kid_std:.4f} (the std of the teacher's KID over 50 random halves of the held-out images)")
     for column in [c for c in ("at parity", "KID parity") if c in summary]:
         best = {}
         for (reduction, method), ok in zip(summary.index, summary[column]):
